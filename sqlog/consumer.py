@@ -1,0 +1,524 @@
+"""The consumer: reads partitions in offset order, tracks positions, commits offsets for its group."""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import apsw
+
+from . import groups, topics
+from .errors import (
+    IllegalStateError,
+    InvalidConfigError,
+    LogClosedError,
+    OffsetOutOfRange,
+    SerializationError,
+    UnknownTopicOrPartitionError,
+    translated,
+)
+from .producer import check_config
+from .serde import decode_headers, deserializer
+from .storage import connect, data_version, partition_table
+from .types import OffsetAndMetadata, OffsetAndTimestamp, Record, TopicPartition
+
+if TYPE_CHECKING:
+    from .log import Log
+
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "group_id": None,
+    "auto_offset_reset": "latest",
+    "enable_auto_commit": True,
+    "auto_commit_interval_ms": 5_000,
+    "key_deserializer": None,
+    "value_deserializer": None,
+    "max_poll_records": 500,
+    "consumer_timeout_ms": None,  # iteration stops after this long without a record (None: never)
+    "metadata_max_age_ms": 5_000,
+    # Kafka's group settings, accepted now so code keeps working when the group protocol lands.
+    "session_timeout_ms": 45_000,
+    "heartbeat_interval_ms": 3_000,
+    "max_poll_interval_ms": 300_000,
+}
+_RESETS = ("earliest", "latest", "none")
+_WAKE_CHECK_S = 0.005  # how often a blocked poll looks for other processes' commits
+
+
+class ConsumerRebalanceListener:
+    """Callbacks run inside ``poll()`` when the consumer's assignment changes."""
+
+    def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        """Partitions about to be taken away: commit what was processed of them here."""
+
+    def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        """Partitions just given to this consumer; positions resolve at the next fetch."""
+
+
+class _Partition:
+    __slots__ = ("tp", "topic_id", "select", "position", "paused")
+
+    def __init__(self, tp: TopicPartition, topic_id: int) -> None:
+        self.tp = tp
+        self.topic_id = topic_id
+        self.select = (
+            f"SELECT offset, ts, key, value, headers FROM {partition_table(topic_id, tp.partition)}"
+            " WHERE offset >= ? ORDER BY offset LIMIT ?"
+        )
+        self.position: int | None = None  # None until resolved from the committed offset or the reset policy
+        self.paused = False
+
+
+def _ms(config: dict[str, Any], name: str, allow_none: bool = False) -> int | None:
+    value = config[name]
+    if value is None and allow_none:
+        return None
+    if type(value) is not int or value < 0:
+        raise InvalidConfigError(f"{name} must be an int >= 0{' or None' if allow_none else ''}, not {value!r}")
+    return value
+
+
+class Consumer:
+    """Reads records from assigned or subscribed partitions; use from one thread, as in Kafka."""
+
+    def __init__(self, log: Log, **config: Any) -> None:
+        cfg = check_config(config, CONSUMER_DEFAULTS, "consumer")
+        self.config = cfg
+        self._group = None if cfg["group_id"] is None else groups.validate_group_id(cfg["group_id"])
+        if cfg["auto_offset_reset"] not in _RESETS:
+            raise InvalidConfigError(f"auto_offset_reset must be one of {_RESETS}, not {cfg['auto_offset_reset']!r}")
+        self._reset = cfg["auto_offset_reset"]
+        self._auto_commit = bool(cfg["enable_auto_commit"]) and self._group is not None
+        self._auto_commit_s = (_ms(cfg, "auto_commit_interval_ms") or 0) / 1000
+        self._key_de: Callable[[bytes], Any] | None = deserializer(cfg["key_deserializer"], "key_deserializer")
+        self._value_de: Callable[[bytes], Any] | None = deserializer(cfg["value_deserializer"], "value_deserializer")
+        self._max_records = cfg["max_poll_records"]
+        if type(self._max_records) is not int or self._max_records < 1:
+            raise InvalidConfigError(f"max_poll_records must be an int >= 1, not {self._max_records!r}")
+        timeout = _ms(cfg, "consumer_timeout_ms", allow_none=True)
+        self._iter_timeout_ms = None if timeout is None else timeout
+        self._meta_age_s = (_ms(cfg, "metadata_max_age_ms") or 0) / 1000
+        for name in ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms"):
+            _ms(cfg, name)
+        self._log = log
+        self._path = log.path
+        self._conn: apsw.Connection = connect(
+            log.path, busy_timeout_ms=log.busy_timeout_ms, synchronous=log.synchronous, query_only=True
+        )
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._subscription: set[str] | None = None
+        self._listener: ConsumerRebalanceListener | None = None
+        self._manual = False
+        self._refresh_at = 0.0
+        self._meta_epoch = -1
+        self._next_commit = time.monotonic() + self._auto_commit_s
+        self._buffer: collections.deque[Record] = collections.deque()
+        self._rr = 0
+        self._closed = False
+        log._track(self)
+
+    # -- assignment ------------------------------------------------------------------------
+    def subscribe(self, topics: Iterable[str], listener: ConsumerRebalanceListener | None = None) -> None:
+        """Consume these topics; partitions are assigned at the next ``poll()`` (topics may not exist yet)."""
+        self._check_open()
+        if isinstance(topics, str):
+            raise InvalidConfigError("subscribe() takes a list of topic names, not a single str")
+        names = {self._valid_topic(t) for t in topics}
+        if self._manual:
+            raise IllegalStateError("subscribe() after assign(): call unsubscribe() first")
+        self._subscription = names
+        self._listener = listener
+        self._refresh_at = 0.0
+        self._buffer.clear()
+
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        """Consume exactly these partitions, outside any group rebalancing."""
+        self._check_open()
+        if self._subscription is not None:
+            raise IllegalStateError("assign() after subscribe(): call unsubscribe() first")
+        wanted = list(partitions)
+        new: dict[TopicPartition, _Partition] = {}
+        for tp in wanted:
+            if not isinstance(tp, TopicPartition):
+                raise InvalidConfigError(f"assign() takes TopicPartition objects, not {tp!r}")
+            meta = self._meta(tp.topic)
+            if not 0 <= tp.partition < meta.partitions:
+                raise UnknownTopicOrPartitionError(f"{tp.topic!r} has no partition {tp.partition}")
+            new[tp] = self._parts.get(tp) or _Partition(tp, meta.topic_id)
+        self._parts = new
+        self._manual = bool(new)
+        self._buffer.clear()
+
+    def unsubscribe(self) -> None:
+        """Drop the subscription or manual assignment."""
+        self._check_open()
+        if self._subscription is not None and self._listener is not None and self._parts:
+            self._listener.on_revoked(set(self._parts))
+        self._subscription = None
+        self._listener = None
+        self._parts = {}
+        self._manual = False
+        self._buffer.clear()
+
+    def subscription(self) -> set[str]:
+        return set(self._subscription or ())
+
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this consumer reads now."""
+        return set(self._parts)
+
+    def _refresh(self, force: bool = False) -> None:
+        """Bring a subscription's partitions up to date with the topics table."""
+        if self._subscription is None:
+            return
+        now = time.monotonic()
+        if not force and now < self._refresh_at and self._meta_epoch == self._log._meta_epoch:
+            return
+        self._meta_epoch = self._log._meta_epoch
+        self._refresh_at = now + self._meta_age_s
+        wanted: dict[TopicPartition, int] = {}
+        with translated(self._path):
+            for name in self._subscription:
+                meta = topics.lookup(self._conn, name)
+                if meta is not None:
+                    for p in range(meta.partitions):
+                        wanted[TopicPartition(name, p)] = meta.topic_id
+        current = {tp: part.topic_id for tp, part in self._parts.items()}
+        if wanted == current:
+            return
+        revoked = {tp for tp, tid in current.items() if wanted.get(tp) != tid}
+        added = {tp for tp, tid in wanted.items() if current.get(tp) != tid}
+        if revoked and self._listener is not None:
+            self._listener.on_revoked(revoked)
+        self._parts = {
+            tp: (self._parts[tp] if tp not in added else _Partition(tp, tid)) for tp, tid in sorted(wanted.items())
+        }
+        self._buffer.clear()
+        if added and self._listener is not None:
+            self._listener.on_assigned(added)
+
+    # -- positions -------------------------------------------------------------------------
+    def _part(self, tp: TopicPartition) -> _Partition:
+        part = self._parts.get(tp)
+        if part is None:
+            raise IllegalStateError(f"{tp} is not assigned to this consumer")
+        return part
+
+    def _bounds(self, part: _Partition) -> tuple[int, int]:
+        row = self._conn.execute(
+            "SELECT log_start_offset, next_offset FROM partitions WHERE topic_id = ? AND partition = ?",
+            (part.topic_id, part.tp.partition),
+        ).fetchone()
+        if row is None:
+            raise UnknownTopicOrPartitionError(f"{part.tp} no longer exists (topic deleted?)")
+        return row[0], row[1]
+
+    def _reset_position(self, part: _Partition, offset: int | None, start: int, end: int) -> int:
+        if self._reset == "earliest":
+            return start
+        if self._reset == "latest":
+            return end
+        if offset is None:
+            raise OffsetOutOfRange(
+                f"{part.tp}: no committed offset and auto_offset_reset='none'; seek() to a position first"
+            )
+        raise OffsetOutOfRange(
+            f"{part.tp}: offset {offset} is outside the log [{start}, {end}] and auto_offset_reset='none'; "
+            "seek() to a valid offset"
+        )
+
+    def _resolve(self, part: _Partition) -> int:
+        if part.position is None:
+            start, end = self._bounds(part)
+            committed = groups.fetch(self._conn, self._group, part.topic_id, part.tp.partition) if self._group else None
+            if committed is not None and start <= committed[0] <= end:
+                part.position = committed[0]
+            else:
+                part.position = self._reset_position(part, None if committed is None else committed[0], start, end)
+        return part.position
+
+    def position(self, tp: TopicPartition) -> int:
+        """The offset of the next record this consumer will read from ``tp``."""
+        self._check_open()
+        with translated(self._path):
+            return self._resolve(self._part(tp))
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read ``tp`` from ``offset`` at the next poll (checked against the log then)."""
+        self._check_open()
+        if type(offset) is not int or offset < 0:
+            raise InvalidConfigError(f"offset must be an int >= 0, not {offset!r}")
+        self._part(tp).position = offset
+        self._buffer.clear()
+
+    def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        """Move to the log start offset of each partition (all assigned ones if none given)."""
+        self._seek_bound(partitions, 0)
+
+    def seek_to_end(self, *partitions: TopicPartition) -> None:
+        """Move to the high watermark of each partition (all assigned ones if none given)."""
+        self._seek_bound(partitions, 1)
+
+    def _seek_bound(self, partitions: tuple[TopicPartition, ...], which: int) -> None:
+        self._check_open()
+        with translated(self._path):
+            for tp in partitions or tuple(self._parts):
+                part = self._part(tp)
+                part.position = self._bounds(part)[which]
+        self._buffer.clear()
+
+    def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The log start offset of each partition (the first offset still stored)."""
+        return {tp: self._any_bounds(tp)[0] for tp in partitions}
+
+    def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The high watermark of each partition (the offset the next record will get)."""
+        return {tp: self._any_bounds(tp)[1] for tp in partitions}
+
+    def _any_bounds(self, tp: TopicPartition) -> tuple[int, int]:
+        self._check_open()
+        part = self._parts.get(tp)
+        if part is None:
+            meta = self._meta(tp.topic)
+            part = _Partition(tp, meta.topic_id)
+        with translated(self._path):
+            return self._bounds(part)
+
+    def offsets_for_times(
+        self, timestamps: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
+        """For each partition, the earliest stored offset whose timestamp is >= the given one."""
+        self._check_open()
+        out: dict[TopicPartition, OffsetAndTimestamp | None] = {}
+        with translated(self._path):
+            for tp, ts in timestamps.items():
+                if type(ts) is not int or ts < 0:
+                    raise InvalidConfigError(f"timestamp for {tp} must be an int >= 0 (ms), not {ts!r}")
+                meta = self._meta(tp.topic)
+                if not isinstance(tp, TopicPartition) or not 0 <= tp.partition < meta.partitions:
+                    raise UnknownTopicOrPartitionError(f"{tp!r}: no such partition")
+                out[tp] = self._offset_for_time(meta.topic_id, tp.partition, ts)
+        return out
+
+    def _offset_for_time(self, topic_id: int, partition: int, ts: int) -> OffsetAndTimestamp | None:
+        # The batch index holds each batch's max timestamp: the first batch reaching ``ts``
+        # contains the earliest record that does.
+        row = self._conn.execute(
+            "SELECT max(b.base_offset, p.log_start_offset), b.last_offset FROM batches b"
+            " JOIN partitions p USING (topic_id, partition)"
+            " WHERE b.topic_id = ? AND b.partition = ? AND b.max_timestamp >= ?"
+            " AND b.last_offset >= p.log_start_offset ORDER BY b.base_offset LIMIT 1",
+            (topic_id, partition, ts),
+        ).fetchone()
+        if row is None:
+            return None
+        hit = self._conn.execute(
+            f"SELECT offset, ts FROM {partition_table(topic_id, partition)}"
+            " WHERE offset BETWEEN ? AND ? AND ts >= ? ORDER BY offset LIMIT 1",
+            (row[0], row[1], ts),
+        ).fetchone()
+        return OffsetAndTimestamp(hit[0], hit[1]) if hit else None
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        """Stop returning records from these partitions until ``resume()``."""
+        for tp in partitions:
+            self._part(tp).paused = True
+        self._buffer.clear()
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        for tp in partitions:
+            self._part(tp).paused = False
+
+    def paused(self) -> set[TopicPartition]:
+        return {tp for tp, part in self._parts.items() if part.paused}
+
+    # -- fetching --------------------------------------------------------------------------
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> list[Record]:
+        """Return the next records (at most ``max_records``), waiting up to ``timeout_ms`` for some."""
+        self._check_open()
+        if type(timeout_ms) is not int and not isinstance(timeout_ms, float) or timeout_ms < 0:
+            raise InvalidConfigError(f"timeout_ms must be a number >= 0, not {timeout_ms!r}")
+        limit = self._max_records if max_records is None else max_records
+        if type(limit) is not int or limit < 1:
+            raise InvalidConfigError(f"max_records must be an int >= 1, not {max_records!r}")
+        self._buffer.clear()
+        return self._poll(timeout_ms / 1000, limit, advance=True)
+
+    def _poll(self, timeout_s: float, limit: int, advance: bool) -> list[Record]:
+        if self._subscription is None and not self._manual:
+            raise IllegalStateError("poll() before subscribe() or assign()")
+        deadline = time.monotonic() + timeout_s
+        log = self._log
+        if self._auto_commit and time.monotonic() >= self._next_commit:
+            self._commit_positions()
+        while True:
+            seq = log._commit_seq
+            with translated(self._path):
+                self._refresh()
+                version = data_version(self._conn)
+                records = self._fetch(limit, advance)
+            remaining = deadline - time.monotonic()
+            if records or remaining <= 0:
+                return records
+            # Nothing new: sleep until this process commits, checking every few ms for others.
+            while remaining > 0:
+                with log._appended:
+                    log._appended.wait_for(lambda: log._commit_seq != seq, min(remaining, _WAKE_CHECK_S))
+                if log._commit_seq != seq or data_version(self._conn) != version:
+                    break
+                self._check_open()
+                if self._subscription is not None and time.monotonic() >= self._refresh_at:
+                    break
+                remaining = deadline - time.monotonic()
+
+    def _fetch(self, limit: int, advance: bool) -> list[Record]:
+        parts = [p for p in self._parts.values() if not p.paused]
+        if not parts:
+            return []
+        n = len(parts)
+        start = self._rr % n
+        self._rr += 1
+        out: list[Record] = []
+        moved: list[tuple[_Partition, int]] = []
+        kd, vd = self._key_de, self._value_de
+        for i in range(n):
+            part = parts[(start + i) % n]
+            pos = self._resolve(part)
+            try:
+                rows = self._conn.execute(part.select, (pos, limit - len(out))).fetchall()
+            except apsw.SQLError:  # the partition table went away: the topic was deleted
+                self._refresh(force=True)
+                if self._manual:
+                    raise UnknownTopicOrPartitionError(f"{part.tp} no longer exists (topic deleted?)") from None
+                return []
+            if not rows or rows[0][0] != pos:
+                start_off, end_off = self._bounds(part)
+                if not start_off <= pos <= end_off:
+                    part.position = pos = self._reset_position(part, pos, start_off, end_off)
+                    rows = self._conn.execute(part.select, (pos, limit - len(out))).fetchall()
+                if not rows:
+                    continue
+            topic, p = part.tp.topic, part.tp.partition
+            if kd is None and vd is None:
+                out.extend(
+                    [Record(topic, p, o, ts, k, v, decode_headers(h) if h else ()) for o, ts, k, v, h in rows]
+                )
+            else:
+                out.extend(self._deserialize(topic, p, rows, kd, vd))
+            moved.append((part, rows[-1][0] + 1))
+            if len(out) >= limit:
+                break
+        if advance:
+            for part, position in moved:
+                part.position = position
+        return out
+
+    @staticmethod
+    def _deserialize(topic: str, p: int, rows: list[Any], kd: Any, vd: Any) -> list[Record]:
+        out = []
+        for o, ts, k, v, h in rows:
+            try:
+                key = k if kd is None or k is None else kd(k)
+                value = v if vd is None or v is None else vd(v)
+            except Exception as exc:
+                raise SerializationError(
+                    f"{topic}-{p} offset {o}: deserializer failed ({exc}); "
+                    f"seek(TopicPartition({topic!r}, {p}), {o + 1}) to skip it"
+                ) from exc
+            out.append(Record(topic, p, o, ts, key, value, decode_headers(h) if h else ()))
+        return out
+
+    def __iter__(self) -> Iterator[Record]:
+        return self
+
+    def __next__(self) -> Record:
+        """The next record, blocking; stops after ``consumer_timeout_ms`` without one (if set)."""
+        self._check_open()
+        if not self._buffer:
+            wait_ms = self._iter_timeout_ms
+            deadline = None if wait_ms is None else time.monotonic() + wait_ms / 1000
+            while not self._buffer:
+                remaining = 1.0 if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StopIteration
+                self._buffer.extend(self._poll(remaining, self._max_records, advance=False))
+        record = self._buffer.popleft()
+        # Iteration advances one record at a time so a commit never covers unread records.
+        self._parts[TopicPartition(record.topic, record.partition)].position = record.offset + 1
+        return record
+
+    # -- commits ---------------------------------------------------------------------------
+    def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata | int] | None = None) -> None:
+        """Store, per partition, the offset of the next record to read (default: current positions)."""
+        self._check_open()
+        if self._group is None:
+            raise IllegalStateError("commit() needs a group_id; create the consumer with group_id=...")
+        if offsets is None:
+            self._commit_positions()
+            return
+        rows = []
+        for tp, om in offsets.items():
+            if isinstance(om, int) and type(om) is not bool:
+                om = OffsetAndMetadata(om)
+            if not isinstance(om, OffsetAndMetadata) or type(om.offset) is not int or om.offset < 0:
+                raise InvalidConfigError(f"commit offset for {tp} must be an int >= 0 or OffsetAndMetadata, not {om!r}")
+            if not isinstance(om.metadata, str):
+                raise InvalidConfigError(f"commit metadata for {tp} must be a str")
+            meta = self._meta(tp.topic) if isinstance(tp, TopicPartition) else None
+            if meta is None or not 0 <= tp.partition < meta.partitions:
+                raise UnknownTopicOrPartitionError(f"{tp!r}: no such partition")
+            rows.append((tp, meta.topic_id, om.offset, om.metadata))
+        self._log._commit_offsets(self._group, rows)
+
+    def _commit_positions(self) -> None:
+        rows = [(tp, part.topic_id, part.position, "") for tp, part in self._parts.items() if part.position is not None]
+        if rows:
+            self._log._commit_offsets(self._group, rows)  # type: ignore[arg-type]
+        self._next_commit = time.monotonic() + self._auto_commit_s
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset for ``tp``, or None."""
+        self._check_open()
+        if self._group is None:
+            raise IllegalStateError("committed() needs a group_id")
+        meta = self._meta(tp.topic)
+        with translated(self._path):
+            found = groups.fetch(self._conn, self._group, meta.topic_id, tp.partition)
+        return None if found is None else found[0]
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _meta(self, topic: str) -> topics.TopicMeta:
+        self._valid_topic(topic)
+        with translated(self._path):
+            return topics.require(self._conn, topic)
+
+    @staticmethod
+    def _valid_topic(topic: object) -> str:
+        return topics.validate_name(topic)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError("the consumer is closed")
+        if self._log.closed:
+            raise LogClosedError("the log this consumer reads is closed")
+
+    def close(self, autocommit: bool = True) -> None:
+        """Commit positions (with auto commit on), then release the connection; idempotent."""
+        if self._closed:
+            return
+        try:
+            if autocommit and self._auto_commit and not self._log.closed:
+                self._commit_positions()
+            if self._listener is not None and self._parts:
+                self._listener.on_revoked(set(self._parts))
+        finally:
+            self._closed = True
+            self._log._untrack(self)
+            self._conn.close()
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,116 @@
+"""The exception hierarchy: every error sqlog raises is a `SqlogError`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import apsw
+
+
+class SqlogError(Exception):
+    """Base class of every error sqlog raises."""
+
+
+class InvalidConfigError(SqlogError, ValueError):
+    """A configuration key is unknown or its value is out of range."""
+
+
+class InvalidTopicError(SqlogError, ValueError):
+    """A topic name breaks Kafka's rule: 1 to 249 of ``[A-Za-z0-9._-]``, not ``.`` or ``..``."""
+
+
+class UnknownTopicOrPartitionError(SqlogError):
+    """The topic does not exist, or has no such partition."""
+
+
+class TopicAlreadyExistsError(SqlogError):
+    """``create_topic`` was given the name of an existing topic."""
+
+
+class InvalidPartitionsError(SqlogError, ValueError):
+    """A partition count is not positive, or would shrink a topic."""
+
+
+class RecordTooLarge(SqlogError):
+    """A record's key, value and headers exceed the producer's ``max_record_bytes``."""
+
+
+class SerializationError(SqlogError):
+    """A key or value could not be turned into bytes, or back."""
+
+
+class OffsetOutOfRange(SqlogError):
+    """A position is outside ``[log_start_offset, high_watermark]`` and ``auto_offset_reset`` is "none"."""
+
+
+class CommitFailedError(SqlogError):
+    """An offset commit was refused and not applied."""
+
+
+class IllegalStateError(SqlogError):
+    """A call made in the wrong state, e.g. ``poll()`` before ``subscribe()``/``assign()``."""
+
+
+class LogClosedError(SqlogError):
+    """The log, producer or consumer has been closed."""
+
+
+class NotASqlogLogError(SqlogError):
+    """The file exists but is not a sqlog log (another SQLite database, or not SQLite at all)."""
+
+
+class SchemaTooNewError(SqlogError):
+    """The file was written by a newer sqlog whose schema this version does not know."""
+
+
+class DiskFullError(SqlogError):
+    """The disk (or the database's page limit) is full; nothing in the failed write was stored."""
+
+
+class DatabaseLockedError(SqlogError):
+    """Another connection held the write lock for longer than ``busy_timeout_ms``."""
+
+
+class ReadOnlyError(SqlogError):
+    """The log's file or directory cannot be written."""
+
+
+class StorageError(SqlogError):
+    """SQLite reported an I/O or corruption error."""
+
+
+class SqlogTimeoutError(SqlogError, TimeoutError):
+    """An operation did not finish within the timeout it was given."""
+
+
+@contextlib.contextmanager
+def translated(path: str) -> Iterator[None]:
+    """Turn apsw's errors into sqlog's, with a message that says what to do."""
+    try:
+        yield
+    except SqlogError:
+        raise
+    except apsw.FullError as exc:
+        raise DiskFullError(
+            f"{path}: the disk is full (or the page limit is reached); free space and retry"
+        ) from exc
+    except apsw.BusyError as exc:
+        raise DatabaseLockedError(
+            f"{path}: another process held the database lock past busy_timeout_ms; "
+            "retry, or raise busy_timeout_ms"
+        ) from exc
+    except apsw.NotADBError as exc:
+        raise NotASqlogLogError(f"{path}: not a sqlog log (not an SQLite database)") from exc
+    except apsw.ReadOnlyError as exc:
+        raise ReadOnlyError(
+            f"{path}: the log is read-only; check permissions on the file and its directory"
+        ) from exc
+    except apsw.CantOpenError as exc:
+        raise StorageError(
+            f"{path}: cannot open the log; check that the directory exists and is writable"
+        ) from exc
+    except (apsw.CorruptError, apsw.IOError) as exc:
+        raise StorageError(f"{path}: SQLite reported {type(exc).__name__}: {exc}") from exc
+    except apsw.ConnectionClosedError as exc:
+        raise LogClosedError(f"{path}: the log is closed") from exc

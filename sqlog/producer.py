@@ -1,0 +1,203 @@
+"""The producer: ``send()`` serializes, partitions and appends to a batch; the writer commits it."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    InvalidConfigError,
+    LogClosedError,
+    RecordTooLarge,
+    SerializationError,
+    SqlogError,
+    UnknownTopicOrPartitionError,
+)
+from .partitioner import partition_for_key
+from .serde import encode_headers, serializer, to_bytes
+from .topics import TopicMeta
+from .writer import Batch, Chunk, RecordFuture
+
+if TYPE_CHECKING:
+    from .log import Log
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "value_serializer": None,
+    "key_serializer": None,
+    "linger_ms": 5,  # Kafka 4.0's default
+    "batch_size": 131_072,  # bytes a transaction collects before the sending thread writes it
+    "max_record_bytes": 1_048_576,
+    "metadata_max_age_ms": 5_000,
+}
+
+
+def _positive_int(config: dict[str, Any], name: str, minimum: int) -> int:
+    value = config[name]
+    if type(value) is not int or value < minimum:
+        raise InvalidConfigError(f"{name} must be an int >= {minimum}, not {value!r}")
+    return value
+
+
+def check_config(given: dict[str, Any], defaults: dict[str, Any], what: str) -> dict[str, Any]:
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise InvalidConfigError(f"unknown {what} config {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
+    return {**defaults, **given}
+
+
+class Producer:
+    """Sends records to topics; thread-safe, one per application is usually enough (as in Kafka)."""
+
+    def __init__(self, log: Log, **config: Any) -> None:
+        cfg = check_config(config, PRODUCER_DEFAULTS, "producer")
+        self.config = cfg
+        self._value_ser: Callable[[Any], bytes] | None = serializer(cfg["value_serializer"], "value_serializer")
+        self._key_ser: Callable[[Any], bytes] | None = serializer(cfg["key_serializer"], "key_serializer")
+        self._linger = _positive_int(cfg, "linger_ms", 0) / 1000
+        self._batch_size = _positive_int(cfg, "batch_size", 1)
+        self._max_record = _positive_int(cfg, "max_record_bytes", 1)
+        self._meta_age_ms = _positive_int(cfg, "metadata_max_age_ms", 0)
+        self._log = log
+        self._writer = log._writer_for_producers()
+        self._lock = threading.Lock()
+        self._batch = Batch(self)
+        self._error: SqlogError | None = None  # of a failed write, until flush() reports it
+        self._topics: dict[str, TopicMeta] = {}
+        self._meta_epoch = -1
+        self._meta_expiry = 0
+        self._sticky: dict[str, list[int]] = {}  # topic -> [partition, bytes left before switching]
+        self._closed = False
+        self._writer.register(self)
+
+    # -- the send path ---------------------------------------------------------------------
+    def send(
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        headers: Iterable[tuple[str, bytes | None]] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> RecordFuture:
+        """Queue one record; the returned future's ``get()`` waits until it is durable."""
+        if self._closed:
+            raise LogClosedError("the producer is closed")
+        now_ms = time.time_ns() // 1_000_000
+        meta = self._meta(topic, now_ms)
+        v = value if type(value) is bytes and self._value_ser is None else to_bytes(value, self._value_ser, "value")
+        k = key if type(key) is bytes and self._key_ser is None else to_bytes(key, self._key_ser, "key")
+        h = encode_headers(headers) if headers else None
+        size = (len(v) if v is not None else 0) + (len(k) if k is not None else 0) + (len(h) if h else 0)
+        if size > self._max_record:
+            raise RecordTooLarge(
+                f"record of {size} bytes (key + value + headers) exceeds max_record_bytes="
+                f"{self._max_record}; split it or raise max_record_bytes"
+            )
+        if timestamp_ms is None:
+            timestamp_ms = now_ms
+        elif type(timestamp_ms) is not int or timestamp_ms < 0:
+            raise SerializationError(f"timestamp_ms must be a non-negative int (ms since the epoch), not {timestamp_ms!r}")
+        with self._lock:
+            if partition is None:
+                partition = partition_for_key(k, meta.partitions) if k is not None else self._sticky_partition(meta, size)
+            elif type(partition) is not int or not 0 <= partition < meta.partitions:
+                raise UnknownTopicOrPartitionError(
+                    f"topic {topic!r} has partitions 0..{meta.partitions - 1}, not {partition!r}"
+                )
+            batch = self._batch
+            chunk = batch.chunks.get((meta.topic_id, partition))
+            if chunk is None:
+                chunk = batch.chunks[(meta.topic_id, partition)] = Chunk(topic, meta.topic_id, partition, batch)
+                if len(batch.chunks) == 1:
+                    batch.created = time.monotonic()
+                    wake = True
+                else:
+                    wake = False
+            else:
+                wake = False
+            index = len(chunk.values)
+            chunk.ts.append(timestamp_ms)
+            chunk.keys.append(k)
+            chunk.values.append(v)
+            chunk.headers.append(h)
+            chunk.bytes += size
+            if timestamp_ms > chunk.max_ts:
+                chunk.max_ts = timestamp_ms
+            batch.bytes += size
+            full = batch.bytes >= self._batch_size
+        future = RecordFuture(chunk, index, self._writer)
+        if full:
+            self._writer.write_through(batch)
+        elif wake:
+            self._writer.wake()
+        return future
+
+    def _sticky_partition(self, meta: TopicMeta, size: int) -> int:
+        """Keyless records stick to one partition for a batch's worth of bytes, then move (KIP-480)."""
+        sticky = self._sticky.get(meta.name)
+        if sticky is None or sticky[1] <= 0 or sticky[0] >= meta.partitions:
+            previous = sticky[0] if sticky else -1
+            choice = random.randrange(meta.partitions)
+            if choice == previous and meta.partitions > 1:
+                choice = (choice + 1) % meta.partitions
+            sticky = self._sticky[meta.name] = [choice, self._batch_size]
+        sticky[1] -= size
+        return sticky[0]
+
+    def _meta(self, topic: str, now_ms: int) -> TopicMeta:
+        if now_ms >= self._meta_expiry or self._meta_epoch != self._log._meta_epoch:
+            self._topics.clear()
+            self._meta_epoch = self._log._meta_epoch
+            self._meta_expiry = now_ms + self._meta_age_ms
+        meta = self._topics.get(topic)
+        if meta is None:
+            meta = self._topics[topic] = self._log._topic_meta(topic)
+        return meta
+
+    # -- the writer's side -----------------------------------------------------------------
+    def _take_batch(self) -> Batch | None:
+        with self._lock:
+            batch = self._batch
+            if not batch.chunks:
+                return None
+            self._batch = Batch(self)
+            return batch
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._batch = Batch(self)
+
+    def _due(self) -> float | None:
+        batch = self._batch
+        return batch.created + self._linger if batch.chunks else None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every record sent so far is durable (or has failed).
+
+        Raises the error of a failed write since the last flush, `SqlogTimeoutError` after ``timeout`` s.
+        """
+        self._writer.write_through(None, timeout)
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush and stop accepting sends; closing twice is harmless."""
+        if self._closed:
+            return
+        try:
+            self.flush(timeout)
+        finally:
+            self._closed = True
+            self._writer.unregister(self)
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

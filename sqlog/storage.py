@@ -1,0 +1,159 @@
+"""The SQLite layer: connections and pragmas, the numbered schema, the transaction helper."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import apsw
+
+from .errors import NotASqlogLogError, SchemaTooNewError, translated
+
+APPLICATION_ID = 0x73716C67  # "sqlg"
+
+# The schema as numbered DDL: MIGRATIONS[i] takes user_version i to i + 1.
+# Every partition is its own table, p<topic_id>_<partition>, named by numbers only
+# (see partition_table); its INTEGER PRIMARY KEY is the offset.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE topics(
+        topic_id        INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a stale cache cannot hit a new topic
+        name            TEXT NOT NULL UNIQUE,
+        retention_ms    INTEGER,
+        retention_bytes INTEGER,
+        created_ms      INTEGER NOT NULL
+    );
+    -- next_offset is the high watermark; it and log_start_offset survive an empty partition.
+    CREATE TABLE partitions(
+        topic_id         INTEGER NOT NULL,
+        partition        INTEGER NOT NULL,
+        next_offset      INTEGER NOT NULL DEFAULT 0,
+        log_start_offset INTEGER NOT NULL DEFAULT 0,
+        bytes            INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY(topic_id, partition)
+    ) WITHOUT ROWID;
+    -- One row per appended batch, like Kafka's segment time index: serves time and size
+    -- retention and offsets_for_times without an index on every record.
+    CREATE TABLE batches(
+        topic_id      INTEGER NOT NULL,
+        partition     INTEGER NOT NULL,
+        base_offset   INTEGER NOT NULL,
+        last_offset   INTEGER NOT NULL,
+        max_timestamp INTEGER NOT NULL,
+        bytes         INTEGER NOT NULL,
+        PRIMARY KEY(topic_id, partition, base_offset)
+    ) WITHOUT ROWID;
+    CREATE TABLE committed_offsets(
+        group_id   TEXT NOT NULL,
+        topic_id   INTEGER NOT NULL,
+        partition  INTEGER NOT NULL,
+        offset     INTEGER NOT NULL,
+        metadata   TEXT NOT NULL DEFAULT '',
+        commit_ms  INTEGER NOT NULL,
+        PRIMARY KEY(group_id, topic_id, partition)
+    ) WITHOUT ROWID;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def partition_table(topic_id: int, partition: int) -> str:
+    """The table of one partition; built from integers only, never from user text."""
+    return f"p{int(topic_id)}_{int(partition)}"
+
+
+def partition_ddl(topic_id: int, partition: int) -> str:
+    return (
+        f"CREATE TABLE {partition_table(topic_id, partition)}("
+        "offset INTEGER PRIMARY KEY, ts INTEGER NOT NULL, key BLOB, value BLOB, headers BLOB)"
+    )
+
+
+def connect(path: str, *, busy_timeout_ms: int, synchronous: str, query_only: bool = False) -> apsw.Connection:
+    """Open a connection to an existing or new log with sqlog's pragmas, creating the schema if needed.
+
+    Raises NotASqlogLogError / SchemaTooNewError for a file that is not ours or is newer.
+    """
+    with translated(path):
+        # A statement per partition table: a larger cache keeps them all prepared.
+        conn = apsw.Connection(path, statementcachesize=512)
+        try:
+            # Busy timeout first: even journal_mode=WAL can meet a lock held by another process.
+            conn.set_busy_timeout(busy_timeout_ms)
+            _check_file(conn, path)
+            if _user_version(conn) < SCHEMA_VERSION:
+                _migrate(conn, path)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+            if query_only:
+                conn.execute("PRAGMA query_only=1")
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+def _user_version(conn: apsw.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _check_file(conn: apsw.Connection, path: str) -> None:
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = _user_version(conn)
+    if app_id == APPLICATION_ID:
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNewError(
+                f"{path}: written by a newer sqlog (schema {version}, this one knows "
+                f"{SCHEMA_VERSION}); upgrade sqlog to open it"
+            )
+        return
+    has_tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+    if app_id != 0 or version != 0 or has_tables:
+        raise NotASqlogLogError(
+            f"{path}: an SQLite database but not a sqlog log (application_id {app_id}); "
+            "open another path"
+        )
+
+
+def _migrate(conn: apsw.Connection, path: str) -> None:
+    if not conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+        # Only takes effect before the first table exists: lets retention give pages back.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("PRAGMA journal_mode=WAL")
+    with transaction(conn):
+        _check_file(conn, path)  # another process may have created or upgraded it meanwhile
+        version = _user_version(conn)
+        for ddl in MIGRATIONS[version:]:
+            conn.execute(ddl)
+        conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+@contextlib.contextmanager
+def transaction(conn: apsw.Connection) -> Iterator[apsw.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``: take the write lock up front so the busy handler applies."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def data_version(conn: apsw.Connection) -> int:
+    """Changes whenever another connection commits to the file (cheap: no disk read)."""
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def file_sizes(path: str) -> dict[str, int]:
+    """Bytes on disk of the database, its WAL and its shared-memory index."""
+    out = {}
+    for suffix, name in (("", "db_bytes"), ("-wal", "wal_bytes"), ("-shm", "shm_bytes")):
+        try:
+            out[name] = os.stat(path + suffix).st_size
+        except FileNotFoundError:
+            out[name] = 0
+    return out

@@ -1,0 +1,169 @@
+"""Topic admin: names, partitions and retention settings, stored in the log file."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import apsw
+import attrs
+
+from .errors import (
+    InvalidConfigError,
+    InvalidPartitionsError,
+    InvalidTopicError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
+from .storage import partition_ddl, partition_table
+from .types import PartitionDescription, TopicDescription
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+MAX_PARTITIONS = 4096  # each partition is a table, and every connection parses the whole schema
+
+
+class _Unchanged:
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Any = _Unchanged()
+"""Default of ``alter_topic`` arguments: keep the current setting."""
+
+
+@attrs.frozen
+class TopicMeta:
+    """What producers and consumers need to know of a topic (internal)."""
+
+    topic_id: int
+    name: str
+    partitions: int
+    retention_ms: int | None
+    retention_bytes: int | None
+
+
+def validate_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
+        raise InvalidTopicError(
+            f"invalid topic name {name!r}: use 1 to 249 letters, digits, '.', '_' or '-' "
+            "(not '.' or '..')"
+        )
+    return name
+
+
+def _check_partitions(partitions: object) -> int:
+    if type(partitions) is not int or not 1 <= partitions <= MAX_PARTITIONS:
+        raise InvalidPartitionsError(
+            f"partitions must be an int from 1 to {MAX_PARTITIONS}, not {partitions!r}"
+        )
+    return partitions
+
+
+def check_retention(value: object, what: str) -> int | None:
+    """``None`` or -1 (Kafka's spelling) keep forever; otherwise a positive int."""
+    if value is None or value == -1 and type(value) is int:
+        return None
+    if type(value) is not int or value <= 0:
+        raise InvalidConfigError(f"{what} must be a positive int, -1 or None (keep forever), not {value!r}")
+    return value
+
+
+def lookup(conn: apsw.Connection, name: str) -> TopicMeta | None:
+    row = conn.execute(
+        "SELECT t.topic_id, t.name, (SELECT count(*) FROM partitions p WHERE p.topic_id = t.topic_id),"
+        " t.retention_ms, t.retention_bytes FROM topics t WHERE t.name = ?",
+        (name,),
+    ).fetchone()
+    return TopicMeta(*row) if row else None
+
+
+def require(conn: apsw.Connection, name: str) -> TopicMeta:
+    meta = lookup(conn, validate_name(name))
+    if meta is None:
+        raise UnknownTopicOrPartitionError(f"unknown topic {name!r}: create it with log.create_topic()")
+    return meta
+
+
+def names(conn: apsw.Connection) -> list[str]:
+    return [row[0] for row in conn.execute("SELECT name FROM topics ORDER BY name")]
+
+
+def create(
+    conn: apsw.Connection,
+    name: str,
+    partitions: int,
+    retention_ms: int | None,
+    retention_bytes: int | None,
+) -> TopicMeta:
+    """Insert the topic and its partition tables; run inside a write transaction."""
+    validate_name(name)
+    _check_partitions(partitions)
+    retention_ms = check_retention(retention_ms, "retention_ms")
+    retention_bytes = check_retention(retention_bytes, "retention_bytes")
+    if lookup(conn, name) is not None:
+        raise TopicAlreadyExistsError(f"topic {name!r} already exists")
+    conn.execute(
+        "INSERT INTO topics(name, retention_ms, retention_bytes, created_ms) VALUES (?, ?, ?, ?)",
+        (name, retention_ms, retention_bytes, int(time.time() * 1000)),
+    )
+    topic_id = conn.last_insert_rowid()
+    _add_partitions(conn, topic_id, 0, partitions)
+    return TopicMeta(topic_id, name, partitions, retention_ms, retention_bytes)
+
+
+def _add_partitions(conn: apsw.Connection, topic_id: int, start: int, stop: int) -> None:
+    for p in range(start, stop):
+        conn.execute(partition_ddl(topic_id, p))
+        conn.execute("INSERT INTO partitions(topic_id, partition) VALUES (?, ?)", (topic_id, p))
+
+
+def describe(conn: apsw.Connection, name: str) -> TopicDescription:
+    meta = require(conn, name)
+    parts = [
+        PartitionDescription(p, start, hw, nbytes, hw - start)
+        for p, start, hw, nbytes in conn.execute(
+            "SELECT partition, log_start_offset, next_offset, bytes FROM partitions"
+            " WHERE topic_id = ? ORDER BY partition",
+            (meta.topic_id,),
+        )
+    ]
+    return TopicDescription(meta.name, parts, meta.retention_ms, meta.retention_bytes)
+
+
+def alter(
+    conn: apsw.Connection,
+    name: str,
+    partitions: Any = UNCHANGED,
+    retention_ms: Any = UNCHANGED,
+    retention_bytes: Any = UNCHANGED,
+) -> TopicMeta:
+    """Grow partitions and/or change retention; run inside a write transaction."""
+    meta = require(conn, name)
+    if partitions is not UNCHANGED:
+        _check_partitions(partitions)
+        if partitions < meta.partitions:
+            raise InvalidPartitionsError(
+                f"topic {name!r} has {meta.partitions} partitions; partitions can only grow, as in Kafka"
+            )
+        _add_partitions(conn, meta.topic_id, meta.partitions, partitions)
+    if retention_ms is not UNCHANGED:
+        conn.execute(
+            "UPDATE topics SET retention_ms = ? WHERE topic_id = ?",
+            (check_retention(retention_ms, "retention_ms"), meta.topic_id),
+        )
+    if retention_bytes is not UNCHANGED:
+        conn.execute(
+            "UPDATE topics SET retention_bytes = ? WHERE topic_id = ?",
+            (check_retention(retention_bytes, "retention_bytes"), meta.topic_id),
+        )
+    return require(conn, name)
+
+
+def delete(conn: apsw.Connection, name: str) -> None:
+    """Drop the topic, its partition tables, batch index and committed offsets; in a write transaction."""
+    meta = require(conn, name)
+    for p in range(meta.partitions):
+        conn.execute(f"DROP TABLE {partition_table(meta.topic_id, p)}")
+    for table in ("partitions", "batches", "committed_offsets", "topics"):
+        conn.execute(f"DELETE FROM {table} WHERE topic_id = ?", (meta.topic_id,))

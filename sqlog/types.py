@@ -1,0 +1,77 @@
+"""Public value classes: frozen, slotted and comparable, with Kafka's names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+Headers = tuple[tuple[str, "bytes | None"], ...]
+
+
+@attrs.frozen(order=True)
+class TopicPartition:
+    """One partition of one topic."""
+
+    topic: str
+    partition: int
+
+
+@attrs.frozen
+class Record:
+    """A record read by a consumer. ``key``/``value`` are deserialized; ``headers`` are raw."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: Any
+    value: Any
+    headers: Headers = ()
+
+
+@attrs.frozen
+class RecordMetadata:
+    """Where a sent record was stored; returned by the future of ``Producer.send``."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+@attrs.frozen
+class OffsetAndMetadata:
+    """A committed offset (the next record to read) with an optional note."""
+
+    offset: int
+    metadata: str = ""
+
+
+@attrs.frozen
+class OffsetAndTimestamp:
+    """An answer of ``offsets_for_times``: the first offset at or after the timestamp."""
+
+    offset: int
+    timestamp_ms: int
+
+
+@attrs.frozen
+class PartitionDescription:
+    """A partition's state: offsets ``[log_start_offset, high_watermark)`` are stored."""
+
+    partition: int
+    log_start_offset: int
+    high_watermark: int
+    bytes: int
+    records: int
+
+
+@attrs.frozen
+class TopicDescription:
+    """A topic's configuration and partitions."""
+
+    name: str
+    partitions: list[PartitionDescription]
+    retention_ms: int | None
+    retention_bytes: int | None

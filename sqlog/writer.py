@@ -1,0 +1,238 @@
+"""Group commit: everything producers have waiting goes into one ``BEGIN IMMEDIATE`` transaction.
+
+A send only appends to its producer's open batch. The batch is written by whichever comes
+first: the sending thread itself once the batch is full, a thread blocking in ``get()`` or
+``flush()`` (the leader; threads arriving meanwhile find their records written or join the
+next write), or the linger thread for records nobody waits on. Sealing and writing happen
+under one mutex, so batches reach the table in the order they were sealed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import apsw
+
+from .errors import LogClosedError, SqlogError, SqlogTimeoutError, UnknownTopicOrPartitionError, translated
+from .storage import partition_table, transaction
+from .types import RecordMetadata
+
+if TYPE_CHECKING:
+    from .producer import Producer
+
+
+class Chunk:
+    """The records of one batch bound for one partition, stored column-wise for ``executemany``."""
+
+    __slots__ = ("topic", "topic_id", "partition", "ts", "keys", "values", "headers", "bytes", "max_ts",
+                 "base_offset", "error", "batch")
+
+    def __init__(self, topic: str, topic_id: int, partition: int, batch: Batch) -> None:
+        self.topic = topic
+        self.topic_id = topic_id
+        self.partition = partition
+        self.ts: list[int] = []
+        self.keys: list[bytes | None] = []
+        self.values: list[bytes | None] = []
+        self.headers: list[bytes | None] = []
+        self.bytes = 0
+        self.max_ts = -1
+        self.base_offset = -1
+        self.error: SqlogError | None = None
+        self.batch = batch
+
+
+class Batch:
+    """One producer's records between two writes; done once committed (or failed)."""
+
+    __slots__ = ("producer", "chunks", "bytes", "created", "done", "error")
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+        self.chunks: dict[tuple[int, int], Chunk] = {}
+        self.bytes = 0
+        self.created = time.monotonic()
+        self.done = False
+        self.error: SqlogError | None = None
+
+
+class RecordFuture:
+    """The result of ``Producer.send``: ``get()`` blocks until the record is durable."""
+
+    __slots__ = ("_chunk", "_index", "_writer")
+
+    def __init__(self, chunk: Chunk, index: int, writer: Writer) -> None:
+        self._chunk = chunk
+        self._index = index
+        self._writer = writer
+
+    def done(self) -> bool:
+        """True once the record is committed or has failed."""
+        return self._chunk.batch.done
+
+    def get(self, timeout: float | None = None) -> RecordMetadata:
+        """Wait until the record is durable and return where it was stored.
+
+        Raises the write's `SqlogError`, or `SqlogTimeoutError` after ``timeout`` seconds.
+        """
+        chunk = self._chunk
+        if not chunk.batch.done:
+            self._writer.write_through(chunk.batch, timeout)
+        error = chunk.error or chunk.batch.error
+        if error is not None:
+            raise error
+        return RecordMetadata(chunk.topic, chunk.partition, chunk.base_offset + self._index, chunk.ts[self._index])
+
+    def exception(self, timeout: float | None = None) -> SqlogError | None:
+        """The error the send failed with, or None once it succeeded."""
+        try:
+            self.get(timeout)
+        except SqlogTimeoutError:
+            raise
+        except SqlogError as exc:
+            return exc
+        return None
+
+
+_UPDATE = (
+    "UPDATE partitions SET next_offset = next_offset + ?1, bytes = bytes + ?2"
+    " WHERE topic_id = ?3 AND partition = ?4 RETURNING next_offset - ?1"
+)
+_INDEX = "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)"
+
+
+class Writer:
+    """The log's single writer connection, shared by all its producers (one per Log)."""
+
+    def __init__(self, conn: apsw.Connection, path: str, mutex: threading.Lock,
+                 on_commit: Callable[[], None]) -> None:
+        self._conn = conn
+        self._path = path
+        self.mutex = mutex  # also guards admin use of the connection
+        self._on_commit = on_commit
+        self._producers: weakref.WeakSet[Producer] = weakref.WeakSet()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # -- producers -------------------------------------------------------------------------
+    def register(self, producer: Producer) -> None:
+        with self._cond:
+            if self._closed:
+                raise LogClosedError(f"{self._path}: the log is closed")
+            self._producers.add(producer)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._linger_loop, name="sqlog-linger", daemon=True)
+                self._thread.start()
+
+    def unregister(self, producer: Producer) -> None:
+        with self._cond:
+            self._producers.discard(producer)
+
+    def wake(self) -> None:
+        """A batch went from empty to non-empty: the linger thread should plan its write."""
+        with self._cond:
+            self._cond.notify()
+
+    # -- writing ---------------------------------------------------------------------------
+    def write_through(self, batch: Batch | None, timeout: float | None = None) -> None:
+        """Write everything waiting unless ``batch`` is already done (None: write everything)."""
+        if not self.mutex.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            raise SqlogTimeoutError(f"records not written within {timeout} s")
+        try:
+            if batch is None or not batch.done:
+                self._write([b for p in list(self._producers) if (b := p._take_batch()) is not None])
+        finally:
+            self.mutex.release()
+
+    def _write(self, batches: list[Batch]) -> None:
+        """Commit ``batches`` in one transaction; the caller holds ``mutex``."""
+        if not batches:
+            return
+        conn = self._conn
+        error: SqlogError | None = None
+        try:
+            with translated(self._path), transaction(conn):
+                for batch in batches:
+                    for chunk in batch.chunks.values():
+                        self._append(conn, chunk)
+        except SqlogError as exc:
+            error = exc
+        except apsw.Error as exc:  # anything translated() does not name
+            error = SqlogError(f"{self._path}: write failed: {exc}")
+        for batch in batches:
+            batch.error = error
+            batch.done = True
+            if error is not None:
+                batch.producer._error = error
+        if error is None:
+            self._on_commit()
+
+    @staticmethod
+    def _append(conn: apsw.Connection, chunk: Chunk) -> None:
+        n = len(chunk.values)
+        row = conn.execute(_UPDATE, (n, chunk.bytes, chunk.topic_id, chunk.partition)).fetchone()
+        if row is None:
+            chunk.error = UnknownTopicOrPartitionError(
+                f"topic {chunk.topic!r} partition {chunk.partition} no longer exists (deleted?)"
+            )
+            return
+        base = row[0]
+        conn.executemany(
+            f"INSERT INTO {partition_table(chunk.topic_id, chunk.partition)} VALUES (?, ?, ?, ?, ?)",
+            zip(range(base, base + n), chunk.ts, chunk.keys, chunk.values, chunk.headers),
+        )
+        conn.execute(_INDEX, (chunk.topic_id, chunk.partition, base, base + n - 1, chunk.max_ts, chunk.bytes))
+        chunk.base_offset = base
+
+    # -- lingering records -----------------------------------------------------------------
+    def _linger_loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                due = self._next_due()
+                if due is None:
+                    self._cond.wait()
+                    continue
+                delay = due - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+            try:
+                self.write_through(None)
+            except SqlogError:
+                pass  # the error is on every future of the failed batches
+
+    def _next_due(self) -> float | None:
+        due = None
+        for p in list(self._producers):
+            t = p._due()
+            if t is not None and (due is None or t < due):
+                due = t
+        return due
+
+    def after_fork(self, conn: apsw.Connection, mutex: threading.Lock) -> None:
+        """Continue in a forked child on its own connection, dropping the parent's unwritten batches."""
+        self._conn = conn
+        self.mutex = mutex
+        self._cond = threading.Condition()
+        self._thread = None
+        for producer in list(self._producers):
+            producer._after_fork()
+        if self._producers:
+            self._thread = threading.Thread(target=self._linger_loop, name="sqlog-linger", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Write what is waiting and stop the linger thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self.write_through(None)
