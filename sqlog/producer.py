@@ -86,7 +86,9 @@ class Producer:
         if self._closed:
             raise LogClosedError("the producer is closed")
         now_ms = time.time_ns() // 1_000_000
-        meta = self._meta(topic, now_ms)
+        meta = self._topics.get(topic)
+        if meta is None or now_ms >= self._meta_expiry or self._meta_epoch != self._log._meta_epoch:
+            meta = self._meta(topic, now_ms)
         v = value if type(value) is bytes and self._value_ser is None else to_bytes(value, self._value_ser, "value")
         k = key if type(key) is bytes and self._key_ser is None else to_bytes(key, self._key_ser, "key")
         h = encode_headers(headers) if headers else None
@@ -100,13 +102,20 @@ class Producer:
             timestamp_ms = now_ms
         elif type(timestamp_ms) is not int or timestamp_ms < 0:
             raise SerializationError(f"timestamp_ms must be a non-negative int (ms since the epoch), not {timestamp_ms!r}")
+        if partition is not None and (type(partition) is not int or not 0 <= partition < meta.partitions):
+            raise UnknownTopicOrPartitionError(f"topic {topic!r} has partitions 0..{meta.partitions - 1}, not {partition!r}")
+        wake = False
         with self._lock:
             if partition is None:
-                partition = partition_for_key(k, meta.partitions) if k is not None else self._sticky_partition(meta, size)
-            elif type(partition) is not int or not 0 <= partition < meta.partitions:
-                raise UnknownTopicOrPartitionError(
-                    f"topic {topic!r} has partitions 0..{meta.partitions - 1}, not {partition!r}"
-                )
+                if k is not None:
+                    partition = partition_for_key(k, meta.partitions)
+                else:
+                    sticky = self._sticky.get(topic)
+                    if sticky is not None and sticky[1] > 0 and sticky[0] < meta.partitions:
+                        sticky[1] -= size
+                        partition = sticky[0]
+                    else:
+                        partition = self._new_sticky_partition(meta, size)
             batch = self._batch
             chunk = batch.chunks.get((meta.topic_id, partition))
             if chunk is None:
@@ -114,41 +123,33 @@ class Producer:
                 if len(batch.chunks) == 1:
                     batch.created = time.monotonic()
                     wake = True
-                else:
-                    wake = False
-            else:
-                wake = False
-            index = len(chunk.values)
-            chunk.ts.append(timestamp_ms)
-            chunk.keys.append(k)
-            chunk.values.append(v)
-            chunk.headers.append(h)
+            rows = chunk.rows
+            index = len(rows)
+            rows.append((timestamp_ms, k, v, h))
             chunk.bytes += size
             if timestamp_ms > chunk.max_ts:
                 chunk.max_ts = timestamp_ms
             batch.bytes += size
             full = batch.bytes >= self._batch_size
-        future = RecordFuture(chunk, index, self._writer)
         if full:
             self._writer.write_through(batch)
         elif wake:
             self._writer.wake()
-        return future
+        return RecordFuture(chunk, index)
 
-    def _sticky_partition(self, meta: TopicMeta, size: int) -> int:
+    def _new_sticky_partition(self, meta: TopicMeta, size: int) -> int:
         """Keyless records stick to one partition for a batch's worth of bytes, then move (KIP-480)."""
         sticky = self._sticky.get(meta.name)
-        if sticky is None or sticky[1] <= 0 or sticky[0] >= meta.partitions:
-            previous = sticky[0] if sticky else -1
-            choice = random.randrange(meta.partitions)
-            if choice == previous and meta.partitions > 1:
-                choice = (choice + 1) % meta.partitions
-            sticky = self._sticky[meta.name] = [choice, self._batch_size]
-        sticky[1] -= size
-        return sticky[0]
+        previous = sticky[0] if sticky else -1
+        choice = random.randrange(meta.partitions)
+        if choice == previous and meta.partitions > 1:
+            choice = (choice + 1) % meta.partitions
+        self._sticky[meta.name] = [choice, self._batch_size - size]
+        return choice
 
     def _meta(self, topic: str, now_ms: int) -> TopicMeta:
         if now_ms >= self._meta_expiry or self._meta_epoch != self._log._meta_epoch:
+            # Expired or changed locally: forget all, so grown or deleted topics are seen.
             self._topics.clear()
             self._meta_epoch = self._log._meta_epoch
             self._meta_expiry = now_ms + self._meta_age_ms

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 
 import apsw
 
-from .errors import LogClosedError, SqlogError, SqlogTimeoutError, UnknownTopicOrPartitionError, translated
+from .errors import (
+    LogClosedError,
+    SqlogError,
+    SqlogTimeoutError,
+    StorageError,
+    UnknownTopicOrPartitionError,
+    translated,
+)
 from .storage import partition_table, transaction
 from .types import RecordMetadata
 
@@ -26,19 +33,15 @@ if TYPE_CHECKING:
 
 
 class Chunk:
-    """The records of one batch bound for one partition, stored column-wise for ``executemany``."""
+    """The records of one batch bound for one partition: ``(timestamp_ms, key, value, headers)`` rows."""
 
-    __slots__ = ("topic", "topic_id", "partition", "ts", "keys", "values", "headers", "bytes", "max_ts",
-                 "base_offset", "error", "batch")
+    __slots__ = ("topic", "topic_id", "partition", "rows", "bytes", "max_ts", "base_offset", "error", "batch")
 
     def __init__(self, topic: str, topic_id: int, partition: int, batch: Batch) -> None:
         self.topic = topic
         self.topic_id = topic_id
         self.partition = partition
-        self.ts: list[int] = []
-        self.keys: list[bytes | None] = []
-        self.values: list[bytes | None] = []
-        self.headers: list[bytes | None] = []
+        self.rows: list[tuple[int, bytes | None, bytes | None, bytes | None]] = []
         self.bytes = 0
         self.max_ts = -1
         self.base_offset = -1
@@ -63,12 +66,11 @@ class Batch:
 class RecordFuture:
     """The result of ``Producer.send``: ``get()`` blocks until the record is durable."""
 
-    __slots__ = ("_chunk", "_index", "_writer")
+    __slots__ = ("_chunk", "_index")
 
-    def __init__(self, chunk: Chunk, index: int, writer: Writer) -> None:
+    def __init__(self, chunk: Chunk, index: int) -> None:
         self._chunk = chunk
         self._index = index
-        self._writer = writer
 
     def done(self) -> bool:
         """True once the record is committed or has failed."""
@@ -81,11 +83,12 @@ class RecordFuture:
         """
         chunk = self._chunk
         if not chunk.batch.done:
-            self._writer.write_through(chunk.batch, timeout)
+            chunk.batch.producer._writer.write_through(chunk.batch, timeout)
         error = chunk.error or chunk.batch.error
         if error is not None:
             raise error
-        return RecordMetadata(chunk.topic, chunk.partition, chunk.base_offset + self._index, chunk.ts[self._index])
+        index = self._index
+        return RecordMetadata(chunk.topic, chunk.partition, chunk.base_offset + index, chunk.rows[index][0])
 
     def exception(self, timeout: float | None = None) -> SqlogError | None:
         """The error the send failed with, or None once it succeeded."""
@@ -172,20 +175,24 @@ class Writer:
         if error is None:
             self._on_commit()
 
-    @staticmethod
-    def _append(conn: apsw.Connection, chunk: Chunk) -> None:
-        n = len(chunk.values)
-        row = conn.execute(_UPDATE, (n, chunk.bytes, chunk.topic_id, chunk.partition)).fetchone()
-        if row is None:
+    def _append(self, conn: apsw.Connection, chunk: Chunk) -> None:
+        rows = chunk.rows
+        n = len(rows)
+        found = conn.execute(_UPDATE, (n, chunk.bytes, chunk.topic_id, chunk.partition)).fetchone()
+        if found is None:
             chunk.error = UnknownTopicOrPartitionError(
                 f"topic {chunk.topic!r} partition {chunk.partition} no longer exists (deleted?)"
             )
             return
-        base = row[0]
-        conn.executemany(
-            f"INSERT INTO {partition_table(chunk.topic_id, chunk.partition)} VALUES (?, ?, ?, ?, ?)",
-            zip(range(base, base + n), chunk.ts, chunk.keys, chunk.values, chunk.headers),
-        )
+        base = found[0]
+        table = partition_table(chunk.topic_id, chunk.partition)
+        # The first row takes its offset explicitly; the rest get max(offset) + 1 from SQLite,
+        # which is the next offset because nothing above ``base`` exists in this transaction.
+        conn.execute(f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?)", (base, *rows[0]))
+        if n > 1:
+            conn.executemany(f"INSERT INTO {table}(ts, key, value, headers) VALUES (?, ?, ?, ?)", rows[1:])
+            if conn.last_insert_rowid() != base + n - 1:
+                raise StorageError(f"{self._path}: {table} holds offsets above its high watermark {base}")
         conn.execute(_INDEX, (chunk.topic_id, chunk.partition, base, base + n - 1, chunk.max_ts, chunk.bytes))
         chunk.base_offset = base
 
