@@ -25,7 +25,9 @@ from .errors import (
     UnknownTopicOrPartitionError,
     translated,
 )
+from .retention import enforce_size
 from .storage import partition_table, transaction
+from .topics import effective
 from .types import RecordMetadata
 
 if TYPE_CHECKING:
@@ -103,7 +105,8 @@ class RecordFuture:
 
 _UPDATE = (
     "UPDATE partitions SET next_offset = next_offset + ?1, bytes = bytes + ?2"
-    " WHERE topic_id = ?3 AND partition = ?4 RETURNING next_offset - ?1"
+    " WHERE topic_id = ?3 AND partition = ?4 RETURNING next_offset - ?1, log_start_offset, bytes,"
+    f" (SELECT {effective('retention_bytes')} FROM topics t WHERE t.topic_id = ?3)"
 )
 _INDEX = "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)"
 
@@ -184,7 +187,7 @@ class Writer:
                 f"topic {chunk.topic!r} partition {chunk.partition} no longer exists (deleted?)"
             )
             return
-        base = found[0]
+        base, start, nbytes, budget = found
         table = partition_table(chunk.topic_id, chunk.partition)
         # The first row takes its offset explicitly; the rest get max(offset) + 1 from SQLite,
         # which is the next offset because nothing above ``base`` exists in this transaction.
@@ -195,6 +198,10 @@ class Writer:
                 raise StorageError(f"{self._path}: {table} holds offsets above its high watermark {base}")
         conn.execute(_INDEX, (chunk.topic_id, chunk.partition, base, base + n - 1, chunk.max_ts, chunk.bytes))
         chunk.base_offset = base
+        if budget is not None and nbytes > budget:
+            # Size retention as the log grows, bounded so one append never deletes a backlog
+            # (the sweeper does that in chunks).
+            enforce_size(conn, chunk.topic_id, chunk.partition, start, nbytes, budget, max(4 * n, 1000))
 
     # -- lingering records -----------------------------------------------------------------
     def _linger_loop(self) -> None:
