@@ -27,6 +27,7 @@ from .partitioner import murmur2, partition_for_key
 from .producer import Producer
 from .serde import JSON, STRING, Serde
 from .types import (
+    CheckReport,
     OffsetAndMetadata,
     OffsetAndTimestamp,
     PartitionDescription,
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 __all__ = [
     "JSON",
     "STRING",
+    "CheckReport",
     "CommitFailedError",
     "Consumer",
     "ConsumerRebalanceListener",

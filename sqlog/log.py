@@ -17,7 +17,7 @@ from . import groups, topics
 from .errors import CommitFailedError, InvalidConfigError, LogClosedError, translated
 from .storage import connect, file_sizes, transaction
 from .retention import Upkeep
-from .types import SweepResult, TopicDescription, TopicPartition
+from .types import CheckReport, SweepResult, TopicDescription, TopicPartition
 from .writer import Writer
 
 if TYPE_CHECKING:
@@ -224,6 +224,13 @@ class Log:
         """
         self._check_open()
         return self._upkeep.sweep(now_ms)
+
+    def check(self) -> CheckReport:
+        """Verify the file: SQLite's integrity_check plus sqlog's invariants (dense offsets from
+        log start to high watermark, batch index and byte counts matching the records, committed
+        offsets in range, no orphan tables). Reads one snapshot; producers keep going."""
+        self._check_open()
+        return self._upkeep.check()
 
     def checkpoint(self) -> int:
         """Checkpoint the WAL now (TRUNCATE once it passes ``wal_limit_bytes``); returns its prior size."""

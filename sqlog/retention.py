@@ -16,12 +16,12 @@ from collections.abc import Callable
 
 import apsw
 
+from .check import violations
 from .errors import SqlogError, translated
-from .storage import partition_table, transaction
+from .storage import RECORD_BYTES, partition_table, transaction
 from .topics import effective
-from .types import PartitionSweep, SweepResult, TopicPartition
+from .types import CheckReport, PartitionSweep, SweepResult, TopicPartition
 
-RECORD_BYTES = "coalesce(length(key), 0) + coalesce(length(value), 0) + coalesce(length(headers), 0)"
 SWEEP_CHUNK_RECORDS = 20_000  # records deleted per transaction: producers get the lock in between
 VACUUM_STEP_PAGES = 512
 
@@ -226,6 +226,16 @@ class Upkeep:
     def sweep(self, now_ms: int | None = None) -> SweepResult:
         with self.lock:
             return sweep(self.conn(), self._path, int(time.time() * 1000) if now_ms is None else now_ms)
+
+    def check(self) -> CheckReport:
+        """Run ``check.violations`` on one snapshot (a read transaction) of the upkeep connection."""
+        with self.lock, translated(self._path):
+            conn = self.conn()
+            conn.execute("BEGIN")
+            try:
+                return CheckReport(violations(conn))
+            finally:
+                conn.execute("COMMIT")
 
     def checkpoint(self) -> int:
         with self.lock, translated(self._path):

@@ -60,6 +60,9 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
+# A record's size as retention and the byte counts see it (the producer's len(key + value + headers)).
+RECORD_BYTES = "coalesce(length(key), 0) + coalesce(length(value), 0) + coalesce(length(headers), 0)"
+
 
 def partition_table(topic_id: int, partition: int) -> str:
     """The table of one partition; built from integers only, never from user text."""

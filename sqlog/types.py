@@ -99,3 +99,14 @@ class SweepResult:
     @property
     def bytes(self) -> int:
         return sum(d.bytes for d in self.deleted.values())
+
+
+@attrs.frozen
+class CheckReport:
+    """What ``Log.check()`` found: one line per violated invariant; ``ok`` when there are none."""
+
+    violations: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
