@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import apsw
 
 from . import groups, topics
-from .errors import CommitFailedError, InvalidConfigError, LogClosedError, translated
+from .errors import CommitFailedError, InvalidConfigError, LogClosedError, SqlogError, translated
 from .storage import connect, file_sizes, transaction
 from .retention import Upkeep
 from .types import CheckReport, SweepResult, TopicDescription, TopicPartition
@@ -201,20 +201,30 @@ class Log:
     def _untrack(self, consumer: Consumer) -> None:
         self._consumers.discard(consumer)
 
-    def _commit_offsets(self, group_id: str, rows: list[tuple[TopicPartition, int, int, str]]) -> None:
+    def _commit_offsets(self, group_id: str, rows: list[tuple[TopicPartition, int, int, str]],
+                        skip_beyond_end: bool = False) -> None:
+        """Store committed offsets in one transaction; an offset beyond the high watermark is
+        refused (CommitFailedError), or left out with ``skip_beyond_end`` (auto-commit)."""
         with self._write() as conn:
-            for tp, topic_id, offset, _ in rows:
-                row = conn.execute(
+            keep = []
+            for row in rows:
+                tp, topic_id, offset, _ = row
+                found = conn.execute(
                     "SELECT next_offset FROM partitions WHERE topic_id = ? AND partition = ?",
                     (topic_id, tp.partition),
                 ).fetchone()
-                if row is None:
+                if found is None:
+                    if skip_beyond_end:
+                        continue
                     raise CommitFailedError(f"cannot commit {tp}: the topic no longer exists")
-                if offset > row[0]:
+                if offset > found[0]:
+                    if skip_beyond_end:
+                        continue
                     raise CommitFailedError(
-                        f"cannot commit offset {offset} for {tp}: beyond its high watermark {row[0]}"
+                        f"cannot commit offset {offset} for {tp}: beyond its high watermark {found[0]}"
                     )
-            groups.store(conn, group_id, [(t, tp.partition, o, m) for tp, t, o, m in rows])
+                keep.append(row)
+            groups.store(conn, group_id, [(t, tp.partition, o, m) for tp, t, o, m in keep])
 
     # -- upkeep ----------------------------------------------------------------------------
     def sweep(self, now_ms: int | None = None) -> SweepResult:
@@ -253,7 +263,10 @@ class Log:
             self._writer.close()
         finally:
             for consumer in list(self._consumers):
-                consumer.close()
+                try:
+                    consumer.close()
+                except SqlogError:
+                    pass  # its final auto-commit failed (e.g. topic deleted); the log still closes
             self.closed = True
             self._upkeep.close()
             with self._mutex:

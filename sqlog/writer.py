@@ -211,8 +211,8 @@ class Writer:
                         self._append(conn, chunk)
         except SqlogError as exc:
             error = exc
-        except apsw.Error as exc:  # anything translated() does not name
-            error = SqlogError(f"{self._path}: write failed: {exc}")
+        except Exception as exc:  # anything translated() does not name: the batches still complete
+            error = SqlogError(f"{self._path}: write failed: {exc!r}")
         self._last_seconds = time.monotonic() - began
         self._last_records = sum(len(c.rows) for b in batches for c in b.chunks.values())
         for batch in batches:
