@@ -47,6 +47,7 @@ class Log:
         wal_checkpoint_interval_ms: int | None = 1_000,
         wal_limit_bytes: int = 64 * 1024 * 1024,
         journal_size_limit: int = 32 * 1024 * 1024,
+        max_db_bytes: int | None = None,
     ) -> None:
         """Open (creating if needed) the log at ``path``; see `sqlog.open` for the options."""
         if durability not in _SYNCHRONOUS:
@@ -54,6 +55,8 @@ class Log:
         _check_int("busy_timeout_ms", busy_timeout_ms, 0)
         _check_int("wal_limit_bytes", wal_limit_bytes, 1)
         _check_int("journal_size_limit", journal_size_limit, 0)
+        if max_db_bytes is not None:
+            _check_int("max_db_bytes", max_db_bytes, 64 * 1024)
         for name, interval in (("retention_check_interval_ms", retention_check_interval_ms),
                                ("wal_checkpoint_interval_ms", wal_checkpoint_interval_ms)):
             if interval is not None:
@@ -67,6 +70,7 @@ class Log:
         self.synchronous = _SYNCHRONOUS[durability]
         self.busy_timeout_ms = busy_timeout_ms
         self._journal_size_limit = journal_size_limit
+        self._max_db_bytes = max_db_bytes
         self._upkeep_options = (retention_check_interval_ms, wal_checkpoint_interval_ms, wal_limit_bytes)
         self.closed = False
         self._meta_epoch = 0  # bumped by every local topic change, so clients drop cached metadata
@@ -94,6 +98,9 @@ class Log:
     def _connect(self) -> apsw.Connection:
         conn = connect(self.path, busy_timeout_ms=self.busy_timeout_ms, synchronous=self.synchronous)
         conn.execute(f"PRAGMA journal_size_limit={self._journal_size_limit}")
+        if self._max_db_bytes is not None:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count={max(1, self._max_db_bytes // page_size)}")
         return conn
 
     def _open_connections(self) -> None:
@@ -312,6 +319,8 @@ def open(path: str | os.PathLike[str], **options: Any) -> Log:
     - ``wal_checkpoint_interval_ms`` (1000, None = off) and ``wal_limit_bytes`` (64 MiB): the
       periodic WAL checkpoint, escalated to TRUNCATE past the limit.
     - ``journal_size_limit`` (32 MiB): what SQLite truncates the WAL to after a checkpoint.
+    - ``max_db_bytes`` (None): a cap on the database file; a write past it fails with
+      `DiskFullError` (nothing of it stored) until retention or a sweep frees pages.
     """
     unknown = sorted(set(options) - _OPEN_OPTIONS)
     if unknown:
