@@ -8,6 +8,7 @@ from .errors import (
     IllegalStateError,
     InvalidConfigError,
     InvalidPartitionsError,
+    InvalidRecordStateError,
     InvalidTopicError,
     LogClosedError,
     NotASqlogLogError,
@@ -26,6 +27,7 @@ from .log import Log, open
 from .partitioner import murmur2, partition_for_key
 from .producer import Producer
 from .serde import JSON, STRING, Serde
+from .share import ShareConsumer
 from .types import (
     CheckReport,
     OffsetAndMetadata,
@@ -34,6 +36,9 @@ from .types import (
     PartitionSweep,
     Record,
     RecordMetadata,
+    ShareGroupDescription,
+    SharePartitionState,
+    ShareRecord,
     SweepResult,
     TopicDescription,
     TopicPartition,
@@ -54,6 +59,7 @@ __all__ = [
     "IllegalStateError",
     "InvalidConfigError",
     "InvalidPartitionsError",
+    "InvalidRecordStateError",
     "InvalidTopicError",
     "Log",
     "LogClosedError",
@@ -71,6 +77,10 @@ __all__ = [
     "RecordTooLarge",
     "SchemaTooNewError",
     "Serde",
+    "ShareConsumer",
+    "ShareGroupDescription",
+    "SharePartitionState",
+    "ShareRecord",
     "SerializationError",
     "SqlogError",
     "SqlogTimeoutError",

@@ -22,7 +22,7 @@ from .errors import (
 )
 from .producer import check_config
 from .serde import decode_headers, deserializer
-from .storage import connect, data_version, partition_table
+from .storage import connect, data_version, partition_table, wait_for_commit
 from .types import OffsetAndMetadata, OffsetAndTimestamp, Record, TopicPartition
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "max_poll_interval_ms": 300_000,
 }
 _RESETS = ("earliest", "latest", "none")
-_WAKE_CHECK_S = 0.005  # how often a blocked poll looks for other processes' commits
 
 
 class ConsumerRebalanceListener:
@@ -373,22 +372,15 @@ class Consumer:
                 self._refresh()
                 version = data_version(self._conn)
                 records = self._fetch(limit, advance)
-            remaining = deadline - time.monotonic()
-            if records or remaining <= 0:
+            if records or time.monotonic() >= deadline:
                 return records
             # Nothing new: sleep until this process commits, checking every few ms for others.
-            while remaining > 0:
-                with log._appended:
-                    log._appended.wait_for(lambda: log._commit_seq != seq, min(remaining, _WAKE_CHECK_S))
-                self._check_open()
-                if log._commit_seq != seq:
-                    break
-                with translated(self._path):
-                    if data_version(self._conn) != version:
-                        break
-                if self._subscription is not None and time.monotonic() >= self._refresh_at:
-                    break
-                remaining = deadline - time.monotonic()
+            wait_for_commit(log, self._conn, self._path, seq, version, deadline, self._wake_early)
+
+    def _wake_early(self) -> bool:
+        """Stop a blocked poll's wait: closed meanwhile (raises) or subscribed topics due for a look."""
+        self._check_open()
+        return self._subscription is not None and time.monotonic() >= self._refresh_at
 
     def _fetch(self, limit: int, advance: bool) -> list[Record]:
         parts = [p for p in self._parts.values() if not p.paused]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import apsw
 
@@ -82,6 +83,19 @@ class StorageError(SqlogError):
 
 class SqlogTimeoutError(SqlogError, TimeoutError):
     """An operation did not finish within the timeout it was given."""
+
+
+class InvalidRecordStateError(CommitFailedError):
+    """Share-group acknowledgements refused: the record's lock had expired and it was delivered
+    again (or archived, or removed by retention). Nothing of those records was applied; the
+    other acknowledgements in the same commit were. ``records`` lists the refused ones."""
+
+    def __init__(self, message: str, records: tuple[Any, ...] = ()) -> None:
+        super().__init__(message)
+        self.records = records
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.args[0], self.records)
 
 
 @contextlib.contextmanager

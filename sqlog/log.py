@@ -23,6 +23,8 @@ from .writer import Writer
 if TYPE_CHECKING:
     from .consumer import Consumer
     from .producer import Producer
+    from .share import ShareConsumer
+    from .types import ShareGroupDescription
 
 _SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 
@@ -142,10 +144,14 @@ class Log:
 
     # -- topics ----------------------------------------------------------------------------
     def create_topic(self, name: str, partitions: int = 1, retention_ms: int | None = None,
-                     retention_bytes: int | None = None) -> TopicDescription:
-        """Create a topic; offsets of each partition start at 0."""
+                     retention_bytes: int | None = None, retention_policy: str = "limits") -> TopicDescription:
+        """Create a topic; offsets of each partition start at 0.
+
+        ``retention_policy="interest"``: retention never removes records that a consumer group
+        (by its committed offset) or a share group (by its start offset) reading the topic still needs.
+        """
         with self._write() as conn:
-            topics.create(conn, name, partitions, retention_ms, retention_bytes)
+            topics.create(conn, name, partitions, retention_ms, retention_bytes, retention_policy)
             self._meta_epoch += 1
             return topics.describe(conn, name)
 
@@ -160,10 +166,11 @@ class Log:
             return topics.describe(conn, name)
 
     def alter_topic(self, name: str, *, partitions: Any = topics.UNCHANGED, retention_ms: Any = topics.UNCHANGED,
-                    retention_bytes: Any = topics.UNCHANGED) -> TopicDescription:
+                    retention_bytes: Any = topics.UNCHANGED,
+                    retention_policy: Any = topics.UNCHANGED) -> TopicDescription:
         """Grow the partition count (never shrink, as in Kafka) or change retention (None: keep forever)."""
         with self._write() as conn:
-            topics.alter(conn, name, partitions, retention_ms, retention_bytes)
+            topics.alter(conn, name, partitions, retention_ms, retention_bytes, retention_policy)
             self._meta_epoch += 1
             return topics.describe(conn, name)
 
@@ -232,6 +239,41 @@ class Log:
                     )
                 keep.append(row)
             groups.store(conn, group_id, [(t, tp.partition, o, m) for tp, t, o, m in keep])
+
+    # -- share groups (queue mode, Kafka's KIP-932; see share.py) -----------------------------
+    def share_consumer(self, group_id: str, **config: Any) -> ShareConsumer:
+        """A new member of share group ``group_id``; see `sqlog.ShareConsumer` for the config keys."""
+        from .share import ShareConsumer
+
+        self._check_open()
+        return ShareConsumer(self, group_id, **config)
+
+    def list_share_groups(self) -> list[str]:
+        """The ids of all share groups, sorted."""
+        from . import share
+
+        with self._read() as conn:
+            return share.list_groups(conn)
+
+    def describe_share_group(self, group_id: str) -> ShareGroupDescription:
+        """Per partition: start offset, in-flight window, acquired / available / acknowledged /
+        archived counts and lag; state "Dead" for a group that does not exist."""
+        from . import share
+
+        with self._read() as conn:
+            conn.execute("BEGIN")  # one snapshot for all the counts
+            try:
+                return share.describe(conn, group_id, share.now_ms())
+            finally:
+                conn.execute("COMMIT")
+
+    def delete_share_group(self, group_id: str) -> None:
+        """Forget a share group's state (e.g. so interest retention stops waiting for it);
+        refused (IllegalStateError) while a consumer holds one of its records."""
+        from . import share
+
+        with self._write() as conn:
+            share.delete(conn, group_id, share.now_ms())
 
     # -- upkeep ----------------------------------------------------------------------------
     def sweep(self, now_ms: int | None = None) -> SweepResult:

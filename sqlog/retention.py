@@ -120,10 +120,33 @@ def cut_partition(conn: apsw.Connection, topic_id: int, partition: int, start: i
     return cut - start, deleted_bytes
 
 
+def interest_cap(conn: apsw.Connection, topic_id: int, partition: int) -> int | None:
+    """For a topic with ``retention_policy="interest"``, the lowest offset a group reading the
+    partition still needs: the least of consumer groups' committed offsets and share groups'
+    start offsets. None when retention may cut freely (policy "limits", or nobody reads it)."""
+    row = conn.execute(
+        "SELECT retention_policy = 'interest',"
+        " (SELECT min(offset) FROM committed_offsets WHERE topic_id = ?1 AND partition = ?2),"
+        " (SELECT min(start_offset) FROM share_partitions WHERE topic_id = ?1 AND partition = ?2)"
+        " FROM topics WHERE topic_id = ?1",
+        (topic_id, partition),
+    ).fetchone()
+    if row is None or not row[0]:
+        return None
+    needed = [o for o in row[1:] if o is not None]
+    return min(needed) if needed else None
+
+
 def enforce_size(conn: apsw.Connection, topic_id: int, partition: int, start: int, nbytes: int, budget: int,
                  max_records: int) -> None:
     """Size retention as the log grows: called by the writer in the append's own transaction."""
-    cut = size_cut(conn, topic_id, partition, start, nbytes, budget, start + max_records)
+    limit = start + max_records
+    cap = interest_cap(conn, topic_id, partition)
+    if cap is not None:
+        limit = min(limit, cap)
+    if limit <= start:
+        return
+    cut = size_cut(conn, topic_id, partition, start, nbytes, budget, limit)
     cut_partition(conn, topic_id, partition, start, cut)
 
 
@@ -152,6 +175,9 @@ def sweep(conn: apsw.Connection, path: str, now_ms: int, chunk_records: int = SW
                         break
                     start, size = row
                     limit = start + chunk_records
+                    cap = interest_cap(conn, topic_id, partition)
+                    if cap is not None:
+                        limit = min(limit, cap)
                     cut = start
                     if retention_ms is not None:
                         cut = time_cut(conn, topic_id, partition, start, now_ms - retention_ms, limit)

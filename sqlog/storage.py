@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import apsw
 
@@ -56,6 +59,65 @@ MIGRATIONS: tuple[str, ...] = (
         commit_ms  INTEGER NOT NULL,
         PRIMARY KEY(group_id, topic_id, partition)
     ) WITHOUT ROWID;
+    """,
+    # Queue mode: share groups (Kafka's KIP-932); see share.py for the protocol. Only this
+    # migration's own tables and triggers, plus the topics.retention_policy column.
+    """
+    -- A share group's id as the tables below store it (an int, not the user's text).
+    CREATE TABLE share_groups(
+        share_group_id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a deleted group leaves no heirs
+        group_id       TEXT NOT NULL UNIQUE,
+        created_ms     INTEGER NOT NULL
+    );
+    -- Per share group and partition: every offset below start_offset (Kafka's share-partition
+    -- start offset) is done: accepted, archived or removed by retention. [start_offset,
+    -- end_offset) is the in-flight window, one share_records row per offset; end_offset is
+    -- the next offset never delivered yet.
+    CREATE TABLE share_partitions(
+        share_group_id INTEGER NOT NULL,
+        topic_id       INTEGER NOT NULL,
+        partition      INTEGER NOT NULL,
+        start_offset   INTEGER NOT NULL,
+        end_offset     INTEGER NOT NULL,
+        PRIMARY KEY(share_group_id, topic_id, partition)
+    ) WITHOUT ROWID;
+    CREATE INDEX share_partitions_by_partition ON share_partitions(topic_id, partition);
+    -- The in-flight window. state is Kafka's RecordState: 0 available, 1 acquired,
+    -- 2 acknowledged, 4 archived. Rows below start_offset are deleted as it advances.
+    CREATE TABLE share_records(
+        share_group_id INTEGER NOT NULL,
+        topic_id       INTEGER NOT NULL,
+        partition      INTEGER NOT NULL,
+        offset         INTEGER NOT NULL,
+        state          INTEGER NOT NULL,
+        delivery_count INTEGER NOT NULL,
+        member_id      TEXT,     -- the consumer holding it while acquired
+        lock_until_ms  INTEGER,  -- its lock deadline (ms since the epoch) while acquired
+        PRIMARY KEY(share_group_id, topic_id, partition, offset)
+    ) WITHOUT ROWID;
+    -- The records not done yet (available or acquired): what acquisition, lock expiry and
+    -- advancing the start offset look at, without reading the finished ones.
+    CREATE INDEX share_records_open ON share_records(share_group_id, topic_id, partition, offset)
+        WHERE state < 2;
+    -- Retention reaches share groups as in Kafka: what it removed is gone for them too.
+    CREATE TRIGGER share_follow_log_start AFTER UPDATE OF log_start_offset ON partitions
+    WHEN new.log_start_offset > old.log_start_offset BEGIN
+        DELETE FROM share_records
+        WHERE share_group_id IN (SELECT share_group_id FROM share_partitions
+                                 WHERE topic_id = new.topic_id AND partition = new.partition)
+          AND topic_id = new.topic_id AND partition = new.partition AND offset < new.log_start_offset;
+        UPDATE share_partitions SET start_offset = new.log_start_offset,
+                                    end_offset = max(end_offset, new.log_start_offset)
+        WHERE topic_id = new.topic_id AND partition = new.partition AND start_offset < new.log_start_offset;
+    END;
+    -- A deleted topic takes its share-group state with it.
+    CREATE TRIGGER share_forget_topic AFTER DELETE ON topics BEGIN
+        DELETE FROM share_records WHERE topic_id = old.topic_id;
+        DELETE FROM share_partitions WHERE topic_id = old.topic_id;
+    END;
+    -- 'interest': retention removes only what every group reading the topic is done with.
+    ALTER TABLE topics ADD COLUMN retention_policy TEXT NOT NULL DEFAULT 'limits'
+        CHECK (retention_policy IN ('limits', 'interest'));
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -152,6 +214,37 @@ def transaction(conn: apsw.Connection) -> Iterator[apsw.Connection]:
 def data_version(conn: apsw.Connection) -> int:
     """Changes whenever another connection commits to the file (cheap: no disk read)."""
     return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+WAKE_CHECK_S = 0.005  # how often a blocked poll looks for other processes' commits
+
+
+class CommitSignal(Protocol):
+    """What a blocked poll waits on: the log's count of local commits and its condition."""
+
+    _appended: threading.Condition
+    _commit_seq: int
+
+
+def wait_for_commit(signal: CommitSignal, conn: apsw.Connection, path: str, seq: int, version: int,
+                    deadline: float, stop: Callable[[], bool] | None = None) -> None:
+    """Block until a commit may have brought something new, without busy-spinning a core.
+
+    Returns when this process commits (``signal._commit_seq`` moves past ``seq``: at once),
+    another process commits (``conn``'s data_version leaves ``version``: checked every
+    `WAKE_CHECK_S`), ``stop()`` turns true (checked as often; it may also raise, e.g. closed),
+    or the monotonic ``deadline`` passes. Shared by the consumer and the share consumer.
+    """
+    while (remaining := deadline - time.monotonic()) > 0:
+        with signal._appended:
+            signal._appended.wait_for(lambda: signal._commit_seq != seq, min(remaining, WAKE_CHECK_S))
+        if stop is not None and stop():
+            return
+        if signal._commit_seq != seq:
+            return
+        with translated(path):
+            if data_version(conn) != version:
+                return
 
 
 def file_sizes(path: str) -> dict[str, int]:

@@ -71,6 +71,17 @@ def check_retention(value: object, what: str) -> int | None:
     return value
 
 
+RETENTION_POLICIES = ("limits", "interest")
+
+
+def check_policy(value: object) -> str:
+    """``"limits"`` (retention_ms / retention_bytes alone decide) or ``"interest"`` (and never
+    past what a consumer group or share group reading the topic still needs)."""
+    if value not in RETENTION_POLICIES or not isinstance(value, str):
+        raise InvalidConfigError(f"retention_policy must be 'limits' or 'interest', not {value!r}")
+    return value
+
+
 def effective(column: str) -> str:
     """SQL for a topic's retention in force: its own, else the log default; NULL = forever."""
     assert column in ("retention_ms", "retention_bytes")
@@ -103,17 +114,19 @@ def create(
     partitions: int,
     retention_ms: int | None,
     retention_bytes: int | None,
+    retention_policy: str = "limits",
 ) -> TopicMeta:
     """Insert the topic and its partition tables; run inside a write transaction."""
     validate_name(name)
     _check_partitions(partitions)
     retention_ms = check_retention(retention_ms, "retention_ms")
     retention_bytes = check_retention(retention_bytes, "retention_bytes")
+    check_policy(retention_policy)
     if lookup(conn, name) is not None:
         raise TopicAlreadyExistsError(f"topic {name!r} already exists")
     conn.execute(
-        "INSERT INTO topics(name, retention_ms, retention_bytes, created_ms) VALUES (?, ?, ?, ?)",
-        (name, retention_ms, retention_bytes, int(time.time() * 1000)),
+        "INSERT INTO topics(name, retention_ms, retention_bytes, created_ms, retention_policy) VALUES (?, ?, ?, ?, ?)",
+        (name, retention_ms, retention_bytes, int(time.time() * 1000), retention_policy),
     )
     _add_partitions(conn, conn.last_insert_rowid(), 0, partitions)
     return require(conn, name)
@@ -135,7 +148,8 @@ def describe(conn: apsw.Connection, name: str) -> TopicDescription:
             (meta.topic_id,),
         )
     ]
-    return TopicDescription(meta.name, parts, meta.retention_ms, meta.retention_bytes)
+    policy = conn.execute("SELECT retention_policy FROM topics WHERE topic_id = ?", (meta.topic_id,)).fetchone()[0]
+    return TopicDescription(meta.name, parts, meta.retention_ms, meta.retention_bytes, policy)
 
 
 def alter(
@@ -144,6 +158,7 @@ def alter(
     partitions: Any = UNCHANGED,
     retention_ms: Any = UNCHANGED,
     retention_bytes: Any = UNCHANGED,
+    retention_policy: Any = UNCHANGED,
 ) -> TopicMeta:
     """Grow partitions and/or change retention; run inside a write transaction."""
     meta = require(conn, name)
@@ -163,6 +178,10 @@ def alter(
         conn.execute(
             "UPDATE topics SET retention_bytes = ? WHERE topic_id = ?",
             (check_retention(retention_bytes, "retention_bytes"), meta.topic_id),
+        )
+    if retention_policy is not UNCHANGED:
+        conn.execute(
+            "UPDATE topics SET retention_policy = ? WHERE topic_id = ?", (check_policy(retention_policy), meta.topic_id)
         )
     return require(conn, name)
 

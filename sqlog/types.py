@@ -31,6 +31,14 @@ class Record:
 
 
 @attrs.frozen
+class ShareRecord(Record):
+    """A record delivered by a share consumer (queue mode): a `Record` plus ``delivery_count``,
+    1 on its first delivery to the share group and one more on each redelivery."""
+
+    delivery_count: int = 1
+
+
+@attrs.frozen
 class RecordMetadata:
     """Where a sent record was stored; returned by the future of ``Producer.send``."""
 
@@ -69,12 +77,16 @@ class PartitionDescription:
 
 @attrs.frozen
 class TopicDescription:
-    """A topic's partitions and the retention in force (its own or the log's default; None = forever)."""
+    """A topic's partitions and the retention in force (its own or the log's default; None = forever).
+
+    ``retention_policy`` "interest": retention removes only what every group reading the topic is done with.
+    """
 
     name: str
     partitions: list[PartitionDescription]
     retention_ms: int | None
     retention_bytes: int | None
+    retention_policy: str = "limits"
 
 
 @attrs.frozen
@@ -110,3 +122,43 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         return not self.violations
+
+
+@attrs.frozen
+class SharePartitionState:
+    """One partition as a share group sees it.
+
+    ``start_offset`` (Kafka's share-partition start offset): everything below is done.
+    ``end_offset``: the next offset never delivered yet; ``[start_offset, end_offset)`` is the
+    in-flight window (``in_flight`` records), of which ``acquired`` are locked by a consumer,
+    ``available`` can be delivered again (released, or their lock expired), ``acknowledged``
+    and ``archived`` are done but not yet behind the start offset. ``lag`` is every record not
+    done yet: the queue's depth in this partition.
+    """
+
+    topic: str
+    partition: int
+    start_offset: int
+    end_offset: int
+    high_watermark: int
+    in_flight: int
+    acquired: int
+    available: int
+    acknowledged: int
+    archived: int
+    lag: int
+
+
+@attrs.frozen
+class ShareGroupDescription:
+    """A share group's partitions and its state: "Stable" while some consumer holds a record
+    under an unexpired lock, "Empty" otherwise, "Dead" for a group that does not exist."""
+
+    group_id: str
+    state: str
+    partitions: tuple[SharePartitionState, ...]
+
+    @property
+    def lag(self) -> int:
+        """Records not done yet, over all partitions."""
+        return sum(p.lag for p in self.partitions)

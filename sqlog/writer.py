@@ -111,6 +111,37 @@ _UPDATE = (
 _INDEX = "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)"
 
 
+def append_rows(conn: apsw.Connection, topic_id: int, partition: int,
+                rows: list[tuple[int, bytes | None, bytes | None, bytes | None]], nbytes: int, max_ts: int,
+                path: str = "") -> int | None:
+    """Append ``(timestamp_ms, key, value, headers)`` rows to one partition inside the caller's
+    write transaction: offsets, batch index, byte count and size retention, exactly as a
+    producer's batch. ``nbytes`` is the rows' size as retention counts it (key + value + headers).
+
+    Returns the offset of the first row, or None when the partition does not exist. Used by the
+    writer for producers' batches and by share groups for dead-letter records.
+    """
+    n = len(rows)
+    found = conn.execute(_UPDATE, (n, nbytes, topic_id, partition)).fetchone()
+    if found is None:
+        return None
+    base, start, total, budget = found
+    table = partition_table(topic_id, partition)
+    # The first row takes its offset explicitly; the rest get max(offset) + 1 from SQLite,
+    # which is the next offset because nothing above ``base`` exists in this transaction.
+    conn.execute(f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?)", (base, *rows[0]))
+    if n > 1:
+        conn.executemany(f"INSERT INTO {table}(ts, key, value, headers) VALUES (?, ?, ?, ?)", rows[1:])
+        if conn.last_insert_rowid() != base + n - 1:
+            raise StorageError(f"{path}: {table} holds offsets above its high watermark {base}")
+    conn.execute(_INDEX, (topic_id, partition, base, base + n - 1, max_ts, nbytes))
+    if budget is not None and total > budget:
+        # Size retention as the log grows, bounded so one append never deletes a backlog
+        # (the sweeper does that in chunks).
+        enforce_size(conn, topic_id, partition, start, total, budget, max(4 * n, 1000))
+    return base
+
+
 class Writer:
     """The log's single writer connection, shared by all its producers (one per Log)."""
 
@@ -224,29 +255,13 @@ class Writer:
             self._on_commit()
 
     def _append(self, conn: apsw.Connection, chunk: Chunk) -> None:
-        rows = chunk.rows
-        n = len(rows)
-        found = conn.execute(_UPDATE, (n, chunk.bytes, chunk.topic_id, chunk.partition)).fetchone()
-        if found is None:
+        base = append_rows(conn, chunk.topic_id, chunk.partition, chunk.rows, chunk.bytes, chunk.max_ts, self._path)
+        if base is None:
             chunk.error = UnknownTopicOrPartitionError(
                 f"topic {chunk.topic!r} partition {chunk.partition} no longer exists (deleted?)"
             )
             return
-        base, start, nbytes, budget = found
-        table = partition_table(chunk.topic_id, chunk.partition)
-        # The first row takes its offset explicitly; the rest get max(offset) + 1 from SQLite,
-        # which is the next offset because nothing above ``base`` exists in this transaction.
-        conn.execute(f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?)", (base, *rows[0]))
-        if n > 1:
-            conn.executemany(f"INSERT INTO {table}(ts, key, value, headers) VALUES (?, ?, ?, ?)", rows[1:])
-            if conn.last_insert_rowid() != base + n - 1:
-                raise StorageError(f"{self._path}: {table} holds offsets above its high watermark {base}")
-        conn.execute(_INDEX, (chunk.topic_id, chunk.partition, base, base + n - 1, chunk.max_ts, chunk.bytes))
         chunk.base_offset = base
-        if budget is not None and nbytes > budget:
-            # Size retention as the log grows, bounded so one append never deletes a backlog
-            # (the sweeper does that in chunks).
-            enforce_size(conn, chunk.topic_id, chunk.partition, start, nbytes, budget, max(4 * n, 1000))
 
     # -- lingering records -----------------------------------------------------------------
     def _linger_loop(self) -> None:
