@@ -126,13 +126,13 @@ _RELEASE = (
 _REJECT = f"UPDATE share_records SET state = 4, member_id = NULL, lock_until_ms = NULL WHERE {_MINE} RETURNING offset, state"
 _RENEW = f"UPDATE share_records SET state = 1, member_id = ?6, lock_until_ms = ?7 WHERE {_MINE} RETURNING offset"
 _EXPIRE = (
-    "UPDATE share_records SET state = CASE WHEN delivery_count >= ?2 THEN 4 ELSE 0 END,"
+    "UPDATE share_records INDEXED BY share_records_open SET state = CASE WHEN delivery_count >= ?2 THEN 4 ELSE 0 END,"
     " member_id = NULL, lock_until_ms = NULL"
     " WHERE share_group_id = ?1 AND state < 2 AND state = 1 AND lock_until_ms <= ?3"
     " RETURNING topic_id, partition, offset, state, delivery_count"
 )
 _RELEASE_MEMBER = (
-    "UPDATE share_records SET state = CASE WHEN delivery_count >= ?2 THEN 4 ELSE 0 END,"
+    "UPDATE share_records INDEXED BY share_records_open SET state = CASE WHEN delivery_count >= ?2 THEN 4 ELSE 0 END,"
     " member_id = NULL, lock_until_ms = NULL"
     " WHERE share_group_id = ?1 AND state < 2 AND state = 1 AND member_id = ?3"
     " RETURNING topic_id, partition, offset, state, delivery_count"
@@ -140,19 +140,19 @@ _RELEASE_MEMBER = (
 _ACQUIRE_AVAILABLE = (
     "UPDATE share_records SET state = 1, member_id = ?4, lock_until_ms = ?5, delivery_count = delivery_count + 1"
     " WHERE share_group_id = ?1 AND topic_id = ?2 AND partition = ?3 AND offset IN ("
-    "  SELECT offset FROM share_records WHERE share_group_id = ?1 AND topic_id = ?2 AND partition = ?3"
+    "  SELECT offset FROM share_records INDEXED BY share_records_open WHERE share_group_id = ?1 AND topic_id = ?2 AND partition = ?3"
     "  AND state < 2 AND state = 0 ORDER BY offset LIMIT ?6)"
     " RETURNING offset, delivery_count"
 )
 _INSERT_ACQUIRED = "INSERT INTO share_records VALUES (?, ?, ?, ?, 1, 1, ?, ?)"
 _LOWEST_OPEN = (
-    "SELECT min(offset) FROM share_records"
+    "SELECT min(offset) FROM share_records INDEXED BY share_records_open"
     " WHERE share_group_id = ?1 AND topic_id = ?2 AND partition = ?3 AND state < 2"
 )
 _SUBSCRIBED_IDS = "SELECT topic_id FROM topics WHERE name IN (SELECT value FROM json_each(?2))"
 # The next lock deadline still ahead in the subscribed partitions: a blocked poll wakes then.
 _NEXT_EXPIRY = (
-    "SELECT min(lock_until_ms) FROM share_records WHERE share_group_id = ?1 AND state < 2 AND state = 1"
+    "SELECT min(lock_until_ms) FROM share_records INDEXED BY share_records_open WHERE share_group_id = ?1 AND state < 2 AND state = 1"
     f" AND lock_until_ms > ?3 AND topic_id IN ({_SUBSCRIBED_IDS})"
 )
 # Something a poll could take now (for a blocked poll's cheap look on its read connection):
@@ -164,7 +164,7 @@ _MAYBE_AVAILABLE = (
     "   AND s.partition = p.partition"
     "  WHERE t.name IN (SELECT value FROM json_each(?2))"
     "   AND (s.start_offset IS NULL OR (p.next_offset > s.end_offset AND s.end_offset - s.start_offset < ?3)))"
-    " OR EXISTS(SELECT 1 FROM share_records WHERE share_group_id = ?1 AND state < 2"
+    " OR EXISTS(SELECT 1 FROM share_records INDEXED BY share_records_open WHERE share_group_id = ?1 AND state < 2"
     f"  AND (state = 0 OR lock_until_ms <= ?4) AND topic_id IN ({_SUBSCRIBED_IDS}))"
 )
 
@@ -504,7 +504,7 @@ class ShareConsumer:
             rows = state.subscribed()
             if acquire:
                 out.acquired = state.acquire(rows, acquire)
-            state.finish(out)
+            state.finish(out, waiting=acquire > 0 and not out.acquired)
         # Committed: only now does this consumer's bookkeeping follow.
         for key, d in pending:
             if d.ack == "renew" and key not in state.failed_keys:
@@ -676,16 +676,17 @@ class _TxState:
                     out.extend((topic, topic_id, partition, o, 1, ts, k, v, h) for o, ts, k, v, h in fresh)
         return out
 
-    def finish(self, out: _Outcome) -> None:
+    def finish(self, out: _Outcome, waiting: bool) -> None:
         """Advance start offsets past finished records, dead-letter the archived, note the next lock deadline."""
         for topic_id, partition in self.touched:
             advance(self.conn, self.sg, topic_id, partition)
         if self.dead:
             self._dead_letter()
         out.changed = self.changed or bool(self.touched)
-        out.next_expiry_ms = self.conn.execute(
-            _NEXT_EXPIRY, (self.sg, self.c._subscription_json, self.now)
-        ).fetchone()[0]
+        if waiting:  # only a poll that found nothing waits for the next lock deadline
+            out.next_expiry_ms = self.conn.execute(
+                _NEXT_EXPIRY, (self.sg, self.c._subscription_json, self.now)
+            ).fetchone()[0]
 
     def _dead_letter(self) -> None:
         """Copy archived records to the dead-letter topic with headers naming where they came from."""
