@@ -104,11 +104,16 @@ _MESSAGES = {
 _GROUP_ID = "SELECT share_group_id FROM share_groups WHERE group_id = ?"
 _GROUP_CREATE = "INSERT INTO share_groups(group_id, created_ms) VALUES (?, ?) ON CONFLICT(group_id) DO NOTHING"
 # The subscribed partitions (topic names as one JSON list) with the group's state of each.
+# Correlated subqueries rather than joins: SQLite sets up a join (a Bloom filter) on every run,
+# which costs several times these few index lookups.
+_SUBSCRIBED_IDS = "SELECT topic_id FROM topics WHERE name IN (SELECT value FROM json_each(?2))"
+_STATE_OF = (
+    "FROM share_partitions s WHERE s.share_group_id = ?1 AND s.topic_id = p.topic_id AND s.partition = p.partition"
+)
 _SUBSCRIBED = (
-    "SELECT t.name, p.topic_id, p.partition, p.log_start_offset, p.next_offset, s.start_offset, s.end_offset"
-    " FROM topics t JOIN partitions p ON p.topic_id = t.topic_id"
-    " LEFT JOIN share_partitions s ON s.share_group_id = ?1 AND s.topic_id = p.topic_id AND s.partition = p.partition"
-    " WHERE t.name IN (SELECT value FROM json_each(?2)) ORDER BY t.name, p.partition"
+    "SELECT (SELECT name FROM topics t WHERE t.topic_id = p.topic_id), p.topic_id, p.partition,"
+    f" p.log_start_offset, p.next_offset, (SELECT s.start_offset {_STATE_OF}), (SELECT s.end_offset {_STATE_OF})"
+    f" FROM partitions p WHERE p.topic_id IN ({_SUBSCRIBED_IDS}) ORDER BY 1, 3"
 )
 _PARTITION_CREATE = (
     "INSERT INTO share_partitions(share_group_id, topic_id, partition, start_offset, end_offset)"
@@ -118,52 +123,57 @@ _KEY = "share_group_id = ?1 AND topic_id = ?2 AND partition = ?3 AND offset = ?4
 # An acknowledgement applies while the record is still this delivery: acquired by this member,
 # or made available by lock expiry and not delivered again since (the count would have moved).
 _MINE = f"{_KEY} AND delivery_count = ?5 AND state < 2 AND (state = 0 OR member_id = ?6)"
-_ACCEPT = f"UPDATE share_records SET state = 2, member_id = NULL, lock_until_ms = NULL WHERE {_MINE} RETURNING offset"
+_RETURNING = "RETURNING topic_id, partition, offset, state"
+_ACCEPT = f"UPDATE share_records SET state = 2, member_id = NULL, lock_until_ms = NULL WHERE {_MINE} {_RETURNING}"
 _RELEASE = (
     "UPDATE share_records SET state = CASE WHEN delivery_count >= ?7 THEN 4 ELSE 0 END,"
-    f" member_id = NULL, lock_until_ms = NULL WHERE {_MINE} RETURNING offset, state"
+    f" member_id = NULL, lock_until_ms = NULL WHERE {_MINE} {_RETURNING}"
 )
-_REJECT = f"UPDATE share_records SET state = 4, member_id = NULL, lock_until_ms = NULL WHERE {_MINE} RETURNING offset, state"
-_RENEW = f"UPDATE share_records SET state = 1, member_id = ?6, lock_until_ms = ?7 WHERE {_MINE} RETURNING offset"
+_REJECT = f"UPDATE share_records SET state = 4, member_id = NULL, lock_until_ms = NULL WHERE {_MINE} {_RETURNING}"
+_RENEW = f"UPDATE share_records SET state = 1, member_id = ?6, lock_until_ms = ?7 WHERE {_MINE} {_RETURNING}"
+_ACKS = {"accept": _ACCEPT, "release": _RELEASE, "reject": _REJECT, "renew": _RENEW}
 _EXPIRE = (
-    "UPDATE share_records INDEXED BY share_records_open SET state = CASE WHEN delivery_count >= ?2 THEN 4 ELSE 0 END,"
-    " member_id = NULL, lock_until_ms = NULL"
+    "UPDATE share_records INDEXED BY share_records_open"
+    " SET state = CASE WHEN delivery_count >= ?2 THEN 4 ELSE 0 END, member_id = NULL, lock_until_ms = NULL"
     " WHERE share_group_id = ?1 AND state < 2 AND state = 1 AND lock_until_ms <= ?3"
     " RETURNING topic_id, partition, offset, state, delivery_count"
 )
 _RELEASE_MEMBER = (
-    "UPDATE share_records INDEXED BY share_records_open SET state = CASE WHEN delivery_count >= ?2 THEN 4 ELSE 0 END,"
-    " member_id = NULL, lock_until_ms = NULL"
+    "UPDATE share_records INDEXED BY share_records_open"
+    " SET state = CASE WHEN delivery_count >= ?2 THEN 4 ELSE 0 END, member_id = NULL, lock_until_ms = NULL"
     " WHERE share_group_id = ?1 AND state < 2 AND state = 1 AND member_id = ?3"
     " RETURNING topic_id, partition, offset, state, delivery_count"
 )
+# Records available again (released, or their lock expired), lowest offset first: found through
+# the open-records index, then each taken with UPDATE ... RETURNING (the write lock is held).
+_AVAILABLE = (
+    "SELECT offset FROM share_records INDEXED BY share_records_open"
+    " WHERE share_group_id = ?1 AND topic_id = ?2 AND partition = ?3 AND state < 2 AND state = 0"
+    " ORDER BY offset LIMIT ?4"
+)
 _ACQUIRE_AVAILABLE = (
-    "UPDATE share_records SET state = 1, member_id = ?4, lock_until_ms = ?5, delivery_count = delivery_count + 1"
-    " WHERE share_group_id = ?1 AND topic_id = ?2 AND partition = ?3 AND offset IN ("
-    "  SELECT offset FROM share_records INDEXED BY share_records_open WHERE share_group_id = ?1 AND topic_id = ?2 AND partition = ?3"
-    "  AND state < 2 AND state = 0 ORDER BY offset LIMIT ?6)"
-    " RETURNING offset, delivery_count"
+    "UPDATE share_records SET state = 1, member_id = ?5, lock_until_ms = ?6, delivery_count = delivery_count + 1"
+    f" WHERE {_KEY} AND state = 0 RETURNING offset, delivery_count"
 )
 _INSERT_ACQUIRED = "INSERT INTO share_records VALUES (?, ?, ?, ?, 1, 1, ?, ?)"
-_LOWEST_OPEN = (
-    "SELECT min(offset) FROM share_records INDEXED BY share_records_open"
-    " WHERE share_group_id = ?1 AND topic_id = ?2 AND partition = ?3 AND state < 2"
+# A partition's window and its lowest record not done yet (where the start offset can move to).
+_WINDOW = (
+    "SELECT start_offset, end_offset, (SELECT min(offset) FROM share_records INDEXED BY share_records_open"
+    "  WHERE share_group_id = ?1 AND topic_id = ?2 AND partition = ?3 AND state < 2)"
+    " FROM share_partitions WHERE share_group_id = ?1 AND topic_id = ?2 AND partition = ?3"
 )
-_SUBSCRIBED_IDS = "SELECT topic_id FROM topics WHERE name IN (SELECT value FROM json_each(?2))"
 # The next lock deadline still ahead in the subscribed partitions: a blocked poll wakes then.
 _NEXT_EXPIRY = (
-    "SELECT min(lock_until_ms) FROM share_records INDEXED BY share_records_open WHERE share_group_id = ?1 AND state < 2 AND state = 1"
+    "SELECT min(lock_until_ms) FROM share_records INDEXED BY share_records_open"
+    " WHERE share_group_id = ?1 AND state < 2 AND state = 1"
     f" AND lock_until_ms > ?3 AND topic_id IN ({_SUBSCRIBED_IDS})"
 )
 # Something a poll could take now (for a blocked poll's cheap look on its read connection):
 # a subscribed partition with unread records and room in its window, or one never read yet,
 # or a record available again (released, or its lock expired).
 _MAYBE_AVAILABLE = (
-    "SELECT EXISTS(SELECT 1 FROM topics t JOIN partitions p ON p.topic_id = t.topic_id"
-    "  LEFT JOIN share_partitions s ON s.share_group_id = ?1 AND s.topic_id = p.topic_id"
-    "   AND s.partition = p.partition"
-    "  WHERE t.name IN (SELECT value FROM json_each(?2))"
-    "   AND (s.start_offset IS NULL OR (p.next_offset > s.end_offset AND s.end_offset - s.start_offset < ?3)))"
+    "SELECT EXISTS(SELECT 1 FROM partitions p WHERE p.topic_id IN (" + _SUBSCRIBED_IDS + ")"
+    "  AND (SELECT p.next_offset > s.end_offset AND s.end_offset - s.start_offset < ?3 " + _STATE_OF + ") IS NOT 0)"
     " OR EXISTS(SELECT 1 FROM share_records INDEXED BY share_records_open WHERE share_group_id = ?1 AND state < 2"
     f"  AND (state = 0 OR lock_until_ms <= ?4) AND topic_id IN ({_SUBSCRIBED_IDS}))"
 )
@@ -566,30 +576,30 @@ class _TxState:
         self.changed = False
 
     def acknowledge(self, pending: list[tuple[tuple[str, int, int], _Delivered]], out: _Outcome) -> None:
+        """Apply acknowledgements, each only while the record is still this consumer's delivery."""
         conn, sg, member = self.conn, self.sg, self.c.member_id
-        until = self.now + self.c._lock_ms
-        for (topic, partition, offset), d in pending:
-            args = (sg, d.topic_id, partition, offset, d.delivery_count, member)
-            if d.ack == "accept":
-                hit = conn.execute(_ACCEPT, args).fetchone()
-            elif d.ack == "release":
-                hit = conn.execute(_RELEASE, (*args, self.c._limit)).fetchone()
+        extra = {"accept": (), "release": (self.c._limit,), "reject": (), "renew": (self.now + self.c._lock_ms,)}
+        by_type: dict[str, list[tuple[tuple[str, int, int], _Delivered]]] = {}
+        for key, d in pending:
+            by_type.setdefault(d.ack, []).append((key, d))  # type: ignore[arg-type]
+        for kind, items in by_type.items():
+            params = [(sg, d.topic_id, p, o, d.delivery_count, member, *extra[kind]) for (_, p, o), d in items]
+            applied = {(t, p, o): state for t, p, o, state in conn.executemany(_ACKS[kind], params)}
+            if kind == "release":
                 self.changed = True
-            elif d.ack == "reject":
-                hit = conn.execute(_REJECT, args).fetchone()
-            else:  # renew
-                hit = conn.execute(_RENEW, (*args, until)).fetchone()
-            key = (topic, partition, offset)
-            if hit is None:
-                self.failed_keys.add(key)
-                out.failed.append(key)
-                continue
-            if d.ack != "renew":
+            for key, d in items:
+                state = applied.get((d.topic_id, key[1], key[2]))
+                if state is None:
+                    self.failed_keys.add(key)
+                    out.failed.append(key)
+                    continue
+                if kind == "renew":
+                    continue
                 out.done.append(key)
-                self.touched.add((d.topic_id, partition))
-                if len(hit) > 1 and hit[1] == ARCHIVED:
-                    reason = REJECTED if d.ack == "reject" else DELIVERY_COUNT_EXCEEDED
-                    self.dead.append((d.topic_id, partition, offset, d.delivery_count, reason))
+                self.touched.add((d.topic_id, key[1]))
+                if state == ARCHIVED:
+                    reason = REJECTED if kind == "reject" else DELIVERY_COUNT_EXCEEDED
+                    self.dead.append((d.topic_id, key[1], key[2], d.delivery_count, reason))
 
     def release_buffered(self, buffered: list[tuple[Any, ...]]) -> None:
         """Give back records acquired but never returned to the application."""
@@ -599,7 +609,7 @@ class _TxState:
                 _RELEASE, (self.sg, topic_id, partition, offset, count, c.member_id, c._limit)
             ).fetchone()
             if hit is not None:
-                self._ended(topic_id, partition, offset, hit[1], count)
+                self._ended(topic_id, partition, offset, hit[3], count)
 
     def release_member(self) -> None:
         """Give back every record this consumer holds (close, unsubscribe)."""
@@ -650,9 +660,11 @@ class _TxState:
             table = partition_table(topic_id, partition)
             want = limit - len(out)
             # Records available again (released, or their lock expired), lowest offset first.
-            again = conn.execute(_ACQUIRE_AVAILABLE, (sg, topic_id, partition, member, until, want)).fetchall()
-            if again:
-                again.sort()
+            available = conn.execute(_AVAILABLE, (sg, topic_id, partition, want)).fetchall()
+            if available:
+                again = list(conn.executemany(
+                    _ACQUIRE_AVAILABLE, [(sg, topic_id, partition, o, member, until) for (o,) in available]
+                ))
                 counts = dict(again)
                 for offset, ts, k, v, h in conn.executemany(
                     f"SELECT offset, ts, key, value, headers FROM {table} WHERE offset = ?", [(o,) for o, _ in again]
@@ -735,15 +747,10 @@ def group_row(conn: apsw.Connection, group_id: str, now: int) -> int:
 
 def advance(conn: apsw.Connection, sg: int, topic_id: int, partition: int) -> None:
     """Move the start offset to the lowest record not done and delete the rows it passes."""
-    found = conn.execute(
-        "SELECT start_offset, end_offset FROM share_partitions WHERE share_group_id = ? AND topic_id = ?"
-        " AND partition = ?",
-        (sg, topic_id, partition),
-    ).fetchone()
+    found = conn.execute(_WINDOW, (sg, topic_id, partition)).fetchone()
     if found is None:
         return
-    start, end = found
-    lowest = conn.execute(_LOWEST_OPEN, (sg, topic_id, partition)).fetchone()[0]
+    start, end, lowest = found
     new_start = end if lowest is None else lowest
     if new_start <= start:
         return
