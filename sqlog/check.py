@@ -53,6 +53,32 @@ def violations(conn: apsw.Connection) -> list[str]:
     ):
         found.append(f"group {group!r}: committed offset {offset} of topic id {topic_id} partition {partition}"
                      " is beyond the high watermark or of no partition")
+    found.extend(_check_share_groups(conn))
+    return found
+
+
+def _check_share_groups(conn: apsw.Connection) -> list[str]:
+    """Share-group state: windows inside the log, one row per in-flight offset, none outside."""
+    found = []
+    for group, topic_id, partition, start, end, log_start, high, rows, low, top in conn.execute(
+        "SELECT g.group_id, s.topic_id, s.partition, s.start_offset, s.end_offset, p.log_start_offset,"
+        " p.next_offset, (SELECT count(*) FROM share_records r WHERE r.share_group_id = s.share_group_id"
+        "  AND r.topic_id = s.topic_id AND r.partition = s.partition),"
+        " (SELECT min(offset) FROM share_records r WHERE r.share_group_id = s.share_group_id"
+        "  AND r.topic_id = s.topic_id AND r.partition = s.partition),"
+        " (SELECT max(offset) FROM share_records r WHERE r.share_group_id = s.share_group_id"
+        "  AND r.topic_id = s.topic_id AND r.partition = s.partition)"
+        " FROM share_partitions s LEFT JOIN share_groups g USING (share_group_id)"
+        " LEFT JOIN partitions p USING (topic_id, partition)"
+    ):
+        where = f"share group {group!r} topic id {topic_id} partition {partition}"
+        if group is None or high is None:
+            found.append(f"{where}: state of no share group or no partition")
+            continue
+        if not log_start <= start <= end <= high:
+            found.append(f"{where}: window [{start}, {end}) outside the log [{log_start}, {high})")
+        if rows != end - start or (rows and (low != start or top != end - 1)):
+            found.append(f"{where}: {rows} rows in [{low}, {top}] for the window [{start}, {end})")
     return found
 
 

@@ -542,6 +542,7 @@ def test_a_long_drain_keeps_the_state_small(log: sqlog.Log) -> None:
     assert peak <= 300, peak
     assert _rows(log) == 0
     assert log.describe_share_group("workers").lag == 0
+    assert log.check().ok
 
 
 def test_the_in_flight_window_is_capped_per_partition(log: sqlog.Log) -> None:
@@ -579,6 +580,7 @@ def test_retention_removes_records_from_the_queue_too(log: sqlog.Log) -> None:
     assert start >= 1
     part = log.describe_share_group("workers").partitions[0]
     assert part.start_offset == start and part.end_offset >= start, "the share group follows the log start"
+    assert log.check().ok
     consumer.acknowledge(held[0])
     with pytest.raises(sqlog.InvalidRecordStateError):
         consumer.commit()  # its record is gone
@@ -694,3 +696,15 @@ def test_a_schema_1_file_is_migrated(log_path: str) -> None:
         _fill(log, 2, topic="old", create=False)
         assert len(_share(log, topics=("old",)).poll(timeout_ms=100)) == 2
         assert log._conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_check_finds_broken_share_state(log: sqlog.Log) -> None:
+    _fill(log, 3)
+    consumer = _share(log)
+    consumer.poll(timeout_ms=100)
+    assert log.check().ok
+    with log._write() as conn:
+        conn.execute("DELETE FROM share_records WHERE offset = 1")
+        conn.execute("UPDATE share_partitions SET end_offset = 9")
+    violations = log.check().violations
+    assert any("outside the log" in v for v in violations) and any("rows in" in v for v in violations)

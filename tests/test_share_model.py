@@ -221,6 +221,11 @@ class ShareModel(RuleBasedStateMachine):
         assert desc.lag == self.high - self.start - done
 
     @invariant()
+    def file_is_sound(self) -> None:
+        report = self.log.check()
+        assert report.ok, report.violations
+
+    @invariant()
     def dead_letters_match(self) -> None:
         hw = self.log.describe_topic("dlq").partitions[0].high_watermark
         assert hw == len(self.dead)

@@ -166,6 +166,7 @@ def test_workers_accept_every_record_exactly_once(tmp_path: Path) -> None:
         desc = log.describe_share_group("workers")
         assert desc.lag == 0 and all(p.start_offset == p.high_watermark == m // 3 for p in desc.partitions)
         assert log._conn.execute("SELECT count(*) FROM share_records").fetchone()[0] == 0
+        assert log.check().ok
 
 
 def test_sigkilled_worker_records_are_redelivered_after_the_lock_expires(tmp_path: Path) -> None:
