@@ -294,6 +294,7 @@ class ShareConsumer:
         self._settle_implicit()
         self._report(self._transact(acquire=0, release_all=True))
         self._delivered.clear()
+        self._buffer.clear()
         self._subscription = ()
         self._subscription_json = "[]"
 
