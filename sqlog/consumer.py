@@ -21,7 +21,7 @@ from .errors import (
     translated,
 )
 from .producer import check_config
-from .serde import decode_headers, deserializer
+from .serde import decode_headers, serde_function
 from .storage import connect, data_version, partition_table
 from .types import OffsetAndMetadata, OffsetAndTimestamp, Record, TopicPartition
 
@@ -106,8 +106,8 @@ class Consumer:
         self._reset = cfg["auto_offset_reset"]
         self._auto_commit = bool(cfg["enable_auto_commit"]) and self._group is not None
         self._auto_commit_s = (_ms(cfg, "auto_commit_interval_ms") or 0) / 1000
-        self._key_de: Callable[[bytes], Any] | None = deserializer(cfg["key_deserializer"], "key_deserializer")
-        self._value_de: Callable[[bytes], Any] | None = deserializer(cfg["value_deserializer"], "value_deserializer")
+        self._key_de: Callable[[bytes], Any] | None = serde_function(cfg["key_deserializer"], "key_deserializer", "deserialize")
+        self._value_de: Callable[[bytes], Any] | None = serde_function(cfg["value_deserializer"], "value_deserializer", "deserialize")
         self._max_records = cfg["max_poll_records"]
         if type(self._max_records) is not int or self._max_records < 1:
             raise InvalidConfigError(f"max_poll_records must be an int >= 1, not {self._max_records!r}")
