@@ -6,16 +6,22 @@ import atexit
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import apsw
 
 from . import groups, topics
-from .errors import CommitFailedError, InvalidConfigError, LogClosedError, translated
+from .errors import (
+    CommitFailedError,
+    InvalidConfigError,
+    LogClosedError,
+    UnknownTopicOrPartitionError,
+    translated,
+)
 from .storage import connect, file_sizes, transaction
-from .types import TopicDescription, TopicPartition
+from .types import GroupDescription, OffsetAndMetadata, TopicDescription, TopicPartition
 from .writer import Writer
 
 if TYPE_CHECKING:
@@ -155,8 +161,12 @@ class Log:
     def _untrack(self, consumer: Consumer) -> None:
         self._consumers.discard(consumer)
 
-    def _commit_offsets(self, group_id: str, rows: list[tuple[TopicPartition, int, int, str]]) -> None:
+    def _commit_offsets(self, group_id: str, rows: list[tuple[TopicPartition, int, int, str]],
+                        fence: groups.Fence | None = None) -> None:
+        """Store offsets; with a ``fence``, only if the committer owns every partition (same transaction)."""
         with self._write() as conn:
+            if fence is not None:
+                groups.check_fence(conn, group_id, fence, [(tp, t) for tp, t, _, _ in rows])
             for tp, topic_id, offset, _ in rows:
                 row = conn.execute(
                     "SELECT next_offset FROM partitions WHERE topic_id = ? AND partition = ?",
@@ -169,6 +179,103 @@ class Log:
                         f"cannot commit offset {offset} for {tp}: beyond its high watermark {row[0]}"
                     )
             groups.store(conn, group_id, [(t, tp.partition, o, m) for tp, t, o, m in rows])
+
+    # -- consumer groups -------------------------------------------------------------------
+    def list_groups(self) -> list[str]:
+        """The ids of all consumer groups (with members or committed offsets), sorted."""
+        with self._read() as conn:
+            return groups.list_groups(conn)
+
+    def describe_group(self, group_id: str) -> GroupDescription:
+        """A group's state, live members (what each owns and is meant to own, last heartbeat) and,
+        per partition, the committed offset, log end offset, lag and owner."""
+        with self._read() as conn:
+            return groups.describe(conn, group_id)
+
+    def delete_group(self, group_id: str) -> None:
+        """Delete a group and its committed offsets; refused (GroupNotEmptyError) while it has live members."""
+        with self._write() as conn:
+            groups.delete(conn, group_id)
+
+    def alter_group_offsets(self, group_id: str,
+                            offsets: Mapping[TopicPartition, int | OffsetAndMetadata]) -> None:
+        """Set the group's committed offsets; refused (GroupNotEmptyError) while it has live members.
+
+        Each offset must lie within ``[log_start_offset, high_watermark]`` of its partition.
+        """
+        rows = []
+        for tp, om in offsets.items():
+            if isinstance(om, int) and type(om) is not bool:
+                om = OffsetAndMetadata(om)
+            if not isinstance(om, OffsetAndMetadata) or type(om.offset) is not int or om.offset < 0:
+                raise InvalidConfigError(f"offset for {tp} must be an int >= 0 or OffsetAndMetadata, not {om!r}")
+            rows.append((tp, om))
+        with self._write() as conn:
+            groups.require_empty(conn, group_id, "alter offsets of")
+            stored = []
+            for tp, om in rows:
+                topic_id, start, end = self._partition_bounds(conn, tp)
+                if not start <= om.offset <= end:
+                    raise InvalidConfigError(
+                        f"offset {om.offset} for {tp.topic}-{tp.partition} is outside its log [{start}, {end}]"
+                    )
+                stored.append((topic_id, tp.partition, om.offset, om.metadata))
+            groups.store(conn, group_id, stored)
+
+    def reset_group_offsets(self, group_id: str, to: str | int = "earliest",
+                            partitions: Iterable[TopicPartition | str] | None = None) -> dict[TopicPartition, int]:
+        """Move the group's committed offsets to ``"earliest"``, ``"latest"`` or a timestamp (ms: the
+        first record at or after it, else the end), like ``kafka-consumer-groups --reset-offsets``.
+
+        ``partitions``: TopicPartitions and/or topic names (all their partitions); default: every
+        partition the group has committed. Refused (GroupNotEmptyError) while it has live members.
+        Returns the new offsets.
+        """
+        if to not in ("earliest", "latest") and (type(to) is not int or to < 0):
+            raise InvalidConfigError(f"to must be 'earliest', 'latest' or a timestamp in ms >= 0, not {to!r}")
+        with self._write() as conn:
+            groups.require_empty(conn, group_id, "reset offsets of")
+            if partitions is None:
+                names = dict(conn.execute("SELECT topic_id, name FROM topics"))
+                wanted = [TopicPartition(names[t], p) for t, p in conn.execute(
+                    "SELECT topic_id, partition FROM committed_offsets WHERE group_id = ? ORDER BY 1, 2", (group_id,)
+                ) if t in names]
+            else:
+                wanted = []
+                for item in partitions:
+                    if isinstance(item, TopicPartition):
+                        wanted.append(item)
+                    else:
+                        meta = topics.require(conn, item)
+                        wanted.extend(TopicPartition(meta.name, p) for p in range(meta.partitions))
+            out: dict[TopicPartition, int] = {}
+            stored = []
+            for tp in wanted:
+                topic_id, start, end = self._partition_bounds(conn, tp)
+                if to == "earliest":
+                    offset = start
+                elif to == "latest":
+                    offset = end
+                else:
+                    hit = topics.offset_for_time(conn, topic_id, tp.partition, to)  # type: ignore[arg-type]
+                    offset = end if hit is None else hit[0]
+                out[tp] = offset
+                stored.append((topic_id, tp.partition, offset, ""))
+            groups.store(conn, group_id, stored)
+            return out
+
+    @staticmethod
+    def _partition_bounds(conn: apsw.Connection, tp: TopicPartition) -> tuple[int, int, int]:
+        if not isinstance(tp, TopicPartition):
+            raise InvalidConfigError(f"expected a TopicPartition, not {tp!r}")
+        meta = topics.require(conn, tp.topic)
+        row = conn.execute(
+            "SELECT log_start_offset, next_offset FROM partitions WHERE topic_id = ? AND partition = ?",
+            (meta.topic_id, tp.partition),
+        ).fetchone()
+        if row is None:
+            raise UnknownTopicOrPartitionError(f"{tp.topic!r} has no partition {tp.partition}")
+        return meta.topic_id, row[0], row[1]
 
     # -- upkeep ----------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
