@@ -221,7 +221,7 @@ class MemberInfo:
     session_timeout_ms: int
     pid: int = attrs.field(factory=os.getpid)
     host: str = _HOST
-    pid_namespace: str = _NAMESPACE
+    pid_namespace: str = attrs.field(factory=lambda: _NAMESPACE)
     pid_start_time: int | None = attrs.field(factory=lambda: _start_time(os.getpid()))
 
 
