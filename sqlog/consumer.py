@@ -131,6 +131,7 @@ class Consumer:
         self._membership: groups.Membership | None = None
         self._seen_gen: int | None = None  # the group generation this member last converged on
         self._joined_sub: tuple[str, ...] = ()
+        self._sub_key: tuple[str, ...] = ()
         self._log = log
         self._path = log.path
         self._conn: apsw.Connection = connect(
@@ -158,6 +159,7 @@ class Consumer:
         if self._manual:
             raise IllegalStateError("subscribe() after assign(): call unsubscribe() first")
         self._subscription = names
+        self._sub_key = tuple(sorted(names))
         self._listener = listener
         self._refresh_at = 0.0
         self._buffer.clear()
@@ -222,12 +224,11 @@ class Consumer:
         m = self._membership
         assert m is not None and self._subscription is not None
         m.polled()
-        reason = m.take_lost()
-        if reason is not None:
+        if m.lost is not None and m.take_lost() is not None:
             self._lose()
         with translated(self._path):
             now = time.monotonic()
-            subscription = tuple(sorted(self._subscription))
+            subscription = self._sub_key
             if m.member_id is None:
                 m.join(subscription)
                 self._joined_sub = subscription
@@ -240,7 +241,7 @@ class Consumer:
                 self._joined_sub = subscription
                 if not ok:
                     m.mark_lost(m.member_id, "member expired")
-                    return
+                    return self._coordinate()  # drop the partitions now and rejoin
             elif now >= self._refresh_at or self._meta_epoch != self._log._meta_epoch:
                 # Topics created, grown or deleted: recompute the target if it no longer matches.
                 self._refresh_at = now + self._meta_age_s
@@ -254,16 +255,16 @@ class Consumer:
                 return
             member_id = m.member_id
             view = groups.member_view(self._conn, self._group, member_id)  # type: ignore[arg-type]
-            if view is None:
+            if view is None:  # expired by the others: stop reading its partitions in this very poll
                 m.mark_lost(member_id, "member expired")  # type: ignore[arg-type]
-                return
+                return self._coordinate()
             target, owned = view
             revoked = [tp for tp, part in self._parts.items()
                        if (part.topic_id, tp.partition) not in target or (part.topic_id, tp.partition) not in owned]
             if revoked:
                 self._release(member_id, revoked)  # type: ignore[arg-type]
-            if any(key not in owned for key in target):
-                self._claim(member_id)  # type: ignore[arg-type]
+            if any(key not in owned for key in target) and not self._claim(member_id):  # type: ignore[arg-type]
+                return self._coordinate()
             self._seen_gen = gen
 
     def _release(self, member_id: str, revoked: list[TopicPartition]) -> None:
@@ -283,17 +284,18 @@ class Consumer:
             del self._parts[tp]
         self._buffer.clear()
 
-    def _claim(self, member_id: str) -> None:
+    def _claim(self, member_id: str) -> bool:
+        """Claim the free partitions of this member's target; False if it is no longer a member."""
         m = self._membership
         assert m is not None
         with self._log._write() as conn:
             got = groups.claim(conn, self._group, member_id)  # type: ignore[arg-type]
         if got is None:
             m.mark_lost(member_id, "member expired")
-            return
+            return False
         gen, claimed = got
         if not claimed:
-            return
+            return True
         m.generation = gen
         added = set()
         for (topic_id, p), name in claimed.items():
@@ -304,6 +306,7 @@ class Consumer:
         self._buffer.clear()
         if self._listener is not None:
             self._listener.on_assigned(added)
+        return True
 
     def _lose(self) -> None:
         """The membership ended behind this consumer's back: drop its partitions, tell the listener."""
@@ -521,6 +524,8 @@ class Consumer:
                     self._refresh()
                 version = data_version(self._conn)
                 records = self._fetch(limit, advance)
+            if grouped and self._membership.lost is not None:  # type: ignore[union-attr]
+                continue  # lost meanwhile: these partitions may be another's now; rejoin first
             remaining = deadline - time.monotonic()
             if records or remaining <= 0:
                 return records
