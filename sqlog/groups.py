@@ -631,12 +631,12 @@ def describe(conn: apsw.Connection, group_id: str) -> GroupDescription:
                                                owners[key][0] if key in owners else None))
     if not members:
         state = "Empty"
-    elif all(owners.get(k, ("",))[0] == m for k, m in targets.items() if m in live) and all(
+    elif all(m in live and k in owners and owners[k][0] == m for k, m in targets.items()) and all(
         targets.get(k) == o for k, (o, _) in owners.items()
     ):
-        state = "Stable"
+        state = "Stable"  # every partition of the target owned by its live target member
     else:
-        state = "PreparingRebalance"
+        state = "PreparingRebalance"  # a partition waits for a release, a claim or a dead member's expiry
     return GroupDescription(group_id, state, grow[0] if grow else -1, grow[1] if grow else None, members, tuple(parts))
 
 
