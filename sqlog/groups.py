@@ -252,9 +252,18 @@ _MEMBER_LIVENESS = (
 )
 
 
+def _dead_members(conn: apsw.Connection, group_id: str, now: int) -> tuple[list[str], list[str]]:
+    """``(live, dead)`` member ids, each sorted."""
+    live: list[str] = []
+    dead: list[str] = []
+    rows: list[Any] = conn.execute(_MEMBER_LIVENESS, (group_id,)).fetchall()
+    for member_id, pid, namespace, start, beat, session_ms in rows:
+        (dead if _is_dead(pid, namespace, start, beat, session_ms, now) else live).append(member_id)
+    return sorted(live), sorted(dead)
+
+
 def live_member_ids(conn: apsw.Connection, group_id: str, now: int | None = None) -> list[str]:
-    now = now_ms() if now is None else now
-    return sorted(r[0] for r in conn.execute(_MEMBER_LIVENESS, (group_id,)) if not _is_dead(*r[1:], now))
+    return _dead_members(conn, group_id, now_ms() if now is None else now)[0]
 
 
 def _remove_member(conn: apsw.Connection, group_id: str, member_id: str) -> bool:
@@ -265,7 +274,7 @@ def _remove_member(conn: apsw.Connection, group_id: str, member_id: str) -> bool
 
 def expire(conn: apsw.Connection, group_id: str, now: int) -> list[str]:
     """Delete members past their session timeout (or whose process on this host is gone)."""
-    dead = [r[0] for r in conn.execute(_MEMBER_LIVENESS, (group_id,)).fetchall() if _is_dead(*r[1:], now)]
+    dead = _dead_members(conn, group_id, now)[1]
     for member_id in dead:
         _remove_member(conn, group_id, member_id)
     return dead
@@ -325,7 +334,7 @@ def join(conn: apsw.Connection, group_id: str, info: MemberInfo) -> int:
     others = {r[0] for r in conn.execute("SELECT strategy FROM group_members WHERE group_id = ?", (group_id,))}
     if others and others != {info.strategy}:
         raise InconsistentGroupProtocolError(
-            f"group {group_id!r} uses partition_assignment_strategy {sorted(others)[0]!r}; "
+            f"group {group_id!r} uses partition_assignment_strategy {min(others)!r}; "
             f"join it with the same strategy, not {info.strategy!r}"
         )
     conn.execute(
@@ -581,11 +590,12 @@ def list_groups(conn: apsw.Connection) -> list[str]:
 
 
 def _exists(conn: apsw.Connection, group_id: str) -> bool:
-    return conn.execute(
+    row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM consumer_groups WHERE group_id = ?1)"
         " OR EXISTS (SELECT 1 FROM committed_offsets WHERE group_id = ?1)",
         (group_id,),
-    ).fetchone()[0] == 1
+    ).fetchone()
+    return row is not None and row[0] == 1
 
 
 def describe(conn: apsw.Connection, group_id: str) -> GroupDescription:
@@ -617,9 +627,9 @@ def describe(conn: apsw.Connection, group_id: str) -> GroupDescription:
             " WHERE group_id = ? ORDER BY member_id", (group_id,)
         ) if m in live
     )
-    committed = dict(((t, p), o) for t, p, o in conn.execute(
+    committed = {(t, p): o for t, p, o in conn.execute(
         "SELECT topic_id, partition, offset FROM committed_offsets WHERE group_id = ?", (group_id,)
-    ))
+    )}
     parts = []
     for key in sorted(set(committed) | set(owners) | (set(targets) if live else set()),
                       key=lambda k: (names.get(k[0], ""), k[1])):

@@ -275,7 +275,7 @@ class Log:
         ).fetchone()
         if row is None:
             raise UnknownTopicOrPartitionError(f"{tp.topic!r} has no partition {tp.partition}")
-        return meta.topic_id, row[0], row[1]
+        return meta.topic_id, int(row[0]), int(row[1])
 
     # -- upkeep ----------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:

@@ -8,8 +8,8 @@ audit is checked for overlapping ownership and for records never processed.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -68,7 +68,7 @@ class Cluster:
         assert proc.wait(timeout) == 0, f"worker {name} exited with {proc.returncode}"
 
     def stop_all(self) -> None:
-        for name, proc in self.procs.items():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.procs.values():
@@ -153,7 +153,7 @@ def check_audit(cluster: Cluster, names: list[str]) -> dict[int, list[tuple[floa
     for p, spans in intervals.items():
         by_gen = sorted(spans, key=lambda s: s[2])
         assert by_gen == sorted(spans, key=lambda s: s[0]), f"partition {p}: claim order differs from time order"
-        for a, b in zip(by_gen, by_gen[1:]):
+        for a, b in itertools.pairwise(by_gen):
             assert a[2] < b[2], f"partition {p}: two claims at generation {a[2]}"
             assert a[1] <= b[0], f"partition {p}: {a[3]} owned it until {a[1]:.3f}, {b[3]} from {b[0]:.3f}"
     return intervals
