@@ -30,6 +30,7 @@ from .partitioner import murmur2, partition_for_key
 from .producer import Producer
 from .serde import JSON, STRING, Serde
 from .types import (
+    CheckReport,
     ConsumerGroupMetadata,
     GroupDescription,
     GroupPartitionDescription,
@@ -37,8 +38,10 @@ from .types import (
     OffsetAndMetadata,
     OffsetAndTimestamp,
     PartitionDescription,
+    PartitionSweep,
     Record,
     RecordMetadata,
+    SweepResult,
     TopicDescription,
     TopicPartition,
 )
@@ -49,6 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "JSON",
     "STRING",
+    "CheckReport",
     "CommitFailedError",
     "Consumer",
     "ConsumerGroupMetadata",
@@ -72,6 +76,7 @@ __all__ = [
     "OffsetAndTimestamp",
     "OffsetOutOfRange",
     "PartitionDescription",
+    "PartitionSweep",
     "Producer",
     "ReadOnlyError",
     "Record",
@@ -84,6 +89,7 @@ __all__ = [
     "SqlogError",
     "SqlogTimeoutError",
     "StorageError",
+    "SweepResult",
     "TopicAlreadyExistsError",
     "TopicDescription",
     "TopicPartition",

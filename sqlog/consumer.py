@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from .errors import (
     translated,
 )
 from .producer import check_config
-from .serde import decode_headers, deserializer
+from .serde import decode_headers, serde_function
 from .storage import connect, data_version, partition_table
 from .types import ConsumerGroupMetadata, OffsetAndMetadata, OffsetAndTimestamp, Record, TopicPartition
 
@@ -84,6 +85,20 @@ class _Partition:
         self.paused = False
 
 
+def _iterable(items: object, call: str, what: str) -> list[Any]:
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise InvalidConfigError(f"{call} takes a list of {what}, not {items!r}")
+    return list(items)
+
+
+MAX_OFFSET = 2**63 - 1  # SQLite's INTEGER
+
+
+def _check_offset(value: object, what: str) -> None:
+    if type(value) is not int or not 0 <= value <= MAX_OFFSET:
+        raise InvalidConfigError(f"{what} must be an int from 0 to 2**63-1, not {value!r}")
+
+
 def _ms(config: dict[str, Any], name: str, allow_none: bool = False) -> int | None:
     value = config[name]
     if value is None and allow_none:
@@ -105,8 +120,8 @@ class Consumer:
         self._reset = cfg["auto_offset_reset"]
         self._auto_commit = bool(cfg["enable_auto_commit"]) and self._group is not None
         self._auto_commit_s = (_ms(cfg, "auto_commit_interval_ms") or 0) / 1000
-        self._key_de: Callable[[bytes], Any] | None = deserializer(cfg["key_deserializer"], "key_deserializer")
-        self._value_de: Callable[[bytes], Any] | None = deserializer(cfg["value_deserializer"], "value_deserializer")
+        self._key_de: Callable[[bytes], Any] | None = serde_function(cfg["key_deserializer"], "key_deserializer", "deserialize")
+        self._value_de: Callable[[bytes], Any] | None = serde_function(cfg["value_deserializer"], "value_deserializer", "deserialize")
         self._max_records = cfg["max_poll_records"]
         if type(self._max_records) is not int or self._max_records < 1:
             raise InvalidConfigError(f"max_poll_records must be an int >= 1, not {self._max_records!r}")
@@ -153,9 +168,7 @@ class Consumer:
     def subscribe(self, topics: Iterable[str], listener: ConsumerRebalanceListener | None = None) -> None:
         """Consume these topics; partitions are assigned at the next ``poll()`` (topics may not exist yet)."""
         self._check_open()
-        if isinstance(topics, str):
-            raise InvalidConfigError("subscribe() takes a list of topic names, not a single str")
-        names = {self._valid_topic(t) for t in topics}
+        names = {self._valid_topic(t) for t in _iterable(topics, "subscribe()", "topic names")}
         if self._manual:
             raise IllegalStateError("subscribe() after assign(): call unsubscribe() first")
         self._subscription = names
@@ -175,14 +188,9 @@ class Consumer:
         self._check_open()
         if self._subscription is not None:
             raise IllegalStateError("assign() after subscribe(): call unsubscribe() first")
-        wanted = list(partitions)
         new: dict[TopicPartition, _Partition] = {}
-        for tp in wanted:
-            if not isinstance(tp, TopicPartition):
-                raise InvalidConfigError(f"assign() takes TopicPartition objects, not {tp!r}")
-            meta = self._meta(tp.topic)
-            if not 0 <= tp.partition < meta.partitions:
-                raise UnknownTopicOrPartitionError(f"{tp.topic!r} has no partition {tp.partition}")
+        for tp in _iterable(partitions, "assign()", "TopicPartition objects"):
+            meta = self._existing(tp)
             new[tp] = self._parts.get(tp) or _Partition(tp, meta.topic_id)
         self._parts = new
         self._manual = bool(new)
@@ -202,10 +210,13 @@ class Consumer:
         self._buffer.clear()
 
     def subscription(self) -> set[str]:
+        """The topics subscribed to (empty with assign() or nothing)."""
+        self._check_open()
         return set(self._subscription or ())
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions this consumer reads now (in a group: owns)."""
+        self._check_open()
         if self._membership is not None and self._membership.lost is not None:
             return set()  # the heartbeat thread saw the membership end; poll() will say so
         return set(self._parts)
@@ -370,6 +381,8 @@ class Consumer:
 
     # -- positions -------------------------------------------------------------------------
     def _part(self, tp: TopicPartition) -> _Partition:
+        if not isinstance(tp, TopicPartition):
+            raise InvalidConfigError(f"expected a sqlog.TopicPartition, not {tp!r}")
         part = self._parts.get(tp)
         if part is None:
             raise IllegalStateError(f"{tp} is not assigned to this consumer")
@@ -417,8 +430,7 @@ class Consumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Read ``tp`` from ``offset`` at the next poll (checked against the log then)."""
         self._check_open()
-        if type(offset) is not int or offset < 0:
-            raise InvalidConfigError(f"offset must be an int >= 0, not {offset!r}")
+        _check_offset(offset, "offset")
         self._part(tp).position = offset
         self._buffer.clear()
 
@@ -440,18 +452,17 @@ class Consumer:
 
     def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """The log start offset of each partition (the first offset still stored)."""
-        return {tp: self._any_bounds(tp)[0] for tp in partitions}
+        return {tp: self._any_bounds(tp)[0] for tp in _iterable(partitions, "beginning_offsets()", "TopicPartitions")}
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """The high watermark of each partition (the offset the next record will get)."""
-        return {tp: self._any_bounds(tp)[1] for tp in partitions}
+        return {tp: self._any_bounds(tp)[1] for tp in _iterable(partitions, "end_offsets()", "TopicPartitions")}
 
     def _any_bounds(self, tp: TopicPartition) -> tuple[int, int]:
         self._check_open()
-        part = self._parts.get(tp)
+        part = self._parts.get(tp) if isinstance(tp, TopicPartition) else None
         if part is None:
-            meta = self._meta(tp.topic)
-            part = _Partition(tp, meta.topic_id)
+            part = _Partition(tp, self._existing(tp).topic_id)
         with translated(self._path):
             return self._bounds(part)
 
@@ -460,14 +471,13 @@ class Consumer:
     ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
         """For each partition, the earliest stored offset whose timestamp is >= the given one."""
         self._check_open()
+        if not isinstance(timestamps, Mapping):
+            raise InvalidConfigError("offsets_for_times() takes a dict {TopicPartition: timestamp_ms}")
         out: dict[TopicPartition, OffsetAndTimestamp | None] = {}
-        with translated(self._path):
-            for tp, ts in timestamps.items():
-                if type(ts) is not int or ts < 0:
-                    raise InvalidConfigError(f"timestamp for {tp} must be an int >= 0 (ms), not {ts!r}")
-                meta = self._meta(tp.topic)
-                if not isinstance(tp, TopicPartition) or not 0 <= tp.partition < meta.partitions:
-                    raise UnknownTopicOrPartitionError(f"{tp!r}: no such partition")
+        for tp, ts in timestamps.items():
+            _check_offset(ts, f"timestamp for {tp!r}")
+            meta = self._existing(tp)
+            with translated(self._path):
                 out[tp] = self._offset_for_time(meta.topic_id, tp.partition, ts)
         return out
 
@@ -477,22 +487,27 @@ class Consumer:
 
     def pause(self, *partitions: TopicPartition) -> None:
         """Stop returning records from these partitions until ``resume()``."""
+        self._check_open()
         for tp in partitions:
             self._part(tp).paused = True
         self._buffer.clear()
 
     def resume(self, *partitions: TopicPartition) -> None:
+        """Return records from these partitions again."""
+        self._check_open()
         for tp in partitions:
             self._part(tp).paused = False
 
     def paused(self) -> set[TopicPartition]:
+        """The partitions paused now."""
+        self._check_open()
         return {tp for tp, part in self._parts.items() if part.paused}
 
     # -- fetching --------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> list[Record]:
         """Return the next records (at most ``max_records``), waiting up to ``timeout_ms`` for some."""
         self._check_open()
-        if type(timeout_ms) is not int and not isinstance(timeout_ms, float) or timeout_ms < 0:
+        if type(timeout_ms) not in (int, float) or not 0 <= timeout_ms < math.inf:
             raise InvalidConfigError(f"timeout_ms must be a number >= 0, not {timeout_ms!r}")
         limit = self._max_records if max_records is None else max_records
         if type(limit) is not int or limit < 1:
@@ -533,9 +548,12 @@ class Consumer:
             while remaining > 0:
                 with log._appended:
                     log._appended.wait_for(lambda: log._commit_seq != seq, min(remaining, _WAKE_CHECK_S))
-                if log._commit_seq != seq or data_version(self._conn) != version:
-                    break
                 self._check_open()
+                if log._commit_seq != seq:
+                    break
+                with translated(self._path):
+                    if data_version(self._conn) != version:
+                        break
                 if self._subscription is not None and time.monotonic() >= self._refresh_at:
                     break
                 if grouped:
@@ -581,7 +599,16 @@ class Consumer:
                     [Record(topic, p, o, ts, k, v, decode_headers(h) if h else ()) for o, ts, k, v, h in rows]
                 )
             else:
-                out.extend(self._deserialize(topic, p, rows, kd, vd))
+                before = len(out)
+                try:
+                    self._deserialize(topic, p, rows, kd, vd, out)
+                except SerializationError:
+                    # Return what came before the bad record; the next poll starts at it and raises.
+                    if not out:
+                        raise
+                    if len(out) > before:
+                        moved.append((part, out[-1].offset + 1))
+                    break
             moved.append((part, rows[-1][0] + 1))
             if len(out) >= limit:
                 break
@@ -591,8 +618,7 @@ class Consumer:
         return out
 
     @staticmethod
-    def _deserialize(topic: str, p: int, rows: list[Any], kd: Any, vd: Any) -> list[Record]:
-        out = []
+    def _deserialize(topic: str, p: int, rows: list[Any], kd: Any, vd: Any, out: list[Record]) -> None:
         for o, ts, k, v, h in rows:
             try:
                 key = k if kd is None or k is None else kd(k)
@@ -603,7 +629,6 @@ class Consumer:
                     f"seek(TopicPartition({topic!r}, {p}), {o + 1}) to skip it"
                 ) from exc
             out.append(Record(topic, p, o, ts, key, value, decode_headers(h) if h else ()))
-        return out
 
     def __iter__(self) -> Iterator[Record]:
         return self
@@ -635,17 +660,18 @@ class Consumer:
         if offsets is None:
             self._commit_positions()
             return
+        if not isinstance(offsets, Mapping):
+            raise InvalidConfigError("commit() takes a dict {TopicPartition: offset or OffsetAndMetadata}")
         rows = []
         for tp, om in offsets.items():
             if isinstance(om, int) and type(om) is not bool:
                 om = OffsetAndMetadata(om)
-            if not isinstance(om, OffsetAndMetadata) or type(om.offset) is not int or om.offset < 0:
-                raise InvalidConfigError(f"commit offset for {tp} must be an int >= 0 or OffsetAndMetadata, not {om!r}")
+            if not isinstance(om, OffsetAndMetadata):
+                raise InvalidConfigError(f"commit offset for {tp!r} must be an int >= 0 or OffsetAndMetadata, not {om!r}")
+            _check_offset(om.offset, f"commit offset for {tp!r}")
             if not isinstance(om.metadata, str):
-                raise InvalidConfigError(f"commit metadata for {tp} must be a str")
-            meta = self._meta(tp.topic) if isinstance(tp, TopicPartition) else None
-            if meta is None or not 0 <= tp.partition < meta.partitions:
-                raise UnknownTopicOrPartitionError(f"{tp!r}: no such partition")
+                raise InvalidConfigError(f"commit metadata for {tp!r} must be a str")
+            meta = self._existing(tp)
             rows.append((tp, meta.topic_id, om.offset, om.metadata))
         self._log._commit_offsets(self._group, rows, self._fence())
 
@@ -655,28 +681,31 @@ class Consumer:
         if only is None:
             self._next_commit = time.monotonic() + self._auto_commit_s
         if rows:
-            self._log._commit_offsets(self._group, rows, self._fence())  # type: ignore[arg-type]
+            # A position sought past the end is not committed until a fetch has validated it.
+            self._log._commit_offsets(self._group, rows, self._fence(), skip_beyond_end=True)  # type: ignore[arg-type]
 
     def _fence(self) -> groups.Fence:
-        """Commits of a subscribed member are fenced by ownership and claim generation; those of a
-        consumer using assign() only by the group having no live members (as in Kafka)."""
-        if self._subscription is None:
-            return groups.Fence(None)
+        """Commits of a group member are fenced by ownership and claim generation. A consumer outside
+        the group (assign(), or subscribed but not joined yet: Kafka's generation -1) may commit only
+        while the group has no live members, as Kafka's broker rules."""
         m = self._membership
-        member_id = None if m is None or m.lost is not None else m.member_id
-        if member_id is None:
+        if self._subscription is None or m is None:
+            return groups.Fence(None)
+        if m.lost is not None:
             raise CommitFailedError(
-                f"this consumer is not a member of group {self._group!r} now (not joined yet, or its session "
-                "ended); the commit was not applied; poll() to (re)join"
+                f"this consumer is not a member of group {self._group!r} any more ({m.lost}); its partitions "
+                "may belong to others now and the commit was not applied; poll() to rejoin"
             )
-        return groups.Fence(member_id, {(p.topic_id, p.tp.partition): p.generation for p in self._parts.values()})
+        if m.member_id is None:
+            return groups.Fence(None)
+        return groups.Fence(m.member_id, {(p.topic_id, p.tp.partition): p.generation for p in self._parts.values()})
 
     def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset for ``tp``, or None."""
         self._check_open()
         if self._group is None:
             raise IllegalStateError("committed() needs a group_id")
-        meta = self._meta(tp.topic)
+        meta = self._existing(tp)
         with translated(self._path):
             found = groups.fetch(self._conn, self._group, meta.topic_id, tp.partition)
         return None if found is None else found[0]
@@ -686,6 +715,17 @@ class Consumer:
         self._valid_topic(topic)
         with translated(self._path):
             return topics.require(self._conn, topic)
+
+    def _existing(self, tp: object) -> topics.TopicMeta:
+        """Check ``tp`` is a TopicPartition of an existing topic and partition; its topic's metadata."""
+        if not isinstance(tp, TopicPartition):
+            raise InvalidConfigError(f"expected a sqlog.TopicPartition, not {tp!r}")
+        meta = self._meta(tp.topic)
+        if type(tp.partition) is not int or not 0 <= tp.partition < meta.partitions:
+            raise UnknownTopicOrPartitionError(
+                f"topic {tp.topic!r} has partitions 0..{meta.partitions - 1}, not {tp.partition!r}"
+            )
+        return meta
 
     @staticmethod
     def _valid_topic(topic: object) -> str:

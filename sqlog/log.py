@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
 import threading
 import weakref
@@ -17,11 +18,20 @@ from .errors import (
     CommitFailedError,
     InvalidConfigError,
     LogClosedError,
+    SqlogError,
     UnknownTopicOrPartitionError,
     translated,
 )
+from .retention import Upkeep
 from .storage import connect, file_sizes, transaction
-from .types import GroupDescription, OffsetAndMetadata, TopicDescription, TopicPartition
+from .types import (
+    CheckReport,
+    GroupDescription,
+    OffsetAndMetadata,
+    SweepResult,
+    TopicDescription,
+    TopicPartition,
+)
 from .writer import Writer
 
 if TYPE_CHECKING:
@@ -31,38 +41,87 @@ if TYPE_CHECKING:
 _SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 
 
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if type(value) is not int or value < minimum:
+        raise InvalidConfigError(f"{name} must be an int >= {minimum}, not {value!r}")
+
+
 class Log:
     """An open sqlog file. Create with `sqlog.open`; thread-safe; close it (or use ``with``)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, durability: str = "normal",
-                 busy_timeout_ms: int = 10_000, journal_size_limit: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: str = "normal",
+        busy_timeout_ms: int = 10_000,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+        retention_check_interval_ms: int | None = 60_000,
+        wal_checkpoint_interval_ms: int | None = 1_000,
+        wal_limit_bytes: int = 64 * 1024 * 1024,
+        journal_size_limit: int = 32 * 1024 * 1024,
+        max_db_bytes: int | None = None,
+    ) -> None:
+        """Open (creating if needed) the log at ``path``; see `sqlog.open` for the options."""
         if durability not in _SYNCHRONOUS:
             raise InvalidConfigError(f"durability must be 'normal' or 'full', not {durability!r}")
-        if type(busy_timeout_ms) is not int or busy_timeout_ms < 0:
-            raise InvalidConfigError(f"busy_timeout_ms must be an int >= 0, not {busy_timeout_ms!r}")
-        if type(journal_size_limit) is not int or journal_size_limit < 0:
-            raise InvalidConfigError(f"journal_size_limit must be an int >= 0, not {journal_size_limit!r}")
+        _check_int("busy_timeout_ms", busy_timeout_ms, 0)
+        _check_int("wal_limit_bytes", wal_limit_bytes, 1)
+        _check_int("journal_size_limit", journal_size_limit, 0)
+        if max_db_bytes is not None:
+            _check_int("max_db_bytes", max_db_bytes, 64 * 1024)
+        for name, interval in (("retention_check_interval_ms", retention_check_interval_ms),
+                               ("wal_checkpoint_interval_ms", wal_checkpoint_interval_ms)):
+            if interval is not None:
+                _check_int(name, interval, 1)
+        defaults = {
+            "retention_ms": topics.check_retention(retention_ms, "retention_ms"),
+            "retention_bytes": topics.check_retention(retention_bytes, "retention_bytes"),
+        }
         self.path = os.fspath(path)
         self.durability = durability
         self.synchronous = _SYNCHRONOUS[durability]
         self.busy_timeout_ms = busy_timeout_ms
         self._journal_size_limit = journal_size_limit
+        self._max_db_bytes = max_db_bytes
+        self._upkeep_options = (retention_check_interval_ms, wal_checkpoint_interval_ms, wal_limit_bytes)
         self.closed = False
         self._meta_epoch = 0  # bumped by every local topic change, so clients drop cached metadata
         self._commit_seq = 0  # bumped after every local commit of records; blocked polls wait on it
         self._appended = threading.Condition()
         self._consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
         self._open_connections()
+        try:
+            given = {k: v for k, v in defaults.items() if v is not None}
+            if given:
+                with self._write() as conn:
+                    conn.executemany("INSERT OR REPLACE INTO settings VALUES (?, ?)", list(given.items()))
+        except BaseException:
+            self._conn.close()
+            raise
         self._writer = Writer(self._conn, self.path, self._mutex, self._notify_commit)
+        self._upkeep = self._start_upkeep()
         atexit.register(_close_at_exit, weakref.ref(self))
         os.register_at_fork(after_in_child=_reopen_in_child(weakref.ref(self)))
+
+    def _start_upkeep(self) -> Upkeep:
+        sweep_ms, checkpoint_ms, wal_limit = self._upkeep_options
+        return Upkeep(self.path, self._connect, sweep_ms, checkpoint_ms, wal_limit)
+
+    def _connect(self) -> apsw.Connection:
+        conn = connect(self.path, busy_timeout_ms=self.busy_timeout_ms, synchronous=self.synchronous)
+        conn.execute(f"PRAGMA journal_size_limit={self._journal_size_limit}")
+        if self._max_db_bytes is not None:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count={max(1, self._max_db_bytes // page_size)}")
+        return conn
 
     def _open_connections(self) -> None:
         self._pid = os.getpid()
         # The one writer connection: every append, commit and admin change goes through it,
         # serialized by _mutex, so batches reach the tables in the order they were sealed.
-        self._conn = connect(self.path, busy_timeout_ms=self.busy_timeout_ms, synchronous=self.synchronous)
-        self._conn.execute(f"PRAGMA journal_size_limit={self._journal_size_limit}")
+        self._conn = self._connect()
         self._mutex = threading.Lock()
 
     def _after_fork(self) -> None:
@@ -71,11 +130,13 @@ class Log:
         Records the parent had not yet written stay the parent's: the child's producers start empty.
         """
         _ABANDONED.append(self._conn)
+        _ABANDONED.append(self._upkeep.abandon())
         self._appended = threading.Condition()
         self._consumers = weakref.WeakSet()
         if not self.closed:
             self._open_connections()
             self._writer.after_fork(self._conn, self._mutex)
+            self._upkeep = self._start_upkeep()
 
     def _notify_commit(self) -> None:
         with self._appended:
@@ -162,23 +223,32 @@ class Log:
         self._consumers.discard(consumer)
 
     def _commit_offsets(self, group_id: str, rows: list[tuple[TopicPartition, int, int, str]],
-                        fence: groups.Fence | None = None) -> None:
-        """Store offsets; with a ``fence``, only if the committer owns every partition (same transaction)."""
+                        fence: groups.Fence | None = None, skip_beyond_end: bool = False) -> None:
+        """Store committed offsets in one transaction; an offset beyond the high watermark is
+        refused (CommitFailedError), or left out with ``skip_beyond_end`` (auto-commit). With a
+        ``fence``, only if the committer owns every partition, checked in the same transaction."""
         with self._write() as conn:
             if fence is not None:
                 groups.check_fence(conn, group_id, fence, [(tp, t) for tp, t, _, _ in rows])
-            for tp, topic_id, offset, _ in rows:
-                row = conn.execute(
+            keep = []
+            for row in rows:
+                tp, topic_id, offset, _ = row
+                found = conn.execute(
                     "SELECT next_offset FROM partitions WHERE topic_id = ? AND partition = ?",
                     (topic_id, tp.partition),
                 ).fetchone()
-                if row is None:
+                if found is None:
+                    if skip_beyond_end:
+                        continue
                     raise CommitFailedError(f"cannot commit {tp}: the topic no longer exists")
-                if offset > row[0]:
+                if offset > found[0]:
+                    if skip_beyond_end:
+                        continue
                     raise CommitFailedError(
-                        f"cannot commit offset {offset} for {tp}: beyond its high watermark {row[0]}"
+                        f"cannot commit offset {offset} for {tp}: beyond its high watermark {found[0]}"
                     )
-            groups.store(conn, group_id, [(t, tp.partition, o, m) for tp, t, o, m in rows])
+                keep.append(row)
+            groups.store(conn, group_id, [(t, tp.partition, o, m) for tp, t, o, m in keep])
 
     # -- consumer groups -------------------------------------------------------------------
     def list_groups(self) -> list[str]:
@@ -278,6 +348,26 @@ class Log:
         return meta.topic_id, int(row[0]), int(row[1])
 
     # -- upkeep ----------------------------------------------------------------------------
+    def sweep(self, now_ms: int | None = None) -> SweepResult:
+        """Apply retention now (as of ``now_ms``, default the clock) and give free pages back.
+
+        Deletes in bounded chunks, one transaction each, so producers keep going meanwhile.
+        """
+        self._check_open()
+        return self._upkeep.sweep(now_ms)
+
+    def check(self) -> CheckReport:
+        """Verify the file: SQLite's integrity_check plus sqlog's invariants (dense offsets from
+        log start to high watermark, batch index and byte counts matching the records, committed
+        offsets in range, no orphan tables). Reads one snapshot; producers keep going."""
+        self._check_open()
+        return self._upkeep.check()
+
+    def checkpoint(self) -> int:
+        """Checkpoint the WAL now (TRUNCATE once it passes ``wal_limit_bytes``); returns its prior size."""
+        self._check_open()
+        return self._upkeep.checkpoint()
+
     def stats(self) -> dict[str, int]:
         """Bytes of the database, WAL and shared-memory files, pages and free pages."""
         with self._read() as conn:
@@ -294,8 +384,12 @@ class Log:
             self._writer.close()
         finally:
             for consumer in list(self._consumers):
-                consumer.close()
+                try:
+                    consumer.close()
+                except SqlogError:
+                    pass  # its final auto-commit failed (e.g. topic deleted); the log still closes
             self.closed = True
+            self._upkeep.close()
             with self._mutex:
                 self._conn.close()
 
@@ -327,11 +421,25 @@ def _reopen_in_child(ref: weakref.ref[Log]) -> Any:
     return hook
 
 
-def open(path: str | os.PathLike[str], *, durability: str = "normal", busy_timeout_ms: int = 10_000,
-         journal_size_limit: int = 64 * 1024 * 1024) -> Log:
-    """Open (creating if needed) the log at ``path``.
+def open(path: str | os.PathLike[str], **options: Any) -> Log:
+    """Open (creating if needed) the log at ``path``. Options:
 
-    ``durability="normal"`` survives a process crash once a send is acknowledged;
-    ``"full"`` (synchronous=FULL) also survives power loss, at the cost of an fsync per commit.
+    - ``durability``: "normal" (default) survives a process crash once a send is acknowledged;
+      "full" (synchronous=FULL) also survives power loss, at an fsync per commit.
+    - ``busy_timeout_ms`` (10000): how long a write waits for another process's lock.
+    - ``retention_ms`` / ``retention_bytes``: log-wide defaults for topics without their own,
+      stored in the file so every process agrees (-1 = forever; omitted = keep what is stored).
+    - ``retention_check_interval_ms`` (60000, None = off): how often the background sweeper runs.
+    - ``wal_checkpoint_interval_ms`` (1000, None = off) and ``wal_limit_bytes`` (64 MiB): the
+      periodic WAL checkpoint, escalated to TRUNCATE past the limit.
+    - ``journal_size_limit`` (32 MiB): what SQLite truncates the WAL to after a checkpoint.
+    - ``max_db_bytes`` (None): a cap on the database file; a write past it fails with
+      `DiskFullError` (nothing of it stored) until retention or a sweep frees pages.
     """
-    return Log(path, durability=durability, busy_timeout_ms=busy_timeout_ms, journal_size_limit=journal_size_limit)
+    unknown = sorted(set(options) - _OPEN_OPTIONS)
+    if unknown:
+        raise InvalidConfigError(f"unknown sqlog.open() option {', '.join(unknown)}; known: {', '.join(sorted(_OPEN_OPTIONS))}")
+    return Log(path, **options)
+
+
+_OPEN_OPTIONS = frozenset(inspect.signature(Log.__init__).parameters) - {"self", "path"}

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     InvalidConfigError,
+    InvalidTopicError,
     LogClosedError,
     RecordTooLarge,
     SerializationError,
@@ -17,7 +18,7 @@ from .errors import (
     UnknownTopicOrPartitionError,
 )
 from .partitioner import partition_for_key
-from .serde import encode_headers, serializer, to_bytes
+from .serde import encode_headers, serde_function, to_bytes
 from .topics import TopicMeta
 from .writer import Batch, Chunk, RecordFuture
 
@@ -54,8 +55,8 @@ class Producer:
     def __init__(self, log: Log, **config: Any) -> None:
         cfg = check_config(config, PRODUCER_DEFAULTS, "producer")
         self.config = cfg
-        self._value_ser: Callable[[Any], bytes] | None = serializer(cfg["value_serializer"], "value_serializer")
-        self._key_ser: Callable[[Any], bytes] | None = serializer(cfg["key_serializer"], "key_serializer")
+        self._value_ser: Callable[[Any], bytes] | None = serde_function(cfg["value_serializer"], "value_serializer", "serialize")
+        self._key_ser: Callable[[Any], bytes] | None = serde_function(cfg["key_serializer"], "key_serializer", "serialize")
         self._linger = _positive_int(cfg, "linger_ms", 0) / 1000
         self._batch_size = _positive_int(cfg, "batch_size", 1)
         self._max_record = _positive_int(cfg, "max_record_bytes", 1)
@@ -83,10 +84,13 @@ class Producer:
         timestamp_ms: int | None = None,
     ) -> RecordFuture:
         """Queue one record; the returned future's ``get()`` waits until it is durable."""
-        if self._closed:
-            raise LogClosedError("the producer is closed")
+        if self._closed or self._log.closed:
+            raise LogClosedError("the producer (or its log) is closed")
         now_ms = time.time_ns() // 1_000_000
-        meta = self._topics.get(topic)
+        try:
+            meta = self._topics.get(topic)
+        except TypeError:  # unhashable: not a name at all
+            raise InvalidTopicError(f"a topic name must be a str, not {type(topic).__name__}") from None
         if meta is None or now_ms >= self._meta_expiry or self._meta_epoch != self._log._meta_epoch:
             meta = self._meta(topic, now_ms)
         v = value if type(value) is bytes and self._value_ser is None else to_bytes(value, self._value_ser, "value")
@@ -100,7 +104,7 @@ class Producer:
             )
         if timestamp_ms is None:
             timestamp_ms = now_ms
-        elif type(timestamp_ms) is not int or timestamp_ms < 0:
+        elif type(timestamp_ms) is not int or not 0 <= timestamp_ms < 2**63:
             raise SerializationError(f"timestamp_ms must be a non-negative int (ms since the epoch), not {timestamp_ms!r}")
         if partition is not None and (type(partition) is not int or not 0 <= partition < meta.partitions):
             raise UnknownTopicOrPartitionError(f"topic {topic!r} has partitions 0..{meta.partitions - 1}, not {partition!r}")

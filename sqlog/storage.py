@@ -17,6 +17,9 @@ APPLICATION_ID = 0x73716C67  # "sqlg"
 # (see partition_table); its INTEGER PRIMARY KEY is the offset.
 MIGRATIONS: tuple[str, ...] = (
     """
+    -- Log-wide settings every process agrees on (e.g. the default retention_ms / retention_bytes).
+    CREATE TABLE settings(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+    -- retention_*: NULL follows the log-wide default, -1 keeps forever.
     CREATE TABLE topics(
         topic_id        INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a stale cache cannot hit a new topic
         name            TEXT NOT NULL UNIQUE,
@@ -104,6 +107,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# A record's size as retention and the byte counts see it (the producer's len(key + value + headers)).
+RECORD_BYTES = "coalesce(length(key), 0) + coalesce(length(value), 0) + coalesce(length(headers), 0)"
 
 
 def partition_table(topic_id: int, partition: int) -> str:

@@ -61,18 +61,26 @@ def _check_partitions(partitions: object) -> int:
 
 
 def check_retention(value: object, what: str) -> int | None:
-    """``None`` or -1 (Kafka's spelling) keep forever; otherwise a positive int."""
+    """A positive int, -1 (keep forever, Kafka's spelling) or None (the log-wide default)."""
     if value is None or value == -1 and type(value) is int:
-        return None
+        return value  # type: ignore[return-value]
     if type(value) is not int or value <= 0:
-        raise InvalidConfigError(f"{what} must be a positive int, -1 or None (keep forever), not {value!r}")
+        raise InvalidConfigError(
+            f"{what} must be a positive int, -1 (keep forever) or None (the log's default), not {value!r}"
+        )
     return value
+
+
+def effective(column: str) -> str:
+    """SQL for a topic's retention in force: its own, else the log default; NULL = forever."""
+    assert column in ("retention_ms", "retention_bytes")
+    return f"nullif(coalesce(t.{column}, (SELECT value FROM settings WHERE key = '{column}')), -1)"
 
 
 def lookup(conn: apsw.Connection, name: str) -> TopicMeta | None:
     row = conn.execute(
         "SELECT t.topic_id, t.name, (SELECT count(*) FROM partitions p WHERE p.topic_id = t.topic_id),"
-        " t.retention_ms, t.retention_bytes FROM topics t WHERE t.name = ?",
+        f" {effective('retention_ms')}, {effective('retention_bytes')} FROM topics t WHERE t.name = ?",
         (name,),
     ).fetchone()
     return TopicMeta(*row) if row else None
@@ -107,9 +115,8 @@ def create(
         "INSERT INTO topics(name, retention_ms, retention_bytes, created_ms) VALUES (?, ?, ?, ?)",
         (name, retention_ms, retention_bytes, int(time.time() * 1000)),
     )
-    topic_id = conn.last_insert_rowid()
-    _add_partitions(conn, topic_id, 0, partitions)
-    return TopicMeta(topic_id, name, partitions, retention_ms, retention_bytes)
+    _add_partitions(conn, conn.last_insert_rowid(), 0, partitions)
+    return require(conn, name)
 
 
 def _add_partitions(conn: apsw.Connection, topic_id: int, start: int, stop: int) -> None:

@@ -69,12 +69,47 @@ class PartitionDescription:
 
 @attrs.frozen
 class TopicDescription:
-    """A topic's configuration and partitions."""
+    """A topic's partitions and the retention in force (its own or the log's default; None = forever)."""
 
     name: str
     partitions: list[PartitionDescription]
     retention_ms: int | None
     retention_bytes: int | None
+
+
+@attrs.frozen
+class PartitionSweep:
+    """What retention deleted from one partition."""
+
+    records: int
+    bytes: int
+
+
+@attrs.frozen
+class SweepResult:
+    """What one ``Log.sweep()`` did: deletions per partition and pages given back to the disk."""
+
+    deleted: dict[TopicPartition, PartitionSweep]
+    pages_freed: int
+
+    @property
+    def records(self) -> int:
+        return sum(d.records for d in self.deleted.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(d.bytes for d in self.deleted.values())
+
+
+@attrs.frozen
+class CheckReport:
+    """What ``Log.check()`` found: one line per violated invariant; ``ok`` when there are none."""
+
+    violations: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
 
 
 @attrs.frozen

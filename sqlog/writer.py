@@ -25,7 +25,9 @@ from .errors import (
     UnknownTopicOrPartitionError,
     translated,
 )
+from .retention import enforce_size
 from .storage import partition_table, transaction
+from .topics import effective
 from .types import RecordMetadata
 
 if TYPE_CHECKING:
@@ -103,7 +105,8 @@ class RecordFuture:
 
 _UPDATE = (
     "UPDATE partitions SET next_offset = next_offset + ?1, bytes = bytes + ?2"
-    " WHERE topic_id = ?3 AND partition = ?4 RETURNING next_offset - ?1"
+    " WHERE topic_id = ?3 AND partition = ?4 RETURNING next_offset - ?1, log_start_offset, bytes,"
+    f" (SELECT {effective('retention_bytes')} FROM topics t WHERE t.topic_id = ?3)"
 )
 _INDEX = "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)"
 
@@ -118,7 +121,11 @@ class Writer:
         self.mutex = mutex  # also guards admin use of the connection
         self._on_commit = on_commit
         self._producers: weakref.WeakSet[Producer] = weakref.WeakSet()
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # wakes the linger thread
+        self._written = threading.Condition()  # notified after every write through the mutex
+        self._writes = 0
+        self._last_records = 0  # records and duration of the last write, for _gather()
+        self._last_seconds = 0.0
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -143,14 +150,52 @@ class Writer:
 
     # -- writing ---------------------------------------------------------------------------
     def write_through(self, batch: Batch | None, timeout: float | None = None) -> None:
-        """Write everything waiting unless ``batch`` is already done (None: write everything)."""
-        if not self.mutex.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
-            raise SqlogTimeoutError(f"records not written within {timeout} s")
-        try:
-            if batch is None or not batch.done:
-                self._write([b for p in list(self._producers) if (b := p._take_batch()) is not None])
-        finally:
-            self.mutex.release()
+        """Write everything waiting unless ``batch`` is already done (None: write everything).
+
+        A thread whose batch is being written by another waits for that write to end rather
+        than for the mutex, so it returns as soon as its records are durable and the next
+        write (by whoever takes the mutex first) carries everything sent meanwhile.
+        """
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        while batch is None or not batch.done:
+            seen = self._writes
+            if self.mutex.acquire(blocking=batch is None, timeout=-1 if deadline is None or batch is not None
+                                  else max(deadline - time.monotonic(), 0.0)):
+                try:
+                    if batch is None or not batch.done:
+                        if batch is not None:
+                            self._gather()
+                        self._write([b for p in list(self._producers) if (b := p._take_batch()) is not None])
+                finally:
+                    self.mutex.release()
+                    with self._written:
+                        self._writes += 1
+                        self._written.notify_all()
+                return
+            if batch is None:
+                raise SqlogTimeoutError(f"records not written within {timeout} s")
+            with self._written:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise SqlogTimeoutError(f"record not written within {timeout} s")
+                self._written.wait_for(lambda: self._writes != seen, remaining)
+
+    def _gather(self) -> None:
+        """Adaptive group commit: before writing for a waiting ``get()``, give the threads the
+        last write released a moment to send again, so one commit serves them all.
+
+        Waits only while fewer records are pending than the last write carried, and never
+        longer than that write took (at most 2 ms): a lone sender never waits.
+        """
+        target = self._last_records
+        if target <= 1:
+            return
+        until = time.monotonic() + min(self._last_seconds, 0.002)
+        producers = list(self._producers)
+        while time.monotonic() < until:
+            if sum(len(c.rows) for p in producers for c in p._batch.chunks.values()) >= target:
+                return
+            time.sleep(0)  # let the other threads take the GIL and send
 
     def _write(self, batches: list[Batch]) -> None:
         """Commit ``batches`` in one transaction; the caller holds ``mutex``."""
@@ -158,6 +203,7 @@ class Writer:
             return
         conn = self._conn
         error: SqlogError | None = None
+        began = time.monotonic()
         try:
             with translated(self._path), transaction(conn):
                 for batch in batches:
@@ -165,8 +211,10 @@ class Writer:
                         self._append(conn, chunk)
         except SqlogError as exc:
             error = exc
-        except apsw.Error as exc:  # anything translated() does not name
-            error = SqlogError(f"{self._path}: write failed: {exc}")
+        except Exception as exc:  # anything translated() does not name: the batches still complete
+            error = SqlogError(f"{self._path}: write failed: {exc!r}")
+        self._last_seconds = time.monotonic() - began
+        self._last_records = sum(len(c.rows) for b in batches for c in b.chunks.values())
         for batch in batches:
             batch.error = error
             batch.done = True
@@ -184,7 +232,7 @@ class Writer:
                 f"topic {chunk.topic!r} partition {chunk.partition} no longer exists (deleted?)"
             )
             return
-        base = found[0]
+        base, start, nbytes, budget = found
         table = partition_table(chunk.topic_id, chunk.partition)
         # The first row takes its offset explicitly; the rest get max(offset) + 1 from SQLite,
         # which is the next offset because nothing above ``base`` exists in this transaction.
@@ -195,6 +243,10 @@ class Writer:
                 raise StorageError(f"{self._path}: {table} holds offsets above its high watermark {base}")
         conn.execute(_INDEX, (chunk.topic_id, chunk.partition, base, base + n - 1, chunk.max_ts, chunk.bytes))
         chunk.base_offset = base
+        if budget is not None and nbytes > budget:
+            # Size retention as the log grows, bounded so one append never deletes a backlog
+            # (the sweeper does that in chunks).
+            enforce_size(conn, chunk.topic_id, chunk.partition, start, nbytes, budget, max(4 * n, 1000))
 
     # -- lingering records -----------------------------------------------------------------
     def _linger_loop(self) -> None:

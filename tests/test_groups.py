@@ -276,7 +276,7 @@ def test_member_past_max_poll_interval_leaves_and_rejoins(log: sqlog.Log) -> Non
     time.sleep(0.8)  # a slow job: no poll()
     assert log.describe_group("g").members == ()
     assert a.assignment() == set()
-    with pytest.raises(sqlog.CommitFailedError, match="not a member"):
+    with pytest.raises(sqlog.CommitFailedError, match="not a member of group 'g' any more .*max_poll_interval_ms"):
         a.commit()
     a.poll(timeout_ms=100)
     assert lost == [{TP("t", 0), TP("t", 1)}]
@@ -339,6 +339,19 @@ def test_mixed_strategies_are_refused(log: sqlog.Log) -> None:
     other = member(log, partition_assignment_strategy="roundrobin")
     with pytest.raises(sqlog.InconsistentGroupProtocolError, match="range"):
         other.poll(timeout_ms=10)
+
+
+def test_subscribed_consumer_not_yet_joined_commits_like_kafka_generation_minus_one(log: sqlog.Log) -> None:
+    log.create_topic("t", partitions=1)
+    fill(log, "t", 5, 1)
+    early = member(log)
+    early.commit({TP("t", 0): 3})  # the group is empty: applied
+    assert early.committed(TP("t", 0)) == 3
+    a = member(log)
+    a.poll(timeout_ms=10)
+    late = member(log)
+    with pytest.raises(sqlog.CommitFailedError, match="live members"):
+        late.commit({TP("t", 0): 4})
 
 
 def test_standalone_consumer_commits_only_to_an_empty_group(log: sqlog.Log) -> None:
@@ -410,6 +423,7 @@ def test_describe_list_delete(log: sqlog.Log) -> None:
         log.delete_group("g")
     a.close()
     assert log.describe_group("g").state == "Empty"
+    assert log.check().ok
     log.delete_group("g")
     assert log.list_groups() == []
     with pytest.raises(sqlog.GroupIdNotFoundError):

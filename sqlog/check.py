@@ -1,0 +1,93 @@
+"""``Log.check()``: SQLite's integrity check plus sqlog's own invariants, as a list of violations."""
+
+from __future__ import annotations
+
+import re
+
+import apsw
+
+from .storage import RECORD_BYTES, partition_table
+
+_PARTITION_TABLE = re.compile(r"p(\d+)_(\d+)")
+
+
+def violations(conn: apsw.Connection) -> list[str]:
+    """Everything wrong with the file; empty when it is sound. Read-only; O(records)."""
+    found = [f"integrity_check: {row[0]}" for row in conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
+    if found:
+        return found  # the rest reads the tables, which may be what is broken
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+    partitions = conn.execute(
+        "SELECT t.name, p.topic_id, p.partition, p.log_start_offset, p.next_offset, p.bytes"
+        " FROM partitions p LEFT JOIN topics t USING (topic_id) ORDER BY p.topic_id, p.partition"
+    ).fetchall()
+    known = set()
+    for name, topic_id, partition, start, end, nbytes in partitions:
+        where = f"{name or f'<topic id {topic_id}>'}-{partition}"
+        table = partition_table(topic_id, partition)
+        known.add(table)
+        if name is None:
+            found.append(f"{where}: partition row without a topic")
+        if table not in tables:
+            found.append(f"{where}: table {table} is missing")
+            continue
+        if not 0 <= start <= end:
+            found.append(f"{where}: log_start_offset {start} / high watermark {end} out of order")
+        count, low, high, stored = conn.execute(
+            f"SELECT count(*), min(offset), max(offset), coalesce(sum({RECORD_BYTES}), 0) FROM {table}"
+        ).fetchone()
+        if count != end - start or (count and (low != start or high != end - 1)):
+            found.append(
+                f"{where}: offsets not dense: {count} records in [{low}, {high}], expected [{start}, {end})"
+            )
+        if stored != nbytes:
+            found.append(f"{where}: partition bytes {nbytes} but records hold {stored}")
+        found.extend(_check_batches(conn, where, topic_id, partition, start, end, nbytes, table))
+    for table in sorted(tables):
+        if _PARTITION_TABLE.fullmatch(table) and table not in known:
+            found.append(f"orphan table {table} (no partition row)")
+    for group, topic_id, partition, offset in conn.execute(
+        "SELECT c.group_id, c.topic_id, c.partition, c.offset FROM committed_offsets c"
+        " LEFT JOIN partitions p USING (topic_id, partition)"
+        " WHERE p.topic_id IS NULL OR c.offset > p.next_offset OR c.offset < 0"
+    ):
+        found.append(f"group {group!r}: committed offset {offset} of topic id {topic_id} partition {partition}"
+                     " is beyond the high watermark or of no partition")
+    # Group ownership: every owner row belongs to a member row and to an existing partition
+    # (the primary key already keeps a partition from having two owners).
+    for group, topic_id, partition, member, has_member, has_partition in conn.execute(
+        "SELECT o.group_id, o.topic_id, o.partition, o.member_id,"
+        " EXISTS (SELECT 1 FROM group_members m WHERE m.group_id = o.group_id AND m.member_id = o.member_id),"
+        " EXISTS (SELECT 1 FROM partitions p WHERE p.topic_id = o.topic_id AND p.partition = o.partition)"
+        " FROM partition_owners o"
+    ):
+        if not has_member or not has_partition:
+            found.append(f"group {group!r}: topic id {topic_id} partition {partition} owned by "
+                         f"{'unknown member ' if not has_member else ''}{member}"
+                         f"{' but no such partition' if not has_partition else ''}")
+    return found
+
+
+def _check_batches(conn: apsw.Connection, where: str, topic_id: int, partition: int, start: int, end: int,
+                   nbytes: int, table: str) -> list[str]:
+    found = []
+    expected = start
+    total = 0
+    for base, last, max_ts, batch_bytes in conn.execute(
+        "SELECT base_offset, last_offset, max_timestamp, bytes FROM batches"
+        " WHERE topic_id = ? AND partition = ? ORDER BY base_offset",
+        (topic_id, partition),
+    ):
+        if base != expected or last < base:
+            found.append(f"{where}: batch index [{base}, {last}] does not follow offset {expected}")
+            return found
+        real_max = conn.execute(f"SELECT max(ts) FROM {table} WHERE offset BETWEEN ? AND ?", (base, last)).fetchone()[0]
+        if real_max is None or real_max > max_ts:
+            found.append(f"{where}: batch [{base}, {last}] max_timestamp {max_ts} below its records' {real_max}")
+        expected = last + 1
+        total += batch_bytes
+    if expected != end:
+        found.append(f"{where}: batch index ends at {expected}, high watermark is {end}")
+    if total != nbytes:
+        found.append(f"{where}: batch index holds {total} bytes, partition {nbytes}")
+    return found

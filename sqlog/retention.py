@@ -1,0 +1,280 @@
+"""Retention and disk upkeep: delete expired prefixes, give pages back, keep the WAL small.
+
+Retention removes whole prefixes of a partition, oldest first: by record timestamp
+(``retention_ms``) and by size (``retention_bytes`` per partition). It moves
+``log_start_offset`` and never ``next_offset`` (the high watermark), so offsets are never
+reused. The batch index (one row per appended batch) finds the cut without reading every
+record; only the one batch the cut falls inside is read record by record.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import apsw
+
+from .check import violations
+from .errors import SqlogError, translated
+from .storage import RECORD_BYTES, partition_table, transaction
+from .topics import effective
+from .types import CheckReport, PartitionSweep, SweepResult, TopicPartition
+
+SWEEP_CHUNK_RECORDS = 20_000  # records deleted per transaction: producers get the lock in between
+VACUUM_STEP_PAGES = 512
+
+
+def _batches(conn: apsw.Connection, topic_id: int, partition: int) -> apsw.Cursor:
+    return conn.execute(
+        "SELECT base_offset, last_offset, max_timestamp, bytes FROM batches"
+        " WHERE topic_id = ? AND partition = ? ORDER BY base_offset",
+        (topic_id, partition),
+    )
+
+
+def time_cut(conn: apsw.Connection, topic_id: int, partition: int, start: int, threshold_ms: int,
+             limit: int) -> int:
+    """The end of the longest prefix whose records are all older than ``threshold_ms`` (capped at ``limit``)."""
+    cut = start
+    for base, last, max_ts, _ in _batches(conn, topic_id, partition):
+        if cut >= limit:
+            break
+        if max_ts < threshold_ms:
+            cut = last + 1
+            continue
+        for offset, ts in conn.execute(
+            f"SELECT offset, ts FROM {partition_table(topic_id, partition)}"
+            " WHERE offset >= ? AND offset <= ? ORDER BY offset",
+            (max(base, start), min(last, limit - 1)),
+        ):
+            if ts >= threshold_ms:
+                break
+            cut = offset + 1
+        break
+    return min(cut, limit)
+
+
+def size_cut(conn: apsw.Connection, topic_id: int, partition: int, start: int, nbytes: int, budget: int,
+             limit: int) -> int:
+    """The smallest cut leaving at most ``budget`` bytes, oldest first (capped at ``limit``)."""
+    excess = nbytes - budget
+    cut = start
+    for base, last, _, batch_bytes in _batches(conn, topic_id, partition):
+        if excess <= 0 or cut >= limit:
+            break
+        if batch_bytes <= excess:
+            excess -= batch_bytes
+            cut = last + 1
+            continue
+        # The budget ends inside this batch: cut record by record.
+        for offset, size in conn.execute(
+            f"SELECT offset, {RECORD_BYTES} FROM {partition_table(topic_id, partition)}"
+            " WHERE offset >= ? AND offset <= ? ORDER BY offset",
+            (max(base, start), min(last, limit - 1)),
+        ):
+            if excess <= 0:
+                break
+            excess -= size
+            cut = offset + 1
+        break
+    return min(cut, limit)
+
+
+def cut_partition(conn: apsw.Connection, topic_id: int, partition: int, start: int, cut: int) -> tuple[int, int]:
+    """Delete offsets ``[start, cut)`` and move the log start; returns (records, bytes) deleted.
+
+    Runs inside the caller's write transaction; keeps the batch index consistent by trimming
+    the batch the cut falls inside.
+    """
+    if cut <= start:
+        return 0, 0
+    table = partition_table(topic_id, partition)
+    key = (topic_id, partition)
+    full = conn.execute(
+        "SELECT coalesce(sum(bytes), 0) FROM batches WHERE topic_id = ? AND partition = ? AND last_offset < ?",
+        (*key, cut),
+    ).fetchone()[0]
+    partial_bytes = 0
+    inside = conn.execute(
+        "SELECT base_offset FROM batches WHERE topic_id = ? AND partition = ? AND base_offset < ? AND last_offset >= ?",
+        (*key, cut, cut),
+    ).fetchone()
+    if inside is not None:
+        partial_bytes = conn.execute(
+            f"SELECT coalesce(sum({RECORD_BYTES}), 0) FROM {table} WHERE offset >= ? AND offset < ?",
+            (inside[0], cut),
+        ).fetchone()[0]
+        conn.execute(
+            "UPDATE batches SET base_offset = ?, bytes = bytes - ? WHERE topic_id = ? AND partition = ? AND base_offset = ?",
+            (cut, partial_bytes, *key, inside[0]),
+        )
+    conn.execute("DELETE FROM batches WHERE topic_id = ? AND partition = ? AND last_offset < ?", (*key, cut))
+    conn.execute(f"DELETE FROM {table} WHERE offset < ?", (cut,))
+    deleted_bytes = full + partial_bytes
+    conn.execute(
+        "UPDATE partitions SET log_start_offset = ?, bytes = bytes - ? WHERE topic_id = ? AND partition = ?",
+        (cut, deleted_bytes, *key),
+    )
+    return cut - start, deleted_bytes
+
+
+def enforce_size(conn: apsw.Connection, topic_id: int, partition: int, start: int, nbytes: int, budget: int,
+                 max_records: int) -> None:
+    """Size retention as the log grows: called by the writer in the append's own transaction."""
+    cut = size_cut(conn, topic_id, partition, start, nbytes, budget, start + max_records)
+    cut_partition(conn, topic_id, partition, start, cut)
+
+
+def _retained_partitions(conn: apsw.Connection) -> list[tuple[str, int, int, int | None, int | None]]:
+    return conn.execute(
+        f"SELECT t.name, p.topic_id, p.partition, {effective('retention_ms')}, {effective('retention_bytes')}"
+        " FROM partitions p JOIN topics t USING (topic_id)"
+        f" WHERE {effective('retention_ms')} IS NOT NULL OR {effective('retention_bytes')} IS NOT NULL"
+        " ORDER BY t.name, p.partition"
+    ).fetchall()
+
+
+def sweep(conn: apsw.Connection, path: str, now_ms: int, chunk_records: int = SWEEP_CHUNK_RECORDS) -> SweepResult:
+    """Apply time and size retention to every partition, a bounded chunk per transaction, then vacuum."""
+    deleted: dict[TopicPartition, PartitionSweep] = {}
+    with translated(path):
+        for name, topic_id, partition, retention_ms, retention_bytes in _retained_partitions(conn):
+            records = nbytes = 0
+            while True:
+                with transaction(conn):
+                    row = conn.execute(
+                        "SELECT log_start_offset, bytes FROM partitions WHERE topic_id = ? AND partition = ?",
+                        (topic_id, partition),
+                    ).fetchone()
+                    if row is None:  # deleted meanwhile
+                        break
+                    start, size = row
+                    limit = start + chunk_records
+                    cut = start
+                    if retention_ms is not None:
+                        cut = time_cut(conn, topic_id, partition, start, now_ms - retention_ms, limit)
+                    if retention_bytes is not None and size > retention_bytes:
+                        cut = max(cut, size_cut(conn, topic_id, partition, start, size, retention_bytes, limit))
+                    n, b = cut_partition(conn, topic_id, partition, start, cut)
+                if not n:
+                    break
+                records += n
+                nbytes += b
+            if records:
+                deleted[TopicPartition(name, partition)] = PartitionSweep(records, nbytes)
+        pages = reclaim(conn)
+    return SweepResult(deleted, pages)
+
+
+def reclaim(conn: apsw.Connection) -> int:
+    """Give free pages back to the file system in small steps; returns pages freed."""
+    freed = 0
+    while True:
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        if not free:
+            return freed
+        with transaction(conn):
+            conn.execute(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})").fetchall()
+        after = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        if after >= free:  # auto_vacuum is off in this file: nothing to give back
+            return freed
+        freed += free - after
+
+
+def checkpoint(conn: apsw.Connection, path: str, wal_limit_bytes: int) -> int:
+    """PASSIVE checkpoint, escalated to TRUNCATE once the WAL passes ``wal_limit_bytes``.
+
+    Readers that never pause can keep a PASSIVE checkpoint from ever resetting the WAL;
+    TRUNCATE waits (busy timeout) for them to finish their current read, then empties it.
+    Returns the WAL size seen before the checkpoint.
+    """
+    try:
+        wal = os.stat(path + "-wal").st_size
+    except FileNotFoundError:
+        return 0
+    mode = "TRUNCATE" if wal > wal_limit_bytes else "PASSIVE"
+    conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+    return wal
+
+
+class Upkeep:
+    """The log's upkeep connection and thread: periodic sweeps and WAL checkpoints."""
+
+    def __init__(self, path: str, connect: Callable[[], apsw.Connection], sweep_interval_ms: int | None,
+                 checkpoint_interval_ms: int | None, wal_limit_bytes: int) -> None:
+        self._path = path
+        self._connect = connect
+        self._conn: apsw.Connection | None = None
+        self.lock = threading.Lock()  # one sweep or checkpoint at a time on the upkeep connection
+        self._sweep_s = None if sweep_interval_ms is None else sweep_interval_ms / 1000
+        self._checkpoint_s = None if checkpoint_interval_ms is None else checkpoint_interval_ms / 1000
+        self._wal_limit = wal_limit_bytes
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: SqlogError | None = None
+        if self._sweep_s is not None or self._checkpoint_s is not None:
+            self._thread = threading.Thread(target=self._run, name="sqlog-upkeep", daemon=True)
+            self._thread.start()
+
+    def conn(self) -> apsw.Connection:
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def sweep(self, now_ms: int | None = None) -> SweepResult:
+        with self.lock:
+            return sweep(self.conn(), self._path, int(time.time() * 1000) if now_ms is None else now_ms)
+
+    def check(self) -> CheckReport:
+        """Run ``check.violations`` on one snapshot (a read transaction) of the upkeep connection."""
+        with self.lock, translated(self._path):
+            conn = self.conn()
+            conn.execute("BEGIN")
+            try:
+                return CheckReport(violations(conn))
+            finally:
+                conn.execute("COMMIT")
+
+    def checkpoint(self) -> int:
+        with self.lock, translated(self._path):
+            return checkpoint(self.conn(), self._path, self._wal_limit)
+
+    def _run(self) -> None:
+        now = time.monotonic()
+        next_sweep = now + (self._sweep_s or 0)
+        next_checkpoint = now + (self._checkpoint_s or 0)
+        while True:
+            waits = []
+            if self._sweep_s is not None:
+                waits.append(next_sweep)
+            if self._checkpoint_s is not None:
+                waits.append(next_checkpoint)
+            if self._stop.wait(max(0.0, min(waits) - time.monotonic())):
+                return
+            now = time.monotonic()
+            try:
+                if self._sweep_s is not None and now >= next_sweep:
+                    self.sweep()
+                    next_sweep = time.monotonic() + self._sweep_s
+                if self._checkpoint_s is not None and now >= next_checkpoint:
+                    self.checkpoint()
+                    next_checkpoint = time.monotonic() + self._checkpoint_s
+            except Exception as exc:  # e.g. the disk is full: keep the log usable, retry next time
+                self.last_error = exc if isinstance(exc, SqlogError) else SqlogError(f"upkeep failed: {exc!r}")
+                next_sweep = next_checkpoint = time.monotonic() + 1.0
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        with self.lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def abandon(self) -> apsw.Connection | None:
+        """After fork: hand back the parent's connection (not to be closed here)."""
+        conn, self._conn = self._conn, None
+        return conn
