@@ -172,5 +172,32 @@ def delete(conn: apsw.Connection, name: str) -> None:
     meta = require(conn, name)
     for p in range(meta.partitions):
         conn.execute(f"DROP TABLE {partition_table(meta.topic_id, p)}")
-    for table in ("partitions", "batches", "committed_offsets", "topics"):
+    # Groups that were assigned the topic rebalance at their members' next poll.
+    conn.execute(
+        "UPDATE consumer_groups SET generation = generation + 1"
+        " WHERE group_id IN (SELECT group_id FROM group_targets WHERE topic_id = ?)",
+        (meta.topic_id,),
+    )
+    for table in ("partitions", "batches", "committed_offsets", "group_targets", "partition_owners", "topics"):
         conn.execute(f"DELETE FROM {table} WHERE topic_id = ?", (meta.topic_id,))
+
+
+def offset_for_time(conn: apsw.Connection, topic_id: int, partition: int, ts: int) -> tuple[int, int] | None:
+    """``(offset, timestamp)`` of the earliest stored record whose timestamp is >= ``ts``, or None."""
+    # The batch index holds each batch's max timestamp: the first batch reaching ``ts``
+    # contains the earliest record that does.
+    row = conn.execute(
+        "SELECT max(b.base_offset, p.log_start_offset), b.last_offset FROM batches b"
+        " JOIN partitions p USING (topic_id, partition)"
+        " WHERE b.topic_id = ? AND b.partition = ? AND b.max_timestamp >= ?"
+        " AND b.last_offset >= p.log_start_offset ORDER BY b.base_offset LIMIT 1",
+        (topic_id, partition, ts),
+    ).fetchone()
+    if row is None:
+        return None
+    hit = conn.execute(
+        f"SELECT offset, ts FROM {partition_table(topic_id, partition)}"
+        " WHERE offset BETWEEN ? AND ? AND ts >= ? ORDER BY offset LIMIT 1",
+        (row[0], row[1], ts),
+    ).fetchone()
+    return (hit[0], hit[1]) if hit else None
