@@ -184,20 +184,22 @@ def delete(conn: apsw.Connection, name: str) -> None:
 
 def offset_for_time(conn: apsw.Connection, topic_id: int, partition: int, ts: int) -> tuple[int, int] | None:
     """``(offset, timestamp)`` of the earliest stored record whose timestamp is >= ``ts``, or None."""
-    # The batch index holds each batch's max timestamp: the first batch reaching ``ts``
-    # contains the earliest record that does.
-    row = conn.execute(
+    # The batch index holds each batch's max timestamp, so only batches reaching ``ts`` are
+    # read; usually the first holds the answer, but a batch trimmed by retention may keep the
+    # max of records already deleted, so go on to the next one.
+    batches = conn.execute(
         "SELECT max(b.base_offset, p.log_start_offset), b.last_offset FROM batches b"
         " JOIN partitions p USING (topic_id, partition)"
         " WHERE b.topic_id = ? AND b.partition = ? AND b.max_timestamp >= ?"
-        " AND b.last_offset >= p.log_start_offset ORDER BY b.base_offset LIMIT 1",
+        " AND b.last_offset >= p.log_start_offset ORDER BY b.base_offset",
         (topic_id, partition, ts),
-    ).fetchone()
-    if row is None:
-        return None
-    hit = conn.execute(
-        f"SELECT offset, ts FROM {partition_table(topic_id, partition)}"
-        " WHERE offset BETWEEN ? AND ? AND ts >= ? ORDER BY offset LIMIT 1",
-        (row[0], row[1], ts),
-    ).fetchone()
-    return (hit[0], hit[1]) if hit else None
+    ).fetchall()
+    for first, last in batches:
+        hit = conn.execute(
+            f"SELECT offset, ts FROM {partition_table(topic_id, partition)}"
+            " WHERE offset BETWEEN ? AND ? AND ts >= ? ORDER BY offset LIMIT 1",
+            (first, last, ts),
+        ).fetchone()
+        if hit is not None:
+            return hit[0], hit[1]
+    return None

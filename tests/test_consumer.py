@@ -619,12 +619,6 @@ def test_offsets_for_times_with_out_of_order_timestamps_in_one_batch(log: sqlog.
         assert (None if got is None else (got.offset, got.timestamp_ms)) == expected, target
 
 
-@pytest.mark.xfail(
-    reason="BUG: after size retention cuts inside a batch, retention.cut_partition keeps the trimmed "
-    "batch's old max_timestamp and Consumer._offset_for_time only searches the first batch whose "
-    "max_timestamp reaches the target: it returns None instead of a match in a later batch",
-    strict=True,
-)
 def test_offsets_for_times_after_retention_cut_inside_a_batch(log: sqlog.Log) -> None:
     log.create_topic("r", retention_bytes=200)
     tp = TopicPartition("r", 0)

@@ -506,13 +506,6 @@ def test_get_and_flush_time_out_while_the_log_is_busy(log: sqlog.Log) -> None:
     producer.close()
 
 
-@pytest.mark.xfail(
-    reason="BUG: RecordFuture.get -> Writer.write_through: a get() that finds the log mutex held by a "
-    "non-writer (create_topic, describe_topic, commit, upkeep) waits on Writer._written, which only "
-    "writes through the writer notify; it sleeps until its timeout or the linger thread (linger_ms) "
-    "instead of writing once the mutex is free",
-    strict=True,
-)
 def test_get_returns_soon_after_the_log_stops_being_busy(log: sqlog.Log) -> None:
     log.create_topic("t")
     producer = log.producer(linger_ms=600_000, metadata_max_age_ms=600_000)
