@@ -618,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
 
     root = tempfile.mkdtemp(prefix="sqlog-bench-", dir=args.dir)
+    git_before = git_state()  # child processes import sqlog again: a commit during the run shows below
     started = time.time()
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     workloads: dict[str, dict[str, Any]] = {}
@@ -663,8 +664,12 @@ def main(argv: list[str] | None = None) -> int:
         "started": started, "seconds": seconds,
         "loadavg_before": load_before, "loadavg_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "peers": bench_peers.versions(),
-        "git": git_state(),
+        "git": git_before, "sqlog_path": os.path.dirname(os.path.abspath(sqlog.__file__)),
     }
+    git_after = git_state()
+    if git_after != git_before:
+        meta["git_after"] = git_after
+        print("note: the repository changed during the run (see meta.git and meta.git_after)", file=sys.stderr)
     print(f"sqlog {meta['sqlog']}  apsw {meta['apsw']}  SQLite {meta['sqlite']}  Python {meta['python']}  "
           f"{meta['cpus']} CPUs  {rounds} rounds  {'quick' if args.quick else 'full'}  {seconds:.0f} s  "
           f"load {load_before[0] if load_before else '?'}\n")
