@@ -102,8 +102,12 @@ def _open_log(args: argparse.Namespace, create: bool = False) -> Iterator[sqlog.
     path = _db_path(args)
     if os.path.isdir(path):
         raise CliError(f"{path} is a directory, not a sqlog log")
-    if not create and not os.path.exists(path):
-        raise CliError(f"no such log: {path}")
+    if not create:
+        if not os.path.exists(path):
+            raise CliError(f"no such log: {path}")
+        if os.path.getsize(path) == 0 and not os.path.exists(path + "-wal"):
+            # SQLite would take an empty file as a new database: a reading command must not make one.
+            raise CliError(f"{path} is an empty file, not a sqlog log (create a topic in it first)")
     log = sqlog.open(path, retention_check_interval_ms=None, wal_checkpoint_interval_ms=None)
     try:
         yield log
