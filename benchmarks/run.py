@@ -63,21 +63,24 @@ from _common import (  # noqa: E402
 
 # -- sizes -------------------------------------------------------------------------------------------
 FULL: dict[str, Any] = {
-    "rounds": 5,
-    "send_100b": 200_000, "send_1kib": 50_000, "send_16kib": 5_000, "poll_100b": 200_000, "durable": 2_000,
+    "rounds": 5, "durable_round_factor": 4,
+    "send_100b": 200_000, "send_1kib": 50_000, "send_16kib": 5_000, "poll_100b": 200_000, "durable": 500,
     "latency_messages": 2_000, "latency_interval_ms": 1.0,
     "scale_levels": [0, 1_000_000, 10_000_000], "scale_records": 200_000, "scale_opens": 15,
     "peer_records": 100_000, "peer_pq": 1_000, "peer_lq": 2_000, "peer_redis": 20_000,
-    "peer_durable": 2_000, "peer_durable_slow": 400,
+    "peer_durable": 500, "peer_durable_slow": 200,
 }
 QUICK: dict[str, Any] = {
-    "rounds": 2,
+    "rounds": 2, "durable_round_factor": 1,
     "send_100b": 5_000, "send_1kib": 2_000, "send_16kib": 200, "poll_100b": 5_000, "durable": 64,
     "latency_messages": 150, "latency_interval_ms": 1.0,
     "scale_levels": [0, 100_000], "scale_records": 10_000, "scale_opens": 3,
     "peer_records": 5_000, "peer_pq": 50, "peer_lq": 200, "peer_redis": 2_000,
     "peer_durable": 64, "peer_durable_slow": 30,
 }
+# fsync-bound workloads (durable sends, durable peer puts) run durable_round_factor times the rounds
+# with fewer records each: a shared disk's fsync rate drifts over seconds, so shorter paired runs
+# give steadier per-round ratios and a median over more of them.
 RSS_FLAT_BYTES = 32 * 1024 * 1024  # "flat": the consumer's RSS never grows more than this while reading
 MB = 1024 * 1024
 
@@ -200,6 +203,10 @@ class Ctx:
     quick: bool
     cache: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def durable_rounds(self) -> int:
+        return self.rounds * self.cfg["durable_round_factor"]
+
 
 Result = tuple[dict[str, Any], list[Row]]
 
@@ -246,7 +253,7 @@ def core_durable(ctx: Ctx) -> Result:
     m = ctx.cfg["durable"]
     w = bench_core.durable_workload(ctx.files, m)
     w.alternate = True
-    run_workload(w, ctx.rounds, ctx.progress)
+    run_workload(w, ctx.durable_rounds, ctx.progress)
     t = bench_core.THREADS
     rows = [
         rate_row("durable_send", "durable send().get(), 1 thread / raw txn per insert", w, "sqlog_1t", "raw",
@@ -382,7 +389,7 @@ def peer_workload(key: str) -> Callable[[Ctx], Result]:
             w = peers.consume()
         else:
             w = peers.durable(bench_core.durable_workload(ctx.files, ctx.cfg["peer_durable"]).sides[0])
-        run_workload(w, ctx.rounds, ctx.progress)
+        run_workload(w, ctx.durable_rounds if key == "peers_durable" else ctx.rounds, ctx.progress)
         rows = []
         for ratio, peer, title, op in PEER_ROWS[key]:
             if avail[peer]:
@@ -660,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "sqlog": sqlog.__version__, "apsw": apsw.apsw_version(), "sqlite": apsw.sqlite_lib_version(),
         "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-        "quick": args.quick, "rounds": rounds, "sizes": cfg, "only": sorted(selected),
+        "quick": args.quick, "rounds": rounds, "durable_rounds": ctx.durable_rounds, "sizes": cfg, "only": sorted(selected),
         "started": started, "seconds": seconds,
         "loadavg_before": load_before, "loadavg_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "peers": bench_peers.versions(),
