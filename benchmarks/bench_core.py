@@ -16,167 +16,56 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import gc
 import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import apsw
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _common when imported from elsewhere
+
 import sqlog
+from _common import (  # noqa: E402
+    RAW_INSERT,
+    RAW_UPDATE,
+    TOPIC,
+    VALUE_POOL,
+    BenchError,
+    Files,
+    Side,
+    Workload,
+    aligned,
+    check_count,
+    high_watermark,
+    make_values,
+    median_of,
+    now_ms,
+    raw_append,
+    raw_count,
+    raw_create,
+    raw_open,
+    raw_read,
+    run_workload,
+    spread,
+    sqlog_fill,
+    sqlog_read,
+    sqlog_send,
+    timed,
+)
 
-TOPIC = "bench"
-TABLE = "p1_0"  # the raw side's partition table, named as sqlog names topic id 1, partition 0
-RAW_BATCH = 1000  # rows per raw transaction (send path) and per raw SELECT (poll)
-POLL_MAX = 1000  # max_records per sqlog poll()
-VALUE_POOL = 256  # distinct values cycled through, the same on both sides
-BUSY_TIMEOUT_MS = 10_000  # sqlog.open()'s default busy timeout
 THREADS = 8  # senders sharing one producer in the group-commit workload
-
-# The raw side's schema: the same tables sqlog creates (see sqlog/storage.py), written out here
-# so the yardstick depends on nothing inside sqlog.
-RAW_DDL = f"""
-CREATE TABLE topics(
-    topic_id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
-    retention_ms INTEGER, retention_bytes INTEGER, created_ms INTEGER NOT NULL);
-CREATE TABLE partitions(
-    topic_id INTEGER NOT NULL, partition INTEGER NOT NULL,
-    next_offset INTEGER NOT NULL DEFAULT 0, log_start_offset INTEGER NOT NULL DEFAULT 0,
-    bytes INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(topic_id, partition)) WITHOUT ROWID;
-CREATE TABLE batches(
-    topic_id INTEGER NOT NULL, partition INTEGER NOT NULL, base_offset INTEGER NOT NULL,
-    last_offset INTEGER NOT NULL, max_timestamp INTEGER NOT NULL, bytes INTEGER NOT NULL,
-    PRIMARY KEY(topic_id, partition, base_offset)) WITHOUT ROWID;
-CREATE TABLE {TABLE}(offset INTEGER PRIMARY KEY, ts INTEGER NOT NULL, key BLOB, value BLOB, headers BLOB);
-INSERT INTO topics VALUES (1, '{TOPIC}', NULL, NULL, 0);
-INSERT INTO partitions(topic_id, partition) VALUES (1, 0);
-"""
-RAW_INSERT = f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?)"
-RAW_UPDATE = "UPDATE partitions SET next_offset = ?, bytes = bytes + ? WHERE topic_id = 1 AND partition = 0"
-RAW_INDEX = "INSERT INTO batches VALUES (1, 0, ?, ?, ?, ?)"
-RAW_SELECT = f"SELECT offset, ts, key, value, headers FROM {TABLE} WHERE offset >= ? ORDER BY offset LIMIT {RAW_BATCH}"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def make_values(size: int) -> list[bytes]:
-    return [os.urandom(size) for _ in range(VALUE_POOL)]
-
-
-class BenchError(RuntimeError):
-    """A side did not do the work it was timed for (records lost, duplicated, or out of order)."""
-
-
-# -- the raw apsw side -----------------------------------------------------------------------
-def raw_open(path: str, synchronous: str) -> apsw.Connection:
-    """A connection with sqlog's pragmas: busy timeout first, incremental auto-vacuum, WAL, synchronous."""
-    conn = apsw.Connection(path)
-    conn.set_busy_timeout(BUSY_TIMEOUT_MS)
-    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
-    return conn
-
-
-def raw_create(path: str, synchronous: str) -> apsw.Connection:
-    conn = raw_open(path, synchronous)
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute(RAW_DDL)
-    conn.execute("COMMIT")
-    return conn
-
-
-def raw_append(conn: apsw.Connection, values: list[bytes], n: int) -> None:
-    """The raw send path: per 1000 records, build the row tuples, then one transaction
-    (executemany INSERT, partitions UPDATE, batch-index INSERT)."""
-    size = len(values[0])
-    mask = VALUE_POOL - 1
-    for base in range(0, n, RAW_BATCH):
-        k = min(RAW_BATCH, n - base)
-        ts = now_ms()
-        rows = [(off, ts, None, values[off & mask], None) for off in range(base, base + k)]
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(RAW_INSERT, rows)
-        conn.execute(RAW_UPDATE, (base + k, k * size))
-        conn.execute(RAW_INDEX, (base, base + k - 1, ts, k * size))
-        conn.execute("COMMIT")
-
-
-def raw_count(conn: apsw.Connection) -> tuple[int, int]:
-    return conn.execute(f"SELECT count(*), coalesce(max(offset) + 1, 0) FROM {TABLE}").fetchone()
-
-
-def check_count(side: str, got: int, want: int) -> None:
-    if got != want:
-        raise BenchError(f"{side}: expected {want} records, found {got}")
-
-
-# -- one side of a workload: fresh state, a timed run, a count check ---------------------------
-@dataclass
-class Side:
-    """A side of a workload. ``run(n)`` does its setup, times the work, checks it, returns seconds."""
-
-    label: str
-    run: Callable[[int], float]
-
-
-@dataclass
-class Workload:
-    key: str
-    title: str
-    records: int
-    sides: list[Side]  # run in this order in every round
-    # (name, numerator side label, denominator side label): per-round rate ratios
-    ratios: list[tuple[str, str, str]]
-    setup: Callable[[], None] = lambda: None
-    teardown: Callable[[], None] = lambda: None
-    warmup: int = 0
-    rounds: list[dict[str, float]] = field(default_factory=list)
-
-
-class Files:
-    """Fresh, numbered paths in the benchmark directory; removes each file (with WAL/SHM) when done."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root
-        self.seq = 0
-
-    def new(self, stem: str) -> str:
-        self.seq += 1
-        return os.path.join(self.root, f"{stem}-{self.seq}.db")
-
-    @staticmethod
-    def remove(path: str) -> None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            try:
-                os.remove(path + suffix)
-            except FileNotFoundError:
-                pass
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    gc.collect()
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 # -- send path ---------------------------------------------------------------------------------
 def send_workload(files: Files, size: int, n: int, label: str, key: str) -> Workload:
     values = make_values(size)
-    mask = VALUE_POOL - 1
 
     def sqlog_side(n: int) -> float:
         path = files.new(f"send{size}-sqlog")
@@ -184,17 +73,9 @@ def send_workload(files: Files, size: int, n: int, label: str, key: str) -> Work
             with sqlog.open(path) as log:
                 log.create_topic(TOPIC, partitions=1)
                 producer = log.producer()
-
-                def work() -> None:
-                    send = producer.send
-                    for i in range(n):
-                        send(TOPIC, values[i & mask])
-                    producer.flush()
-
-                elapsed = timed(work)
+                elapsed = timed(lambda: sqlog_send(producer, values, n))
                 producer.close()
-                hw = log.describe_topic(TOPIC).partitions[0].high_watermark
-                check_count("sqlog send", hw, n)
+                check_count("sqlog send", high_watermark(log), n)
             return elapsed
         finally:
             files.remove(path)
@@ -221,18 +102,13 @@ def send_workload(files: Files, size: int, n: int, label: str, key: str) -> Work
 # -- poll ----------------------------------------------------------------------------------------
 def poll_workload(files: Files, size: int, n: int) -> Workload:
     values = make_values(size)
-    mask = VALUE_POOL - 1
     state: dict[str, Any] = {}
     tp = sqlog.TopicPartition(TOPIC, 0)
 
     def setup() -> None:
         # Filled once, read by every round: the sqlog file through the producer, the raw one by raw inserts.
         state["sqlog_path"] = path = files.new("poll-sqlog")
-        with sqlog.open(path) as log:
-            log.create_topic(TOPIC, partitions=1)
-            with log.producer() as producer:
-                for i in range(n):
-                    producer.send(TOPIC, values[i & mask])
+        sqlog_fill(path, values, n)
         state["raw_path"] = raw_path = files.new("poll-raw")
         conn = raw_create(raw_path, "NORMAL")
         raw_append(conn, values, n)
@@ -250,21 +126,7 @@ def poll_workload(files: Files, size: int, n: int) -> Workload:
             got = [0]
 
             def work() -> None:
-                count, last, empty = 0, -1, 0
-                poll = consumer.poll
-                while count < want:
-                    records = poll(max_records=POLL_MAX)
-                    if not records:
-                        empty += 1
-                        if empty > 100:
-                            raise BenchError(f"sqlog poll: stuck at {count} of {want} records")
-                        continue
-                    empty = 0
-                    if records[0].offset != last + 1 or records[-1].offset != last + len(records):
-                        raise BenchError(f"sqlog poll: offsets not consecutive after {last}")
-                    count += len(records)
-                    last = records[-1].offset
-                got[0] = count
+                got[0] = sqlog_read(consumer, want, first=0)
 
             elapsed = timed(work)
             consumer.close()
@@ -277,15 +139,7 @@ def poll_workload(files: Files, size: int, n: int) -> Workload:
         got = [0]
 
         def work() -> None:
-            count, pos = 0, 0
-            execute = conn.execute
-            while count < want:
-                rows = execute(RAW_SELECT, (pos,)).fetchall()
-                if not rows:
-                    raise BenchError(f"raw poll: stuck at {count} of {want} records")
-                count += len(rows)
-                pos = rows[-1][0] + 1
-            got[0] = count
+            got[0] = raw_read(conn, 0, want)
 
         try:
             elapsed = timed(work)
@@ -346,8 +200,7 @@ def durable_workload(files: Files, m: int) -> Workload:
                         if errors:
                             raise BenchError(f"sqlog durable x{threads}: a sender failed: {errors[0]!r}") from errors[0]
                     producer.close()
-                    hw = log.describe_topic(TOPIC).partitions[0].high_watermark
-                    check_count(f"sqlog durable x{threads}", hw, total)
+                    check_count(f"sqlog durable x{threads}", high_watermark(log), total)
                 return elapsed * m / total  # normalised to m records
             finally:
                 files.remove(path)
@@ -386,37 +239,7 @@ def durable_workload(files: Files, m: int) -> Workload:
     )
 
 
-# -- running and reporting -----------------------------------------------------------------------
-def run_workload(w: Workload, rounds: int, progress: bool) -> None:
-    w.setup()
-    try:
-        if w.warmup:
-            for side in w.sides:
-                side.run(w.warmup)
-        for r in range(rounds):
-            rates: dict[str, float] = {}
-            for side in w.sides:  # interleaved: every side once per round, in a fixed order
-                rates[side.label] = w.records / side.run(w.records)
-            for name, num, den in w.ratios:
-                rates[name] = rates[num] / rates[den]
-            w.rounds.append(rates)
-            if progress:
-                shown = "  ".join(f"{k}={v:,.0f}" if not k.startswith("ratio") else f"{k}={v:.2f}"
-                                  for k, v in rates.items())
-                print(f"  [{w.key} round {r + 1}/{rounds}] {shown}", file=sys.stderr, flush=True)
-    finally:
-        w.teardown()
-
-
-def median_of(w: Workload, key: str) -> float:
-    return statistics.median(r[key] for r in w.rounds)
-
-
-def spread(w: Workload, key: str) -> tuple[float, float]:
-    vals = [r[key] for r in w.rounds]
-    return min(vals), max(vals)
-
-
+# -- reporting -----------------------------------------------------------------------------------
 def results(workloads: list[Workload]) -> list[dict[str, Any]]:
     """One row per reported workload: medians of the rounds plus every round's figures."""
     rows = []
@@ -461,16 +284,7 @@ def print_table(rows: list[dict[str, Any]], rounds: int) -> None:
          f"{r['ratio']:.2f}x", f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}")
         for r in rows
     ]
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
-    align = ["<", ">", ">", ">", ">", ">"]
-
-    def fmt(cells: tuple[str, ...]) -> str:
-        return "  ".join(f"{c:{a}{wd}}" for c, a, wd in zip(cells, align, widths))
-
-    print(fmt(head))
-    print("  ".join("-" * wd for wd in widths))
-    for line in body:
-        print(fmt(line))
+    print(aligned(head, body, "<>>>>>"))
     for r in rows:
         vs = r.get("vs_1_thread")
         if vs:

@@ -53,6 +53,18 @@ def violations(conn: apsw.Connection) -> list[str]:
     ):
         found.append(f"group {group!r}: committed offset {offset} of topic id {topic_id} partition {partition}"
                      " is beyond the high watermark or of no partition")
+    # Group ownership: every owner row belongs to a member row and to an existing partition
+    # (the primary key already keeps a partition from having two owners).
+    for group, topic_id, partition, member, has_member, has_partition in conn.execute(
+        "SELECT o.group_id, o.topic_id, o.partition, o.member_id,"
+        " EXISTS (SELECT 1 FROM group_members m WHERE m.group_id = o.group_id AND m.member_id = o.member_id),"
+        " EXISTS (SELECT 1 FROM partitions p WHERE p.topic_id = o.topic_id AND p.partition = o.partition)"
+        " FROM partition_owners o"
+    ):
+        if not has_member or not has_partition:
+            found.append(f"group {group!r}: topic id {topic_id} partition {partition} owned by "
+                         f"{'unknown member ' if not has_member else ''}{member}"
+                         f"{' but no such partition' if not has_partition else ''}")
     found.extend(_check_share_groups(conn))
     return found
 

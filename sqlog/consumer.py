@@ -6,12 +6,14 @@ import collections
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import apsw
 
 from . import groups, topics
 from .errors import (
+    CommitFailedError,
     IllegalStateError,
     InvalidConfigError,
     LogClosedError,
@@ -21,9 +23,9 @@ from .errors import (
     translated,
 )
 from .producer import check_config
-from .serde import decode_headers, deserializer
+from .serde import decode_headers, serde_function
 from .storage import connect, data_version, partition_table, wait_for_commit
-from .types import OffsetAndMetadata, OffsetAndTimestamp, Record, TopicPartition
+from .types import ConsumerGroupMetadata, OffsetAndMetadata, OffsetAndTimestamp, Record, TopicPartition
 
 if TYPE_CHECKING:
     from .log import Log
@@ -38,7 +40,9 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "max_poll_records": 500,
     "consumer_timeout_ms": None,  # iteration stops after this long without a record (None: never)
     "metadata_max_age_ms": 5_000,
-    # Kafka's group settings, accepted now so code keeps working when the group protocol lands.
+    # Kafka's group settings: they apply to a consumer with a group_id that calls subscribe().
+    "client_id": "sqlog",  # prefix of the member id, shown by describe_group
+    "partition_assignment_strategy": "range",  # or "roundrobin", "sticky", "cooperative-sticky"
     "session_timeout_ms": 45_000,
     "heartbeat_interval_ms": 3_000,
     "max_poll_interval_ms": 300_000,
@@ -47,21 +51,32 @@ _RESETS = ("earliest", "latest", "none")
 
 
 class ConsumerRebalanceListener:
-    """Callbacks run inside ``poll()`` when the consumer's assignment changes."""
+    """Callbacks run inside ``poll()`` (and ``close()``) when the consumer's assignment changes.
+
+    In a group, a partition moves only after its owner's ``on_revoked`` ran and the owner
+    released it at its own ``poll()``, or after the owner's session expired.
+    """
 
     def on_revoked(self, partitions: set[TopicPartition]) -> None:
-        """Partitions about to be taken away: commit what was processed of them here."""
+        """Partitions about to be taken away, still owned: commit what was processed of them here."""
 
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
         """Partitions just given to this consumer; positions resolve at the next fetch."""
 
+    def on_lost(self, partitions: set[TopicPartition]) -> None:
+        """Partitions already taken away (session expired, or more than ``max_poll_interval_ms``
+        between polls): others may own them now and commits for them fail. As in Kafka, the
+        default calls ``on_revoked``."""
+        self.on_revoked(partitions)
+
 
 class _Partition:
-    __slots__ = ("tp", "topic_id", "select", "position", "paused")
+    __slots__ = ("tp", "topic_id", "select", "position", "paused", "generation")
 
-    def __init__(self, tp: TopicPartition, topic_id: int) -> None:
+    def __init__(self, tp: TopicPartition, topic_id: int, generation: int = -1) -> None:
         self.tp = tp
         self.topic_id = topic_id
+        self.generation = generation  # of the group claim that gave it to this member
         self.select = (
             f"SELECT offset, ts, key, value, headers FROM {partition_table(topic_id, tp.partition)}"
             " WHERE offset >= ? ORDER BY offset LIMIT ?"
@@ -105,8 +120,8 @@ class Consumer:
         self._reset = cfg["auto_offset_reset"]
         self._auto_commit = bool(cfg["enable_auto_commit"]) and self._group is not None
         self._auto_commit_s = (_ms(cfg, "auto_commit_interval_ms") or 0) / 1000
-        self._key_de: Callable[[bytes], Any] | None = deserializer(cfg["key_deserializer"], "key_deserializer")
-        self._value_de: Callable[[bytes], Any] | None = deserializer(cfg["value_deserializer"], "value_deserializer")
+        self._key_de: Callable[[bytes], Any] | None = serde_function(cfg["key_deserializer"], "key_deserializer", "deserialize")
+        self._value_de: Callable[[bytes], Any] | None = serde_function(cfg["value_deserializer"], "value_deserializer", "deserialize")
         self._max_records = cfg["max_poll_records"]
         if type(self._max_records) is not int or self._max_records < 1:
             raise InvalidConfigError(f"max_poll_records must be an int >= 1, not {self._max_records!r}")
@@ -115,6 +130,23 @@ class Consumer:
         self._meta_age_s = (_ms(cfg, "metadata_max_age_ms") or 0) / 1000
         for name in ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms"):
             _ms(cfg, name)
+        if cfg["partition_assignment_strategy"] not in groups.STRATEGIES:
+            raise InvalidConfigError(
+                f"partition_assignment_strategy must be one of {groups.STRATEGIES}, "
+                f"not {cfg['partition_assignment_strategy']!r}"
+            )
+        if not isinstance(cfg["client_id"], str) or not 1 <= len(cfg["client_id"]) <= 255:
+            raise InvalidConfigError(f"client_id must be a str of 1 to 255 characters, not {cfg['client_id']!r}")
+        if self._group is not None and not 0 < cfg["heartbeat_interval_ms"] < cfg["session_timeout_ms"]:
+            raise InvalidConfigError(
+                "heartbeat_interval_ms must be > 0 and below session_timeout_ms "
+                f"({cfg['heartbeat_interval_ms']} vs {cfg['session_timeout_ms']}); Kafka advises a third of it"
+            )
+        # Group membership (subscribe() with a group_id): created at the first subscribe().
+        self._membership: groups.Membership | None = None
+        self._seen_gen: int | None = None  # the group generation this member last converged on
+        self._joined_sub: tuple[str, ...] = ()
+        self._sub_key: tuple[str, ...] = ()
         self._log = log
         self._path = log.path
         self._conn: apsw.Connection = connect(
@@ -140,9 +172,16 @@ class Consumer:
         if self._manual:
             raise IllegalStateError("subscribe() after assign(): call unsubscribe() first")
         self._subscription = names
+        self._sub_key = tuple(sorted(names))
         self._listener = listener
         self._refresh_at = 0.0
         self._buffer.clear()
+        if self._group is not None and self._membership is None:
+            cfg = self.config
+            self._membership = groups.Membership(
+                self._log._write, self._group, cfg["client_id"], cfg["partition_assignment_strategy"],
+                cfg["session_timeout_ms"], cfg["heartbeat_interval_ms"], cfg["max_poll_interval_ms"],
+            )
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Consume exactly these partitions, outside any group rebalancing."""
@@ -158,9 +197,11 @@ class Consumer:
         self._buffer.clear()
 
     def unsubscribe(self) -> None:
-        """Drop the subscription or manual assignment."""
+        """Drop the subscription or manual assignment; a group member leaves its group."""
         self._check_open()
-        if self._subscription is not None and self._listener is not None and self._parts:
+        if self._membership is not None and self._membership.member_id is not None:
+            self._leave_group()
+        elif self._subscription is not None and self._listener is not None and self._parts:
             self._listener.on_revoked(set(self._parts))
         self._subscription = None
         self._listener = None
@@ -174,9 +215,139 @@ class Consumer:
         return set(self._subscription or ())
 
     def assignment(self) -> set[TopicPartition]:
-        """The partitions this consumer reads now."""
+        """The partitions this consumer reads now (in a group: owns)."""
         self._check_open()
+        if self._membership is not None and self._membership.lost is not None:
+            return set()  # the heartbeat thread saw the membership end; poll() will say so
         return set(self._parts)
+
+    def group_metadata(self) -> ConsumerGroupMetadata:
+        """This member's group id, generation (of its last claim or join) and member id."""
+        m = self._membership
+        if m is None or m.member_id is None:
+            return ConsumerGroupMetadata(self._group, -1, "")
+        return ConsumerGroupMetadata(self._group, m.generation, m.member_id)
+
+    # -- the group protocol (see groups.py) ------------------------------------------------
+    def _coordinate(self) -> None:
+        """Join if needed; at a new group generation, release what the target gives to others and
+        claim what it gives to this member and nobody owns. Cheap when nothing changed."""
+        m = self._membership
+        assert m is not None and self._subscription is not None
+        m.polled()
+        if m.lost is not None and m.take_lost() is not None:
+            self._lose()
+        with translated(self._path):
+            now = time.monotonic()
+            subscription = self._sub_key
+            if m.member_id is None:
+                m.join(subscription)
+                self._joined_sub = subscription
+                self._seen_gen = None
+                self._refresh_at = now + self._meta_age_s
+                self._meta_epoch = self._log._meta_epoch
+            elif subscription != self._joined_sub:
+                with self._log._write() as conn:
+                    ok = groups.resubscribe(conn, self._group, m.member_id, subscription)  # type: ignore[arg-type]
+                self._joined_sub = subscription
+                if not ok:
+                    m.mark_lost(m.member_id, "member expired")
+                    return self._coordinate()  # drop the partitions now and rejoin
+            elif now >= self._refresh_at or self._meta_epoch != self._log._meta_epoch:
+                # Topics created, grown or deleted: recompute the target if it no longer matches.
+                self._refresh_at = now + self._meta_age_s
+                self._meta_epoch = self._log._meta_epoch
+                previous, target = groups.compute_target(self._conn, self._group)  # type: ignore[arg-type]
+                if previous != target:
+                    with self._log._write() as conn:
+                        groups.rebalance(conn, self._group, always=False)  # type: ignore[arg-type]
+            gen = groups.generation(self._conn, self._group)  # type: ignore[arg-type]
+            if gen == self._seen_gen:
+                return
+            member_id = m.member_id
+            view = groups.member_view(self._conn, self._group, member_id)  # type: ignore[arg-type]
+            if view is None:  # expired by the others: stop reading its partitions in this very poll
+                m.mark_lost(member_id, "member expired")  # type: ignore[arg-type]
+                return self._coordinate()
+            target, owned = view
+            revoked = [tp for tp, part in self._parts.items()
+                       if (part.topic_id, tp.partition) not in target or (part.topic_id, tp.partition) not in owned]
+            if revoked:
+                self._release(member_id, revoked)  # type: ignore[arg-type]
+            if any(key not in owned for key in target) and not self._claim(member_id):  # type: ignore[arg-type]
+                return self._coordinate()
+            self._seen_gen = gen
+
+    def _release(self, member_id: str, revoked: list[TopicPartition]) -> None:
+        """Commit (auto-commit), run on_revoked, then give the partitions up: in that order, so the
+        next owner starts from what this member committed."""
+        if self._auto_commit:
+            try:
+                self._commit_positions(revoked)
+            except (CommitFailedError, UnknownTopicOrPartitionError):
+                pass  # already lost, or the topic is gone: nothing to commit for
+        if self._listener is not None:
+            self._listener.on_revoked(set(revoked))
+        keys = [(self._parts[tp].topic_id, tp.partition) for tp in revoked]
+        with self._log._write() as conn:
+            groups.release(conn, self._group, member_id, keys)  # type: ignore[arg-type]
+        for tp in revoked:
+            del self._parts[tp]
+        self._buffer.clear()
+
+    def _claim(self, member_id: str) -> bool:
+        """Claim the free partitions of this member's target; False if it is no longer a member."""
+        m = self._membership
+        assert m is not None
+        with self._log._write() as conn:
+            got = groups.claim(conn, self._group, member_id)  # type: ignore[arg-type]
+        if got is None:
+            m.mark_lost(member_id, "member expired")
+            return False
+        gen, claimed = got
+        if not claimed:
+            return True
+        m.generation = gen
+        added = set()
+        for (topic_id, p), name in claimed.items():
+            tp = TopicPartition(name, p)
+            self._parts[tp] = _Partition(tp, topic_id, gen)  # position: from the committed offset
+            added.add(tp)
+        self._parts = dict(sorted(self._parts.items()))
+        self._buffer.clear()
+        if self._listener is not None:
+            self._listener.on_assigned(added)
+        return True
+
+    def _lose(self) -> None:
+        """The membership ended behind this consumer's back: drop its partitions, tell the listener."""
+        lost = set(self._parts)
+        self._parts = {}
+        self._buffer.clear()
+        self._seen_gen = None
+        if lost and self._listener is not None:
+            self._listener.on_lost(lost)
+
+    def _leave_group(self) -> None:
+        """Commit (auto-commit), on_revoked, then leave at once so the partitions move now."""
+        m = self._membership
+        assert m is not None
+        try:
+            if m.take_lost() is not None:
+                self._lose()
+            elif self._parts:
+                if self._auto_commit and not self._log.closed:
+                    try:
+                        self._commit_positions()
+                    except (CommitFailedError, UnknownTopicOrPartitionError):
+                        pass
+                if self._listener is not None:
+                    self._listener.on_revoked(set(self._parts))
+        finally:
+            self._parts = {}
+            self._seen_gen = None
+            if not self._log.closed:
+                m.leave()
 
     def _refresh(self, force: bool = False) -> None:
         """Bring a subscription's partitions up to date with the topics table."""
@@ -311,23 +482,8 @@ class Consumer:
         return out
 
     def _offset_for_time(self, topic_id: int, partition: int, ts: int) -> OffsetAndTimestamp | None:
-        # The batch index holds each batch's max timestamp: the first batch reaching ``ts``
-        # contains the earliest record that does.
-        row = self._conn.execute(
-            "SELECT max(b.base_offset, p.log_start_offset), b.last_offset FROM batches b"
-            " JOIN partitions p USING (topic_id, partition)"
-            " WHERE b.topic_id = ? AND b.partition = ? AND b.max_timestamp >= ?"
-            " AND b.last_offset >= p.log_start_offset ORDER BY b.base_offset LIMIT 1",
-            (topic_id, partition, ts),
-        ).fetchone()
-        if row is None:
-            return None
-        hit = self._conn.execute(
-            f"SELECT offset, ts FROM {partition_table(topic_id, partition)}"
-            " WHERE offset BETWEEN ? AND ? AND ts >= ? ORDER BY offset LIMIT 1",
-            (row[0], row[1], ts),
-        ).fetchone()
-        return OffsetAndTimestamp(hit[0], hit[1]) if hit else None
+        hit = topics.offset_for_time(self._conn, topic_id, partition, ts)
+        return None if hit is None else OffsetAndTimestamp(*hit)
 
     def pause(self, *partitions: TopicPartition) -> None:
         """Stop returning records from these partitions until ``resume()``."""
@@ -364,23 +520,42 @@ class Consumer:
             raise IllegalStateError("poll() before subscribe() or assign()")
         deadline = time.monotonic() + timeout_s
         log = self._log
+        grouped = self._membership is not None and self._subscription is not None
+        if grouped:
+            self._coordinate()
         if self._auto_commit and time.monotonic() >= self._next_commit:
-            self._commit_positions()
+            try:
+                self._commit_positions()
+            except CommitFailedError:
+                pass  # as in Kafka, a failed auto-commit is not the caller's error; the next poll rejoins
+        first = True
         while True:
             seq = log._commit_seq
+            if grouped and not first:
+                self._coordinate()
+            first = False
             with translated(self._path):
-                self._refresh()
+                if not grouped:
+                    self._refresh()
                 version = data_version(self._conn)
                 records = self._fetch(limit, advance)
+            if grouped and self._membership.lost is not None:  # type: ignore[union-attr]
+                continue  # lost meanwhile: these partitions may be another's now; rejoin first
             if records or time.monotonic() >= deadline:
                 return records
             # Nothing new: sleep until this process commits, checking every few ms for others.
-            wait_for_commit(log, self._conn, self._path, seq, version, deadline, self._wake_early)
+            wait_for_commit(log, self._conn, self._path, seq, version, deadline, lambda: self._wake_early(grouped))
 
-    def _wake_early(self) -> bool:
-        """Stop a blocked poll's wait: closed meanwhile (raises) or subscribed topics due for a look."""
+    def _wake_early(self, grouped: bool) -> bool:
+        """Stop a blocked poll's wait: closed meanwhile (raises), subscribed topics due for a look,
+        or the group membership lost (a member blocked in poll() counts as polling)."""
         self._check_open()
-        return self._subscription is not None and time.monotonic() >= self._refresh_at
+        if self._subscription is not None and time.monotonic() >= self._refresh_at:
+            return True
+        if grouped:
+            self._membership.polled()  # type: ignore[union-attr]
+            return self._membership.lost is not None  # type: ignore[union-attr]
+        return False
 
     def _fetch(self, limit: int, advance: bool) -> list[Record]:
         parts = [p for p in self._parts.values() if not p.paused]
@@ -398,6 +573,10 @@ class Consumer:
             try:
                 rows = self._conn.execute(part.select, (pos, limit - len(out))).fetchall()
             except apsw.SQLError:  # the partition table went away: the topic was deleted
+                if self._membership is not None and self._subscription is not None:
+                    self._refresh_at = 0.0  # the group rebalances at the next coordination
+                    self._seen_gen = None
+                    return []
                 self._refresh(force=True)
                 if self._manual:
                     raise UnknownTopicOrPartitionError(f"{part.tp} no longer exists (topic deleted?)") from None
@@ -411,9 +590,10 @@ class Consumer:
                     continue
             topic, p = part.tp.topic, part.tp.partition
             if kd is None and vd is None:
-                out.extend(
-                    [Record(topic, p, o, ts, k, v, decode_headers(h) if h else ()) for o, ts, k, v, h in rows]
-                )
+                # Column-wise through map(): Record() is called from C, with no per-row bytecode.
+                offsets, stamps, keys, values, headers = zip(*rows)
+                out.extend(map(Record, repeat(topic), repeat(p), offsets, stamps, keys, values,
+                               map(decode_headers, headers) if any(headers) else repeat(())))
             else:
                 before = len(out)
                 try:
@@ -462,7 +642,9 @@ class Consumer:
                 self._buffer.extend(self._poll(remaining, self._max_records, advance=False))
         record = self._buffer.popleft()
         # Iteration advances one record at a time so a commit never covers unread records.
-        self._parts[TopicPartition(record.topic, record.partition)].position = record.offset + 1
+        part = self._parts.get(TopicPartition(record.topic, record.partition))
+        if part is not None:
+            part.position = record.offset + 1
         return record
 
     # -- commits ---------------------------------------------------------------------------
@@ -487,14 +669,32 @@ class Consumer:
                 raise InvalidConfigError(f"commit metadata for {tp!r} must be a str")
             meta = self._existing(tp)
             rows.append((tp, meta.topic_id, om.offset, om.metadata))
-        self._log._commit_offsets(self._group, rows)
+        self._log._commit_offsets(self._group, rows, self._fence())
 
-    def _commit_positions(self) -> None:
-        rows = [(tp, part.topic_id, part.position, "") for tp, part in self._parts.items() if part.position is not None]
+    def _commit_positions(self, only: Iterable[TopicPartition] | None = None) -> None:
+        parts = self._parts if only is None else {tp: self._parts[tp] for tp in only}
+        rows = [(tp, part.topic_id, part.position, "") for tp, part in parts.items() if part.position is not None]
+        if only is None:
+            self._next_commit = time.monotonic() + self._auto_commit_s
         if rows:
             # A position sought past the end is not committed until a fetch has validated it.
-            self._log._commit_offsets(self._group, rows, skip_beyond_end=True)  # type: ignore[arg-type]
-        self._next_commit = time.monotonic() + self._auto_commit_s
+            self._log._commit_offsets(self._group, rows, self._fence(), skip_beyond_end=True)  # type: ignore[arg-type]
+
+    def _fence(self) -> groups.Fence:
+        """Commits of a group member are fenced by ownership and claim generation. A consumer outside
+        the group (assign(), or subscribed but not joined yet: Kafka's generation -1) may commit only
+        while the group has no live members, as Kafka's broker rules."""
+        m = self._membership
+        if self._subscription is None or m is None:
+            return groups.Fence(None)
+        if m.lost is not None:
+            raise CommitFailedError(
+                f"this consumer is not a member of group {self._group!r} any more ({m.lost}); its partitions "
+                "may belong to others now and the commit was not applied; poll() to rejoin"
+            )
+        if m.member_id is None:
+            return groups.Fence(None)
+        return groups.Fence(m.member_id, {(p.topic_id, p.tp.partition): p.generation for p in self._parts.values()})
 
     def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset for ``tp``, or None."""
@@ -538,10 +738,18 @@ class Consumer:
         if self._closed:
             return
         try:
-            if autocommit and self._auto_commit and not self._log.closed:
-                self._commit_positions()
-            if self._listener is not None and self._parts:
-                self._listener.on_revoked(set(self._parts))
+            if self._membership is not None:
+                auto, self._auto_commit = self._auto_commit, self._auto_commit and autocommit
+                try:
+                    self._leave_group()
+                finally:
+                    self._auto_commit = auto
+                    self._membership.close()
+            else:
+                if autocommit and self._auto_commit and not self._log.closed:
+                    self._commit_positions()
+                if self._listener is not None and self._parts:
+                    self._listener.on_revoked(set(self._parts))
         finally:
             self._closed = True
             self._log._untrack(self)

@@ -49,6 +49,18 @@ class CommitFailedError(SqlogError):
     """An offset commit was refused and not applied."""
 
 
+class GroupNotEmptyError(SqlogError):
+    """A group admin change was refused because the group has live members; stop them (or wait for them to expire)."""
+
+
+class GroupIdNotFoundError(SqlogError):
+    """No consumer group of that id exists (no members and no committed offsets)."""
+
+
+class InconsistentGroupProtocolError(SqlogError):
+    """A consumer joined with a ``partition_assignment_strategy`` other than the live members'."""
+
+
 class IllegalStateError(SqlogError):
     """A call made in the wrong state, e.g. ``poll()`` before ``subscribe()``/``assign()``."""
 

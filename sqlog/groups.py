@@ -1,13 +1,52 @@
-"""Consumer groups' committed offsets, stored in the log file so every process agrees."""
+"""Consumer groups without a broker: committed offsets, membership, assignment and ownership.
+
+Everything lives in the log file, so threads and processes on this machine agree:
+
+- ``group_members``: one row per live member, with its subscription and last heartbeat. A
+  background thread per member heartbeats every ``heartbeat_interval_ms``; anyone who sees a
+  heartbeat older than the member's ``session_timeout_ms`` deletes the member (and, on this host,
+  a member whose process is gone: pid plus start time, a speed-up on top of the timeout).
+- ``group_targets``: the target assignment, recomputed deterministically (range, roundrobin or
+  sticky) in the same transaction that changes the membership, so every member reads one answer.
+- ``partition_owners``: who owns each partition now. A member claims a partition of its target
+  only where no row exists, and releases (deletes) a row only at its own ``poll()`` after its
+  ``on_revoked`` ran, or by leaving. The primary key keeps a partition from being owned twice.
+- ``consumer_groups.generation``: bumped by every change of the three tables above except
+  heartbeats, so a member's ``poll()`` checks for work with one cheap ``SELECT``.
+
+Commits are fenced inside their own write transaction: each partition's owner row must be this
+member's, claimed at the generation the member knows (`check_fence`).
+"""
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Collection, Iterable, Mapping
+from contextlib import AbstractContextManager
+from typing import Any
 
 import apsw
+import attrs
 
-from .errors import InvalidConfigError
+from .errors import (
+    CommitFailedError,
+    GroupIdNotFoundError,
+    GroupNotEmptyError,
+    InconsistentGroupProtocolError,
+    InvalidConfigError,
+    LogClosedError,
+    SqlogError,
+)
+from .types import GroupDescription, GroupPartitionDescription, MemberDescription, TopicPartition
+
+STRATEGIES = ("range", "roundrobin", "sticky", "cooperative-sticky")
+"""``partition_assignment_strategy`` values; the protocol is always incremental (cooperative)."""
+
+Key = tuple[int, int]  # (topic_id, partition)
 
 
 def validate_group_id(group_id: object) -> str:
@@ -16,9 +55,14 @@ def validate_group_id(group_id: object) -> str:
     return group_id
 
 
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# -- committed offsets ---------------------------------------------------------------------
 def store(conn: apsw.Connection, group_id: str, offsets: Iterable[tuple[int, int, int, str]]) -> None:
     """Write ``(topic_id, partition, offset, metadata)`` rows; run inside a write transaction."""
-    now = int(time.time() * 1000)
+    now = now_ms()
     conn.executemany(
         "INSERT INTO committed_offsets(group_id, topic_id, partition, offset, metadata, commit_ms)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(group_id, topic_id, partition) DO UPDATE SET"
@@ -34,3 +78,595 @@ def fetch(conn: apsw.Connection, group_id: str, topic_id: int, partition: int) -
         (group_id, topic_id, partition),
     ).fetchone()
     return (row[0], row[1]) if row else None
+
+
+# -- assignors -----------------------------------------------------------------------------
+def assign(
+    strategy: str,
+    members: Mapping[str, Collection[str]],
+    topics: Mapping[str, tuple[int, int]],
+    previous: Mapping[Key, str] | None = None,
+) -> dict[Key, str]:
+    """The target assignment: ``(topic_id, partition) -> member_id``.
+
+    ``members`` maps member_id to its subscribed topic names, ``topics`` maps a topic name to
+    ``(topic_id, partition count)``. Deterministic: depends only on the arguments (members are
+    ordered by member_id, topics by name). ``previous`` is used by the sticky strategies only.
+    """
+    if strategy == "range":
+        return _range(members, topics)
+    if strategy == "roundrobin":
+        return _roundrobin(members, topics)
+    if strategy in ("sticky", "cooperative-sticky"):
+        return _sticky(members, topics, previous or {})
+    raise InvalidConfigError(f"partition_assignment_strategy must be one of {STRATEGIES}, not {strategy!r}")
+
+
+def _range(members: Mapping[str, Collection[str]], topics: Mapping[str, tuple[int, int]]) -> dict[Key, str]:
+    """Kafka's RangeAssignor: per topic, consecutive ranges; the first members take one more."""
+    out: dict[Key, str] = {}
+    for name in sorted(topics):
+        topic_id, n = topics[name]
+        subs = sorted(m for m, t in members.items() if name in t)
+        if not subs:
+            continue
+        q, r = divmod(n, len(subs))
+        p = 0
+        for i, member in enumerate(subs):
+            for _ in range(q + (1 if i < r else 0)):
+                out[(topic_id, p)] = member
+                p += 1
+    return out
+
+
+def _roundrobin(members: Mapping[str, Collection[str]], topics: Mapping[str, tuple[int, int]]) -> dict[Key, str]:
+    """Kafka's RoundRobinAssignor: all partitions in (topic, partition) order dealt out in turn."""
+    order = sorted(members)
+    out: dict[Key, str] = {}
+    i = 0
+    for name in sorted(topics):
+        topic_id, n = topics[name]
+        if not any(name in members[m] for m in order):
+            continue
+        for p in range(n):
+            while name not in members[order[i % len(order)]]:
+                i += 1
+            out[(topic_id, p)] = order[i % len(order)]
+            i += 1
+    return out
+
+
+def _sticky(
+    members: Mapping[str, Collection[str]], topics: Mapping[str, tuple[int, int]], previous: Mapping[Key, str]
+) -> dict[Key, str]:
+    """Keep every partition where it was if its member is still eligible, then balance by moving
+    as few as possible: counts end within one of each other wherever subscriptions allow."""
+    eligible: dict[Key, list[str]] = {}
+    for name in sorted(topics):
+        topic_id, n = topics[name]
+        subs = sorted(m for m, t in members.items() if name in t)
+        if subs:
+            for p in range(n):
+                eligible[(topic_id, p)] = subs
+    owned: dict[str, list[Key]] = {m: [] for m in members}
+    out: dict[Key, str] = {}
+    for key, subs in eligible.items():
+        prev = previous.get(key)
+        if prev in owned and prev in subs:
+            out[key] = prev
+            owned[prev].append(key)
+    for key, subs in eligible.items():
+        if key not in out:
+            member = min(subs, key=lambda m: (len(owned[m]), m))
+            out[key] = member
+            owned[member].append(key)
+    # Move one partition at a time from a most loaded member to a least loaded eligible one;
+    # the sum of squared counts falls at each move, so this ends.
+    moved = True
+    while moved:
+        moved = False
+        for giver in sorted(owned, key=lambda m: (-len(owned[m]), m)):
+            for key in sorted(owned[giver], reverse=True):
+                taker = min(eligible[key], key=lambda m: (len(owned[m]), m))
+                if len(owned[giver]) - len(owned[taker]) >= 2:
+                    owned[giver].remove(key)
+                    owned[taker].append(key)
+                    out[key] = taker
+                    moved = True
+                    break
+            if moved:
+                break
+    return out
+
+
+# -- this machine --------------------------------------------------------------------------
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _pid_namespace() -> str:
+    """Boot id plus pid namespace: two members' pids are comparable only when these match."""
+    try:
+        return _read("/proc/sys/kernel/random/boot_id").strip() + "/" + os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone (or a zombie)."""
+    try:
+        stat = _read(f"/proc/{int(pid)}/stat")
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+    if not fields or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+_NAMESPACE = _pid_namespace()
+_HOST = socket.gethostname()
+
+
+# -- membership, inside write transactions -------------------------------------------------
+@attrs.frozen
+class MemberInfo:
+    """What a member writes about itself when it joins (internal)."""
+
+    member_id: str
+    client_id: str
+    subscription: tuple[str, ...]
+    strategy: str
+    session_timeout_ms: int
+    pid: int = attrs.field(factory=os.getpid)
+    host: str = _HOST
+    pid_namespace: str = attrs.field(factory=lambda: _NAMESPACE)
+    pid_start_time: int | None = attrs.field(factory=lambda: _start_time(os.getpid()))
+
+
+def generation(conn: apsw.Connection, group_id: str) -> int:
+    """The group's generation (-1 if the group does not exist): one primary-key lookup."""
+    row = conn.execute("SELECT generation FROM consumer_groups WHERE group_id = ?", (group_id,)).fetchone()
+    return -1 if row is None else row[0]
+
+
+def _bump(conn: apsw.Connection, group_id: str) -> int:
+    row = conn.execute(
+        "UPDATE consumer_groups SET generation = generation + 1 WHERE group_id = ? RETURNING generation",
+        (group_id,),
+    ).fetchone()
+    return -1 if row is None else row[0]
+
+
+def _is_dead(pid: int, namespace: str, start: int | None, heartbeat: int, session_ms: int, now: int) -> bool:
+    if heartbeat + session_ms < now:
+        return True
+    # The fast path for a crashed process on this host; never trusted across pid namespaces.
+    return bool(namespace) and namespace == _NAMESPACE and start is not None and _start_time(pid) != start
+
+
+_MEMBER_LIVENESS = (
+    "SELECT member_id, pid, pid_namespace, pid_start_time, heartbeat_ms, session_timeout_ms"
+    " FROM group_members WHERE group_id = ?"
+)
+
+
+def _dead_members(conn: apsw.Connection, group_id: str, now: int) -> tuple[list[str], list[str]]:
+    """``(live, dead)`` member ids, each sorted."""
+    live: list[str] = []
+    dead: list[str] = []
+    rows: list[Any] = conn.execute(_MEMBER_LIVENESS, (group_id,)).fetchall()
+    for member_id, pid, namespace, start, beat, session_ms in rows:
+        (dead if _is_dead(pid, namespace, start, beat, session_ms, now) else live).append(member_id)
+    return sorted(live), sorted(dead)
+
+
+def live_member_ids(conn: apsw.Connection, group_id: str, now: int | None = None) -> list[str]:
+    return _dead_members(conn, group_id, now_ms() if now is None else now)[0]
+
+
+def _remove_member(conn: apsw.Connection, group_id: str, member_id: str) -> bool:
+    conn.execute("DELETE FROM partition_owners WHERE group_id = ? AND member_id = ?", (group_id, member_id))
+    conn.execute("DELETE FROM group_members WHERE group_id = ? AND member_id = ?", (group_id, member_id))
+    return conn.changes() > 0
+
+
+def expire(conn: apsw.Connection, group_id: str, now: int) -> list[str]:
+    """Delete members past their session timeout (or whose process on this host is gone)."""
+    dead = _dead_members(conn, group_id, now)[1]
+    for member_id in dead:
+        _remove_member(conn, group_id, member_id)
+    return dead
+
+
+def _group_topics(conn: apsw.Connection, subscriptions: Iterable[Collection[str]]) -> dict[str, tuple[int, int]]:
+    out = {}
+    for name in sorted(set().union(*subscriptions)):
+        row = conn.execute(
+            "SELECT t.topic_id, (SELECT count(*) FROM partitions p WHERE p.topic_id = t.topic_id)"
+            " FROM topics t WHERE t.name = ?",
+            (name,),
+        ).fetchone()
+        if row is not None:
+            out[name] = (row[0], row[1])
+    return out
+
+
+def compute_target(conn: apsw.Connection, group_id: str) -> tuple[dict[Key, str], dict[Key, str]]:
+    """``(stored target, target computed from the members and topics now)``; reads only."""
+    row = conn.execute("SELECT strategy FROM consumer_groups WHERE group_id = ?", (group_id,)).fetchone()
+    previous = {
+        (t, p): m for t, p, m in conn.execute(
+            "SELECT topic_id, partition, member_id FROM group_targets WHERE group_id = ?", (group_id,)
+        )
+    }
+    if row is None:
+        return previous, {}
+    members = {
+        m: frozenset(s.split(",")) if s else frozenset()
+        for m, s in conn.execute("SELECT member_id, subscription FROM group_members WHERE group_id = ?", (group_id,))
+    }
+    return previous, assign(row[0], members, _group_topics(conn, members.values()), previous)
+
+
+def rebalance(conn: apsw.Connection, group_id: str, always: bool = True) -> int:
+    """Store the target computed from the current members and topics; bump the generation.
+
+    With ``always=False`` nothing is written (and -1 returned) if the target is unchanged.
+    """
+    previous, target = compute_target(conn, group_id)
+    if target != previous:
+        conn.execute("DELETE FROM group_targets WHERE group_id = ?", (group_id,))
+        conn.executemany(
+            "INSERT INTO group_targets(group_id, topic_id, partition, member_id) VALUES (?, ?, ?, ?)",
+            [(group_id, t, p, m) for (t, p), m in sorted(target.items())],
+        )
+    elif not always:
+        return -1
+    return _bump(conn, group_id)
+
+
+def join(conn: apsw.Connection, group_id: str, info: MemberInfo) -> int:
+    """Add a member (expiring dead ones first) and recompute the target; returns the generation."""
+    now = now_ms()
+    expire(conn, group_id, now)
+    others = {r[0] for r in conn.execute("SELECT strategy FROM group_members WHERE group_id = ?", (group_id,))}
+    if others and others != {info.strategy}:
+        raise InconsistentGroupProtocolError(
+            f"group {group_id!r} uses partition_assignment_strategy {min(others)!r}; "
+            f"join it with the same strategy, not {info.strategy!r}"
+        )
+    conn.execute(
+        "INSERT INTO consumer_groups(group_id, generation, strategy, created_ms) VALUES (?, 0, ?, ?)"
+        " ON CONFLICT(group_id) DO UPDATE SET strategy = excluded.strategy",
+        (group_id, info.strategy, now),
+    )
+    conn.execute(
+        "INSERT INTO group_members(group_id, member_id, client_id, host, pid, pid_namespace, pid_start_time,"
+        " subscription, strategy, session_timeout_ms, joined_ms, heartbeat_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (group_id, info.member_id, info.client_id, info.host, info.pid, info.pid_namespace, info.pid_start_time,
+         ",".join(info.subscription), info.strategy, info.session_timeout_ms, now, now),
+    )
+    return rebalance(conn, group_id)
+
+
+def heartbeat(conn: apsw.Connection, group_id: str, member_id: str, now: int) -> bool:
+    """Stamp the member's heartbeat; False if it is no longer a member (expired or left)."""
+    conn.execute(
+        "UPDATE group_members SET heartbeat_ms = ? WHERE group_id = ? AND member_id = ?", (now, group_id, member_id)
+    )
+    return conn.changes() > 0
+
+
+def leave(conn: apsw.Connection, group_id: str, member_id: str) -> None:
+    """Delete the member and its ownership rows; the others rebalance at their next poll."""
+    if _remove_member(conn, group_id, member_id):
+        rebalance(conn, group_id)
+
+
+def resubscribe(conn: apsw.Connection, group_id: str, member_id: str, subscription: tuple[str, ...]) -> bool:
+    conn.execute(
+        "UPDATE group_members SET subscription = ? WHERE group_id = ? AND member_id = ?",
+        (",".join(subscription), group_id, member_id),
+    )
+    if not conn.changes():
+        return False
+    rebalance(conn, group_id)
+    return True
+
+
+def _named(conn: apsw.Connection, sql: str, args: tuple[Any, ...]) -> dict[Key, tuple[str, int]]:
+    return {(t, p): (name, g) for t, p, name, g in conn.execute(sql, args)}
+
+
+def member_view(
+    conn: apsw.Connection, group_id: str, member_id: str
+) -> tuple[dict[Key, str], dict[Key, int]] | None:
+    """``(target {key: topic name}, owned {key: claim generation})`` of a member; None if it is gone."""
+    if conn.execute(
+        "SELECT 1 FROM group_members WHERE group_id = ? AND member_id = ?", (group_id, member_id)
+    ).fetchone() is None:
+        return None
+    target = _named(
+        conn,
+        "SELECT g.topic_id, g.partition, t.name, 0 FROM group_targets g JOIN topics t USING (topic_id)"
+        " WHERE g.group_id = ? AND g.member_id = ?",
+        (group_id, member_id),
+    )
+    owned = conn.execute(
+        "SELECT topic_id, partition, generation FROM partition_owners WHERE group_id = ? AND member_id = ?",
+        (group_id, member_id),
+    )
+    return {k: v[0] for k, v in target.items()}, {(t, p): g for t, p, g in owned}
+
+
+def claim(conn: apsw.Connection, group_id: str, member_id: str) -> tuple[int, dict[Key, str]] | None:
+    """Take every partition of the member's target that nobody owns.
+
+    Returns ``(generation of the claim, {key: topic name})``, or None if the member is gone.
+    """
+    if conn.execute(
+        "SELECT 1 FROM group_members WHERE group_id = ? AND member_id = ?", (group_id, member_id)
+    ).fetchone() is None:
+        return None
+    free = _named(
+        conn,
+        "SELECT g.topic_id, g.partition, t.name, 0 FROM group_targets g JOIN topics t USING (topic_id)"
+        " WHERE g.group_id = ? AND g.member_id = ? AND NOT EXISTS (SELECT 1 FROM partition_owners o"
+        " WHERE o.group_id = g.group_id AND o.topic_id = g.topic_id AND o.partition = g.partition)",
+        (group_id, member_id),
+    )
+    if not free:
+        return generation(conn, group_id), {}
+    gen = _bump(conn, group_id)
+    now = now_ms()
+    conn.executemany(
+        "INSERT INTO partition_owners(group_id, topic_id, partition, member_id, generation, claimed_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(group_id, t, p, member_id, gen, now) for t, p in sorted(free)],
+    )
+    return gen, {k: v[0] for k, v in free.items()}
+
+
+def release(conn: apsw.Connection, group_id: str, member_id: str, keys: Iterable[Key]) -> None:
+    """Give up ownership (only rows this member still holds) so the target owner can claim them."""
+    conn.executemany(
+        "DELETE FROM partition_owners WHERE group_id = ? AND topic_id = ? AND partition = ? AND member_id = ?",
+        [(group_id, t, p, member_id) for t, p in keys],
+    )
+    _bump(conn, group_id)
+
+
+@attrs.frozen
+class Fence:
+    """Who commits: a member with the claim generation of each partition it owns, or (member_id
+    None) a standalone consumer, which may commit only while the group has no live members."""
+
+    member_id: str | None
+    generations: Mapping[Key, int] = attrs.field(factory=dict)
+
+
+def check_fence(conn: apsw.Connection, group_id: str, fence: Fence, parts: Iterable[tuple[TopicPartition, int]]) -> None:
+    """Raise CommitFailedError unless ``fence`` may commit each ``(tp, topic_id)``; in the commit's transaction."""
+    if fence.member_id is None:
+        if live_member_ids(conn, group_id):
+            raise CommitFailedError(
+                f"group {group_id!r} has live members: a consumer using assign() cannot commit for it "
+                "(as in Kafka); use another group_id, or subscribe() to join the group"
+            )
+        return
+    if conn.execute(
+        "SELECT 1 FROM group_members WHERE group_id = ? AND member_id = ?", (group_id, fence.member_id)
+    ).fetchone() is None:
+        raise CommitFailedError(
+            f"member {fence.member_id} is no longer in group {group_id!r} (session timed out, or more than "
+            "max_poll_interval_ms between polls); its partitions went to others and the commit was not "
+            "applied; poll() to rejoin"
+        )
+    for tp, topic_id in parts:
+        row = conn.execute(
+            "SELECT member_id, generation FROM partition_owners WHERE group_id = ? AND topic_id = ? AND partition = ?",
+            (group_id, topic_id, tp.partition),
+        ).fetchone()
+        if row is None or row[0] != fence.member_id or row[1] != fence.generations.get((topic_id, tp.partition)):
+            raise CommitFailedError(
+                f"cannot commit {tp.topic}-{tp.partition}: this member does not own it (now "
+                f"{'unowned' if row is None else 'owned by ' + row[0] + ' since generation ' + str(row[1])}); "
+                "the commit was not applied"
+            )
+
+
+# -- a member, with its heartbeat thread ---------------------------------------------------
+class Membership:
+    """One consumer's membership of a group. Its heartbeat thread keeps the member alive, expires
+    dead members and leaves the group after ``max_poll_interval_ms`` without a poll; it writes in
+    short transactions through ``write`` and never calls user code."""
+
+    def __init__(self, write: Callable[[], AbstractContextManager[apsw.Connection]], group_id: str, client_id: str,
+                 strategy: str, session_timeout_ms: int, heartbeat_interval_ms: int,
+                 max_poll_interval_ms: int) -> None:
+        self._write = write
+        self.group_id = group_id
+        self.client_id = client_id
+        self.strategy = strategy
+        self.session_timeout_ms = session_timeout_ms
+        self._interval_s = heartbeat_interval_ms / 1000
+        self._max_poll_s = max_poll_interval_ms / 1000
+        self.member_id: str | None = None
+        self.generation = -1
+        self.lost: str | None = None  # why the membership ended behind the consumer's back
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_poll = time.monotonic()
+        self._pid = os.getpid()
+
+    def polled(self) -> None:
+        self._last_poll = time.monotonic()
+
+    def join(self, subscription: tuple[str, ...]) -> None:
+        member_id = f"{self.client_id}-{uuid.uuid4()}"
+        info = MemberInfo(member_id, self.client_id, subscription, self.strategy, self.session_timeout_ms)
+        with self._write() as conn:
+            gen = join(conn, self.group_id, info)
+        with self._lock:
+            self.member_id, self.generation, self.lost = member_id, gen, None
+        self._last_poll = time.monotonic()
+        if self._thread is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._heartbeat_loop, name=f"sqlog-heartbeat-{self.group_id}",
+                                            daemon=True)
+            self._thread.start()
+
+    def take_lost(self) -> str | None:
+        """If the membership ended (expired, or left for a missed poll), forget it and say why."""
+        if self.lost is None:
+            return None
+        with self._lock:
+            reason, self.lost = self.lost, None
+            if reason is not None:
+                self.member_id, self.generation = None, -1
+            return reason
+
+    def mark_lost(self, member_id: str, reason: str) -> None:
+        with self._lock:
+            if self.member_id == member_id and self.lost is None:
+                self.lost = reason
+
+    def leave(self) -> None:
+        """Leave at once (close, unsubscribe): partitions move without waiting for a timeout."""
+        with self._lock:
+            member_id, self.member_id, self.generation, self.lost = self.member_id, None, -1, None
+        if member_id is not None:
+            with self._write() as conn:
+                leave(conn, self.group_id, member_id)
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            self.leave()
+        except LogClosedError:
+            pass  # the session expires instead
+        finally:
+            thread = self._thread
+            if thread is not None and thread is not threading.current_thread() and self._pid == os.getpid():
+                thread.join(timeout=max(1.0, 2 * self._interval_s))
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            member_id = self.member_id
+            if member_id is None or self.lost is not None:
+                continue
+            try:
+                self._beat(member_id)
+            except LogClosedError:
+                return
+            except (SqlogError, apsw.Error):
+                continue  # a busy or failing file: try again at the next beat; the session timeout decides
+
+    def _beat(self, member_id: str) -> None:
+        if time.monotonic() - self._last_poll > self._max_poll_s:
+            # As in Kafka: a member that stopped polling leaves, so its partitions move on.
+            with self._write() as conn:
+                leave(conn, self.group_id, member_id)
+            self.mark_lost(member_id, "more than max_poll_interval_ms between polls")
+            return
+        now = now_ms()
+        with self._write() as conn:
+            alive = heartbeat(conn, self.group_id, member_id, now)
+            if alive and expire(conn, self.group_id, now):
+                rebalance(conn, self.group_id)
+        if not alive:
+            self.mark_lost(member_id, "session timed out (no heartbeat within session_timeout_ms)")
+
+
+# -- admin ---------------------------------------------------------------------------------
+def list_groups(conn: apsw.Connection) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT group_id FROM consumer_groups UNION SELECT group_id FROM committed_offsets ORDER BY 1"
+    )]
+
+
+def _exists(conn: apsw.Connection, group_id: str) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM consumer_groups WHERE group_id = ?1)"
+        " OR EXISTS (SELECT 1 FROM committed_offsets WHERE group_id = ?1)",
+        (group_id,),
+    ).fetchone()
+    return row is not None and row[0] == 1
+
+
+def describe(conn: apsw.Connection, group_id: str) -> GroupDescription:
+    """Live members with what they own and are meant to own; per partition the committed offset,
+    log end offset, lag and owner."""
+    validate_group_id(group_id)
+    if not _exists(conn, group_id):
+        raise GroupIdNotFoundError(f"no consumer group {group_id!r}; log.list_groups() lists them")
+    now = now_ms()
+    names = dict(conn.execute("SELECT topic_id, name FROM topics"))
+    grow = conn.execute("SELECT generation, strategy FROM consumer_groups WHERE group_id = ?", (group_id,)).fetchone()
+    live = set(live_member_ids(conn, group_id, now))
+    owners = {(t, p): (m, g) for t, p, m, g in conn.execute(
+        "SELECT topic_id, partition, member_id, generation FROM partition_owners WHERE group_id = ?", (group_id,)
+    ) if m in live}
+    targets = {(t, p): m for t, p, m in conn.execute(
+        "SELECT topic_id, partition, member_id FROM group_targets WHERE group_id = ?", (group_id,)
+    ) if t in names}
+
+    def tps(keys: Iterable[Key]) -> frozenset[TopicPartition]:
+        return frozenset(TopicPartition(names[t], p) for t, p in keys if t in names)
+
+    members = tuple(
+        MemberDescription(m, client, host, pid, tuple(sub.split(",")) if sub else (),
+                          tps(k for k, (o, _) in owners.items() if o == m),
+                          tps(k for k, o in targets.items() if o == m), joined, beat)
+        for m, client, host, pid, sub, joined, beat in conn.execute(
+            "SELECT member_id, client_id, host, pid, subscription, joined_ms, heartbeat_ms FROM group_members"
+            " WHERE group_id = ? ORDER BY member_id", (group_id,)
+        ) if m in live
+    )
+    committed = {(t, p): o for t, p, o in conn.execute(
+        "SELECT topic_id, partition, offset FROM committed_offsets WHERE group_id = ?", (group_id,)
+    )}
+    parts = []
+    for key in sorted(set(committed) | set(owners) | (set(targets) if live else set()),
+                      key=lambda k: (names.get(k[0], ""), k[1])):
+        end = conn.execute("SELECT next_offset FROM partitions WHERE topic_id = ? AND partition = ?", key).fetchone()
+        if end is None or key[0] not in names:
+            continue
+        c = committed.get(key)
+        parts.append(GroupPartitionDescription(names[key[0]], key[1], c, end[0], None if c is None else max(end[0] - c, 0),
+                                               owners[key][0] if key in owners else None))
+    if not members:
+        state = "Empty"
+    elif all(m in live and k in owners and owners[k][0] == m for k, m in targets.items()) and all(
+        targets.get(k) == o for k, (o, _) in owners.items()
+    ):
+        state = "Stable"  # every partition of the target owned by its live target member
+    else:
+        state = "PreparingRebalance"  # a partition waits for a release, a claim or a dead member's expiry
+    return GroupDescription(group_id, state, grow[0] if grow else -1, grow[1] if grow else None, members, tuple(parts))
+
+
+def require_empty(conn: apsw.Connection, group_id: str, what: str) -> None:
+    """Expire dead members, then refuse ``what`` while live members remain (as Kafka does)."""
+    validate_group_id(group_id)
+    if expire(conn, group_id, now_ms()):
+        rebalance(conn, group_id)
+    live = live_member_ids(conn, group_id)
+    if live:
+        raise GroupNotEmptyError(
+            f"cannot {what} group {group_id!r}: it has {len(live)} live member(s) ({', '.join(live[:3])}); "
+            "close its consumers first (or wait session_timeout_ms for dead ones to expire)"
+        )
+
+
+def delete(conn: apsw.Connection, group_id: str) -> None:
+    """Delete an empty group with its committed offsets; inside a write transaction."""
+    require_empty(conn, group_id, "delete")
+    if not _exists(conn, group_id):
+        raise GroupIdNotFoundError(f"no consumer group {group_id!r}; log.list_groups() lists them")
+    for table in ("committed_offsets", "partition_owners", "group_targets", "group_members", "consumer_groups"):
+        conn.execute(f"DELETE FROM {table} WHERE group_id = ?", (group_id,))

@@ -7,17 +7,31 @@ import inspect
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import apsw
 
 from . import groups, topics
-from .errors import CommitFailedError, InvalidConfigError, LogClosedError, SqlogError, translated
-from .storage import connect, file_sizes, transaction
+from .errors import (
+    CommitFailedError,
+    InvalidConfigError,
+    LogClosedError,
+    SqlogError,
+    UnknownTopicOrPartitionError,
+    translated,
+)
 from .retention import Upkeep
-from .types import CheckReport, SweepResult, TopicDescription, TopicPartition
+from .storage import connect, file_sizes, transaction
+from .types import (
+    CheckReport,
+    GroupDescription,
+    OffsetAndMetadata,
+    SweepResult,
+    TopicDescription,
+    TopicPartition,
+)
 from .writer import Writer
 
 if TYPE_CHECKING:
@@ -216,10 +230,13 @@ class Log:
         self._consumers.discard(consumer)
 
     def _commit_offsets(self, group_id: str, rows: list[tuple[TopicPartition, int, int, str]],
-                        skip_beyond_end: bool = False) -> None:
+                        fence: groups.Fence | None = None, skip_beyond_end: bool = False) -> None:
         """Store committed offsets in one transaction; an offset beyond the high watermark is
-        refused (CommitFailedError), or left out with ``skip_beyond_end`` (auto-commit)."""
+        refused (CommitFailedError), or left out with ``skip_beyond_end`` (auto-commit). With a
+        ``fence``, only if the committer owns every partition, checked in the same transaction."""
         with self._write() as conn:
+            if fence is not None:
+                groups.check_fence(conn, group_id, fence, [(tp, t) for tp, t, _, _ in rows])
             keep = []
             for row in rows:
                 tp, topic_id, offset, _ = row
@@ -239,6 +256,103 @@ class Log:
                     )
                 keep.append(row)
             groups.store(conn, group_id, [(t, tp.partition, o, m) for tp, t, o, m in keep])
+
+    # -- consumer groups -------------------------------------------------------------------
+    def list_groups(self) -> list[str]:
+        """The ids of all consumer groups (with members or committed offsets), sorted."""
+        with self._read() as conn:
+            return groups.list_groups(conn)
+
+    def describe_group(self, group_id: str) -> GroupDescription:
+        """A group's state, live members (what each owns and is meant to own, last heartbeat) and,
+        per partition, the committed offset, log end offset, lag and owner."""
+        with self._read() as conn:
+            return groups.describe(conn, group_id)
+
+    def delete_group(self, group_id: str) -> None:
+        """Delete a group and its committed offsets; refused (GroupNotEmptyError) while it has live members."""
+        with self._write() as conn:
+            groups.delete(conn, group_id)
+
+    def alter_group_offsets(self, group_id: str,
+                            offsets: Mapping[TopicPartition, int | OffsetAndMetadata]) -> None:
+        """Set the group's committed offsets; refused (GroupNotEmptyError) while it has live members.
+
+        Each offset must lie within ``[log_start_offset, high_watermark]`` of its partition.
+        """
+        rows = []
+        for tp, om in offsets.items():
+            if isinstance(om, int) and type(om) is not bool:
+                om = OffsetAndMetadata(om)
+            if not isinstance(om, OffsetAndMetadata) or type(om.offset) is not int or om.offset < 0:
+                raise InvalidConfigError(f"offset for {tp} must be an int >= 0 or OffsetAndMetadata, not {om!r}")
+            rows.append((tp, om))
+        with self._write() as conn:
+            groups.require_empty(conn, group_id, "alter offsets of")
+            stored = []
+            for tp, om in rows:
+                topic_id, start, end = self._partition_bounds(conn, tp)
+                if not start <= om.offset <= end:
+                    raise InvalidConfigError(
+                        f"offset {om.offset} for {tp.topic}-{tp.partition} is outside its log [{start}, {end}]"
+                    )
+                stored.append((topic_id, tp.partition, om.offset, om.metadata))
+            groups.store(conn, group_id, stored)
+
+    def reset_group_offsets(self, group_id: str, to: str | int = "earliest",
+                            partitions: Iterable[TopicPartition | str] | None = None) -> dict[TopicPartition, int]:
+        """Move the group's committed offsets to ``"earliest"``, ``"latest"`` or a timestamp (ms: the
+        first record at or after it, else the end), like ``kafka-consumer-groups --reset-offsets``.
+
+        ``partitions``: TopicPartitions and/or topic names (all their partitions); default: every
+        partition the group has committed. Refused (GroupNotEmptyError) while it has live members.
+        Returns the new offsets.
+        """
+        if to not in ("earliest", "latest") and (type(to) is not int or to < 0):
+            raise InvalidConfigError(f"to must be 'earliest', 'latest' or a timestamp in ms >= 0, not {to!r}")
+        with self._write() as conn:
+            groups.require_empty(conn, group_id, "reset offsets of")
+            if partitions is None:
+                names = dict(conn.execute("SELECT topic_id, name FROM topics"))
+                wanted = [TopicPartition(names[t], p) for t, p in conn.execute(
+                    "SELECT topic_id, partition FROM committed_offsets WHERE group_id = ? ORDER BY 1, 2", (group_id,)
+                ) if t in names]
+            else:
+                wanted = []
+                for item in partitions:
+                    if isinstance(item, TopicPartition):
+                        wanted.append(item)
+                    else:
+                        meta = topics.require(conn, item)
+                        wanted.extend(TopicPartition(meta.name, p) for p in range(meta.partitions))
+            out: dict[TopicPartition, int] = {}
+            stored = []
+            for tp in wanted:
+                topic_id, start, end = self._partition_bounds(conn, tp)
+                if to == "earliest":
+                    offset = start
+                elif to == "latest":
+                    offset = end
+                else:
+                    hit = topics.offset_for_time(conn, topic_id, tp.partition, to)  # type: ignore[arg-type]
+                    offset = end if hit is None else hit[0]
+                out[tp] = offset
+                stored.append((topic_id, tp.partition, offset, ""))
+            groups.store(conn, group_id, stored)
+            return out
+
+    @staticmethod
+    def _partition_bounds(conn: apsw.Connection, tp: TopicPartition) -> tuple[int, int, int]:
+        if not isinstance(tp, TopicPartition):
+            raise InvalidConfigError(f"expected a TopicPartition, not {tp!r}")
+        meta = topics.require(conn, tp.topic)
+        row = conn.execute(
+            "SELECT log_start_offset, next_offset FROM partitions WHERE topic_id = ? AND partition = ?",
+            (meta.topic_id, tp.partition),
+        ).fetchone()
+        if row is None:
+            raise UnknownTopicOrPartitionError(f"{tp.topic!r} has no partition {tp.partition}")
+        return meta.topic_id, int(row[0]), int(row[1])
 
     # -- share groups (queue mode, Kafka's KIP-932; see share.py) -----------------------------
     def share_consumer(self, group_id: str, **config: Any) -> ShareConsumer:
@@ -268,8 +382,8 @@ class Log:
                 conn.execute("COMMIT")
 
     def delete_share_group(self, group_id: str) -> None:
-        """Forget a share group's state (e.g. so interest retention stops waiting for it);
-        refused (IllegalStateError) while a consumer holds one of its records."""
+        """Forget a share group's state (e.g. so interest retention stops waiting for it); refused
+        (GroupNotEmptyError) while a consumer holds one of its records, GroupIdNotFoundError if none."""
         from . import share
 
         with self._write() as conn:

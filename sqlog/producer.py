@@ -18,7 +18,7 @@ from .errors import (
     UnknownTopicOrPartitionError,
 )
 from .partitioner import partition_for_key
-from .serde import encode_headers, serializer, to_bytes
+from .serde import encode_headers, serde_function, to_bytes
 from .topics import TopicMeta
 from .writer import Batch, Chunk, RecordFuture
 
@@ -55,8 +55,8 @@ class Producer:
     def __init__(self, log: Log, **config: Any) -> None:
         cfg = check_config(config, PRODUCER_DEFAULTS, "producer")
         self.config = cfg
-        self._value_ser: Callable[[Any], bytes] | None = serializer(cfg["value_serializer"], "value_serializer")
-        self._key_ser: Callable[[Any], bytes] | None = serializer(cfg["key_serializer"], "key_serializer")
+        self._value_ser: Callable[[Any], bytes] | None = serde_function(cfg["value_serializer"], "value_serializer", "serialize")
+        self._key_ser: Callable[[Any], bytes] | None = serde_function(cfg["key_serializer"], "key_serializer", "serialize")
         self._linger = _positive_int(cfg, "linger_ms", 0) / 1000
         self._batch_size = _positive_int(cfg, "batch_size", 1)
         self._max_record = _positive_int(cfg, "max_record_bytes", 1)

@@ -159,8 +159,13 @@ def _retained_partitions(conn: apsw.Connection) -> list[tuple[str, int, int, int
     ).fetchall()
 
 
-def sweep(conn: apsw.Connection, path: str, now_ms: int, chunk_records: int = SWEEP_CHUNK_RECORDS) -> SweepResult:
-    """Apply time and size retention to every partition, a bounded chunk per transaction, then vacuum."""
+def sweep(conn: apsw.Connection, path: str, now_ms: int, wal_limit_bytes: int,
+          chunk_records: int = SWEEP_CHUNK_RECORDS) -> SweepResult:
+    """Apply time and size retention to every partition, a bounded chunk per transaction, then vacuum.
+
+    Between chunks the WAL is checkpointed once it passes ``wal_limit_bytes``: a long sweep
+    beside busy producers would otherwise grow it far past the limit.
+    """
     deleted: dict[TopicPartition, PartitionSweep] = {}
     with translated(path):
         for name, topic_id, partition, retention_ms, retention_bytes in _retained_partitions(conn):
@@ -188,6 +193,7 @@ def sweep(conn: apsw.Connection, path: str, now_ms: int, chunk_records: int = SW
                     break
                 records += n
                 nbytes += b
+                checkpoint(conn, path, wal_limit_bytes, only_past_limit=True)
             if records:
                 deleted[TopicPartition(name, partition)] = PartitionSweep(records, nbytes)
         pages = reclaim(conn)
@@ -209,7 +215,7 @@ def reclaim(conn: apsw.Connection) -> int:
         freed += free - after
 
 
-def checkpoint(conn: apsw.Connection, path: str, wal_limit_bytes: int) -> int:
+def checkpoint(conn: apsw.Connection, path: str, wal_limit_bytes: int, only_past_limit: bool = False) -> int:
     """PASSIVE checkpoint, escalated to TRUNCATE once the WAL passes ``wal_limit_bytes``.
 
     Readers that never pause can keep a PASSIVE checkpoint from ever resetting the WAL;
@@ -220,6 +226,8 @@ def checkpoint(conn: apsw.Connection, path: str, wal_limit_bytes: int) -> int:
         wal = os.stat(path + "-wal").st_size
     except FileNotFoundError:
         return 0
+    if wal <= wal_limit_bytes and only_past_limit:
+        return wal
     mode = "TRUNCATE" if wal > wal_limit_bytes else "PASSIVE"
     conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
     return wal
@@ -251,7 +259,8 @@ class Upkeep:
 
     def sweep(self, now_ms: int | None = None) -> SweepResult:
         with self.lock:
-            return sweep(self.conn(), self._path, int(time.time() * 1000) if now_ms is None else now_ms)
+            return sweep(self.conn(), self._path, int(time.time() * 1000) if now_ms is None else now_ms,
+                         self._wal_limit)
 
     def check(self) -> CheckReport:
         """Run ``check.violations`` on one snapshot (a read transaction) of the upkeep connection."""

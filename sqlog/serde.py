@@ -34,23 +34,13 @@ STRING = Serde(str.encode, bytes.decode)
 """Text as UTF-8."""
 
 
-def serializer(spec: Serde | Callable[[Any], bytes] | None, what: str) -> Callable[[Any], bytes] | None:
-    """The function a producer calls for a config value (``None`` = bytes only)."""
+def serde_function(spec: Serde | Callable[[Any], Any] | None, what: str, direction: str) -> Callable[[Any], Any] | None:
+    """The function a config value names: ``what`` is e.g. "value_serializer"; ``direction`` is
+    "serialize" or "deserialize" (the half of a `Serde` to use); None means bytes as they are."""
     if spec is None:
         return None
     if isinstance(spec, Serde):
-        return spec.serialize
-    if callable(spec):
-        return spec
-    raise InvalidConfigError(f"{what} must be sqlog.JSON, sqlog.STRING, a Serde or a callable, not {spec!r}")
-
-
-def deserializer(spec: Serde | Callable[[bytes], Any] | None, what: str) -> Callable[[bytes], Any] | None:
-    """The function a consumer calls for a config value (``None`` = raw bytes)."""
-    if spec is None:
-        return None
-    if isinstance(spec, Serde):
-        return spec.deserialize
+        return getattr(spec, direction)  # type: ignore[no-any-return]
     if callable(spec):
         return spec
     raise InvalidConfigError(f"{what} must be sqlog.JSON, sqlog.STRING, a Serde or a callable, not {spec!r}")
@@ -73,16 +63,6 @@ def to_bytes(obj: Any, fn: Callable[[Any], bytes] | None, what: str) -> bytes | 
         f"{what} must be bytes, not {type(obj).__name__}; "
         f"set {what}_serializer (e.g. sqlog.JSON or sqlog.STRING)"
     )
-
-
-def from_bytes(data: bytes | None, fn: Callable[[bytes], Any] | None, what: str) -> Any:
-    """Deserialize stored bytes (``None`` stays ``None``)."""
-    if data is None or fn is None:
-        return data
-    try:
-        return fn(data)
-    except Exception as exc:
-        raise SerializationError(f"{what} deserializer failed: {exc}") from exc
 
 
 _HDR = struct.Struct(">Hi")

@@ -43,6 +43,8 @@ import apsw
 
 from . import topics
 from .errors import (
+    GroupIdNotFoundError,
+    GroupNotEmptyError,
     IllegalStateError,
     InvalidConfigError,
     InvalidRecordStateError,
@@ -53,7 +55,7 @@ from .errors import (
 )
 from .groups import validate_group_id
 from .producer import check_config
-from .serde import decode_headers, deserializer, encode_headers
+from .serde import decode_headers, encode_headers, serde_function
 from .storage import connect, data_version, partition_table, wait_for_commit
 from .types import SharePartitionState, ShareGroupDescription, ShareRecord, TopicPartition
 from .writer import append_rows
@@ -242,8 +244,12 @@ class ShareConsumer:
         if timeout is not None and (type(timeout) is not int or timeout < 0):
             raise InvalidConfigError(f"consumer_timeout_ms must be an int >= 0 or None, not {timeout!r}")
         self._iter_timeout_ms: int | None = timeout
-        self._key_de: Callable[[bytes], Any] | None = deserializer(cfg["key_deserializer"], "key_deserializer")
-        self._value_de: Callable[[bytes], Any] | None = deserializer(cfg["value_deserializer"], "value_deserializer")
+        self._key_de: Callable[[bytes], Any] | None = serde_function(
+            cfg["key_deserializer"], "key_deserializer", "deserialize"
+        )
+        self._value_de: Callable[[bytes], Any] | None = serde_function(
+            cfg["value_deserializer"], "value_deserializer", "deserialize"
+        )
         callback = cfg["acknowledgement_commit_callback"]
         if callback is not None and not callable(callback):
             raise InvalidConfigError("acknowledgement_commit_callback must be callable or None")
@@ -808,16 +814,14 @@ def delete(conn: apsw.Connection, group_id: str, now: int) -> None:
     validate_group_id(group_id)
     row = conn.execute(_GROUP_ID, (group_id,)).fetchone()
     if row is None:
-        raise IllegalStateError(
-            f"no share group {group_id!r}; list them with log.list_share_groups()"
-        )
+        raise GroupIdNotFoundError(f"no share group {group_id!r}; log.list_share_groups() lists them")
     sg = row[0]
     if conn.execute(
         "SELECT EXISTS(SELECT 1 FROM share_records WHERE share_group_id = ? AND state < 2 AND state = 1"
         " AND lock_until_ms > ?)",
         (sg, now),
     ).fetchone()[0]:
-        raise IllegalStateError(
+        raise GroupNotEmptyError(
             f"share group {group_id!r} has records locked by live consumers; close them (or wait for their locks "
             "to expire) before deleting it"
         )

@@ -60,7 +60,55 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY(group_id, topic_id, partition)
     ) WITHOUT ROWID;
     """,
-    # Queue mode: share groups (Kafka's KIP-932); see share.py for the protocol. Only this
+    # 2: consumer groups without a broker (see groups.py for the protocol).
+    """
+    -- generation changes with every change of membership, target assignment or ownership,
+    -- so a member's poll() learns that something moved from one cheap SELECT.
+    CREATE TABLE consumer_groups(
+        group_id    TEXT PRIMARY KEY,
+        generation  INTEGER NOT NULL DEFAULT 0,
+        strategy    TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- One row per live member; a member whose heartbeat_ms is older than its own
+    -- session_timeout_ms is expired (deleted) by whoever notices first.
+    CREATE TABLE group_members(
+        group_id           TEXT NOT NULL,
+        member_id          TEXT NOT NULL,
+        client_id          TEXT NOT NULL,
+        host               TEXT NOT NULL,
+        pid                INTEGER NOT NULL,
+        pid_namespace      TEXT NOT NULL,  -- boot id + pid namespace; '' = unknown: pids compare only within one
+        pid_start_time     INTEGER,        -- /proc/<pid>/stat starttime, tells a reused pid apart
+        subscription       TEXT NOT NULL,  -- sorted topic names joined by ',' (not a topic-name character)
+        strategy           TEXT NOT NULL,
+        session_timeout_ms INTEGER NOT NULL,
+        joined_ms          INTEGER NOT NULL,
+        heartbeat_ms       INTEGER NOT NULL,
+        PRIMARY KEY(group_id, member_id)
+    ) WITHOUT ROWID;
+    -- The target assignment, recomputed in the transaction that changes the membership.
+    CREATE TABLE group_targets(
+        group_id   TEXT NOT NULL,
+        topic_id   INTEGER NOT NULL,
+        partition  INTEGER NOT NULL,
+        member_id  TEXT NOT NULL,
+        PRIMARY KEY(group_id, topic_id, partition)
+    ) WITHOUT ROWID;
+    -- Who owns a partition now: a claim inserts a row only where none exists, so the
+    -- primary key is what keeps a partition from being owned twice.
+    CREATE TABLE partition_owners(
+        group_id    TEXT NOT NULL,
+        topic_id    INTEGER NOT NULL,
+        partition   INTEGER NOT NULL,
+        member_id   TEXT NOT NULL,
+        generation  INTEGER NOT NULL,  -- the group generation the claim created
+        claimed_ms  INTEGER NOT NULL,
+        PRIMARY KEY(group_id, topic_id, partition)
+    ) WITHOUT ROWID;
+    CREATE INDEX partition_owners_by_member ON partition_owners(group_id, member_id);
+    """,
+    # 3: queue mode: share groups (Kafka's KIP-932); see share.py for the protocol. Only this
     # migration's own tables and triggers, plus the topics.retention_policy column.
     """
     -- A share group's id as the tables below store it (an int, not the user's text).

@@ -125,10 +125,13 @@ def create(
     if lookup(conn, name) is not None:
         raise TopicAlreadyExistsError(f"topic {name!r} already exists")
     conn.execute(
-        "INSERT INTO topics(name, retention_ms, retention_bytes, created_ms, retention_policy) VALUES (?, ?, ?, ?, ?)",
-        (name, retention_ms, retention_bytes, int(time.time() * 1000), retention_policy),
+        "INSERT INTO topics(name, retention_ms, retention_bytes, created_ms) VALUES (?, ?, ?, ?)",
+        (name, retention_ms, retention_bytes, int(time.time() * 1000)),
     )
-    _add_partitions(conn, conn.last_insert_rowid(), 0, partitions)
+    topic_id = conn.last_insert_rowid()
+    if retention_policy != "limits":  # the column's default
+        conn.execute("UPDATE topics SET retention_policy = ? WHERE topic_id = ?", (retention_policy, topic_id))
+    _add_partitions(conn, topic_id, 0, partitions)
     return require(conn, name)
 
 
@@ -191,5 +194,34 @@ def delete(conn: apsw.Connection, name: str) -> None:
     meta = require(conn, name)
     for p in range(meta.partitions):
         conn.execute(f"DROP TABLE {partition_table(meta.topic_id, p)}")
-    for table in ("partitions", "batches", "committed_offsets", "topics"):
+    # Groups that were assigned the topic rebalance at their members' next poll.
+    conn.execute(
+        "UPDATE consumer_groups SET generation = generation + 1"
+        " WHERE group_id IN (SELECT group_id FROM group_targets WHERE topic_id = ?)",
+        (meta.topic_id,),
+    )
+    for table in ("partitions", "batches", "committed_offsets", "group_targets", "partition_owners", "topics"):
         conn.execute(f"DELETE FROM {table} WHERE topic_id = ?", (meta.topic_id,))
+
+
+def offset_for_time(conn: apsw.Connection, topic_id: int, partition: int, ts: int) -> tuple[int, int] | None:
+    """``(offset, timestamp)`` of the earliest stored record whose timestamp is >= ``ts``, or None."""
+    # The batch index holds each batch's max timestamp, so only batches reaching ``ts`` are
+    # read; usually the first holds the answer, but a batch trimmed by retention may keep the
+    # max of records already deleted, so go on to the next one.
+    batches = conn.execute(
+        "SELECT max(b.base_offset, p.log_start_offset), b.last_offset FROM batches b"
+        " JOIN partitions p USING (topic_id, partition)"
+        " WHERE b.topic_id = ? AND b.partition = ? AND b.max_timestamp >= ?"
+        " AND b.last_offset >= p.log_start_offset ORDER BY b.base_offset",
+        (topic_id, partition, ts),
+    ).fetchall()
+    for first, last in batches:
+        hit = conn.execute(
+            f"SELECT offset, ts FROM {partition_table(topic_id, partition)}"
+            " WHERE offset BETWEEN ? AND ? AND ts >= ? ORDER BY offset LIMIT 1",
+            (first, last, ts),
+        ).fetchone()
+        if hit is not None:
+            return hit[0], hit[1]
+    return None

@@ -125,6 +125,59 @@ class CheckReport:
 
 
 @attrs.frozen
+class ConsumerGroupMetadata:
+    """A group member's identity, as Kafka's ``groupMetadata()``: generation -1 and member "" outside a group."""
+
+    group_id: str | None
+    generation_id: int
+    member_id: str
+
+
+@attrs.frozen
+class MemberDescription:
+    """A live member of a consumer group: who it is, what it owns and what the group means it to own."""
+
+    member_id: str
+    client_id: str
+    host: str
+    pid: int
+    subscription: tuple[str, ...]
+    assignment: frozenset[TopicPartition]  # the partitions it owns now
+    target_assignment: frozenset[TopicPartition]  # what the group's assignor gives it
+    joined_ms: int
+    last_heartbeat_ms: int
+
+
+@attrs.frozen
+class GroupPartitionDescription:
+    """One partition as a group sees it: ``lag`` is ``log_end_offset - committed_offset`` (None: nothing committed)."""
+
+    topic: str
+    partition: int
+    committed_offset: int | None
+    log_end_offset: int
+    lag: int | None
+    owner: str | None  # member_id, or None while nobody owns it
+
+
+@attrs.frozen
+class GroupDescription:
+    """A consumer group's state (Kafka's "Empty", "Stable" or "PreparingRebalance"), members and offsets."""
+
+    group_id: str
+    state: str
+    generation: int
+    strategy: str | None
+    members: tuple[MemberDescription, ...]
+    partitions: tuple[GroupPartitionDescription, ...]
+
+    @property
+    def lag(self) -> int:
+        """The sum of the partitions' lags (partitions with nothing committed count as 0)."""
+        return sum(p.lag or 0 for p in self.partitions)
+
+
+@attrs.frozen
 class SharePartitionState:
     """One partition as a share group sees it.
 

@@ -108,6 +108,7 @@ _UPDATE = (
     " WHERE topic_id = ?3 AND partition = ?4 RETURNING next_offset - ?1, log_start_offset, bytes,"
     f" (SELECT {effective('retention_bytes')} FROM topics t WHERE t.topic_id = ?3)"
 )
+_RETRY_S = 0.005  # how long a get() waits on a busy mutex before trying it again
 _INDEX = "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)"
 
 
@@ -209,7 +210,9 @@ class Writer:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise SqlogTimeoutError(f"record not written within {timeout} s")
-                self._written.wait_for(lambda: self._writes != seen, remaining)
+                # The mutex may be held by admin work that signals nothing: look again soon.
+                self._written.wait_for(lambda: self._writes != seen, _RETRY_S if remaining is None
+                                       else min(remaining, _RETRY_S))
 
     def _gather(self) -> None:
         """Adaptive group commit: before writing for a waiting ``get()``, give the threads the

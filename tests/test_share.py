@@ -628,12 +628,12 @@ def test_delete_share_group(log: sqlog.Log) -> None:
     _fill(log, 2)
     consumer = _share(log)
     consumer.poll(timeout_ms=100)
-    with pytest.raises(sqlog.IllegalStateError, match="locked"):
+    with pytest.raises(sqlog.GroupNotEmptyError, match="locked"):
         log.delete_share_group("workers")
     consumer.close()
     log.delete_share_group("workers")
     assert log.list_share_groups() == []
-    with pytest.raises(sqlog.IllegalStateError):
+    with pytest.raises(sqlog.GroupIdNotFoundError):
         log.delete_share_group("workers")
     assert len(_share(log).poll(timeout_ms=100)) == 2, "a deleted group starts over"
 

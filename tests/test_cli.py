@@ -1,0 +1,377 @@
+"""The installed ``sqlog`` console script, run as a subprocess: every command, its errors, --help.
+
+Setup that is not under test (topics, records with chosen timestamps) goes through the API in
+this process, which is much faster than a subprocess per step; independent invocations run
+in parallel (see ``run_many``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import apsw
+import pytest
+
+import sqlog
+
+SQLOG = Path(sys.executable).parent / "sqlog"
+pytestmark = pytest.mark.skipif(
+    not SQLOG.exists(), reason=f"console script {SQLOG} not installed: run pip install -e '.[test]'"
+)
+
+ENV = {k: v for k, v in os.environ.items() if k != "SQLOG_DB"}
+TIMEOUT = 30
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    return {**ENV, **(extra or {})}
+
+
+def run(*args: str, input: bytes | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``sqlog ARGS``; stdout and stderr as text (undecodable bytes replaced)."""
+    done = subprocess.run([str(SQLOG), *args], input=input, capture_output=True, env=_env(env), timeout=TIMEOUT)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(errors="replace"),
+                                       done.stderr.decode(errors="replace"))
+
+
+def run_many(*argvs: list[str], env: dict[str, str] | None = None,
+             envs: list[dict[str, str] | None] | None = None) -> list[subprocess.CompletedProcess[str]]:
+    """Start every invocation at once (they are independent), then collect them in order.
+
+    ``env`` adds to the environment of all of them, ``envs`` (one per invocation) of each.
+    """
+    envs = envs or [None] * len(argvs)
+    procs = [subprocess.Popen([str(SQLOG), *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=_env({**(env or {}), **(extra or {})}))
+             for argv, extra in zip(argvs, envs)]
+    out = []
+    for argv, proc in zip(argvs, procs):
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        out.append(subprocess.CompletedProcess(argv, proc.returncode, stdout.decode(errors="replace"),
+                                               stderr.decode(errors="replace")))
+    return out
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], status: int = 1) -> str:
+    """Assert a user mistake: the status, no traceback, one ``sqlog: error:`` line; return it."""
+    assert done.returncode == status, done
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.splitlines()
+    if status == 1:
+        assert len(lines) == 1 and lines[0].startswith("sqlog: error: "), done.stderr
+    return lines[-1]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "log.db")
+
+
+def seed(db: str, topic: str = "orders", partitions: int = 1, records: list[bytes] | None = None, **kw: object) -> None:
+    with sqlog.open(db) as log:
+        log.create_topic(topic, partitions=partitions, **kw)  # type: ignore[arg-type]
+        if records:
+            with log.producer() as producer:
+                for value in records:
+                    producer.send(topic, value, partition=0)
+
+
+def consume_json(db: str, *args: str) -> list[dict[str, object]]:
+    done = run("--db", db, "consume", "orders", *args, "--format", "json", "--timeout-ms", "0")
+    assert done.returncode == 0, done
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+# -- help ----------------------------------------------------------------------------------------
+def test_help_at_every_level_says_what_each_command_does() -> None:
+    top, topics, create, consume = run_many(["--help"], ["topics", "--help"], ["topics", "create", "--help"],
+                                            ["consume", "--help"])
+    for done in (top, topics, create, consume):
+        assert done.returncode == 0 and done.stderr == "", done
+        assert done.stdout.startswith("usage: sqlog")
+    # Each command is listed with a one-line summary of what it does.
+    for name, summary in [("topics", "create, list"), ("produce", "stdin line"), ("consume", "following"),
+                          ("sweep", "retention"), ("stats", "WAL"), ("check", "exit 1")]:
+        assert any(line.split()[:1] == [name] and summary in line for line in top.stdout.splitlines()), name
+    assert "SQLOG_DB" in top.stdout
+    for name in ("create", "list", "describe", "alter", "delete"):
+        assert any(line.split()[:1] == [name] and len(line.split()) > 2 for line in topics.stdout.splitlines())
+    assert "--partitions N" in create.stdout and "keep forever" in " ".join(create.stdout.split())
+    assert "--from-beginning" in consume.stdout and "base64" in consume.stdout
+
+
+# -- topics --------------------------------------------------------------------------------------
+def test_topics_create_list_describe_alter_delete(db: str) -> None:
+    done = run("--db", db, "topics", "create", "orders", "--partitions", "3", "--retention-ms", "604800000")
+    assert done.returncode == 0 and "orders" in done.stdout, done
+    with sqlog.open(db) as log, log.producer() as producer:
+        log.create_topic("audit", retention_bytes=1000)
+        for i in range(5):
+            producer.send("orders", b"v%d" % i, partition=1)
+
+    listed, listed_json, described, described_json = run_many(
+        ["--db", db, "topics", "list"], ["--db", db, "topics", "list", "--format", "json"],
+        ["--db", db, "topics", "describe", "orders"], ["--db", db, "topics", "describe", "orders", "--format", "json"])
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["TOPIC", "PARTITIONS", "RECORDS", "BYTES", "RETENTION-MS", "RETENTION-BYTES"]
+    assert [line.split() for line in lines[1:]] == [["audit", "1", "0", "0", "forever", "1000"],
+                                                    ["orders", "3", "5", "10", "604800000", "forever"]]
+    assert lines[0].index("PARTITIONS") == lines[1].index("1") == lines[2].index("3")
+    data = json.loads(listed_json.stdout)
+    assert [(t["name"], len(t["partitions"]), t["records"]) for t in data] == [("audit", 1, 0), ("orders", 3, 5)]
+
+    assert "retention.ms=604800000" in described.stdout and "retention.bytes=forever" in described.stdout
+    table = [line.split() for line in described.stdout.splitlines()[1:]]
+    assert table == [["PARTITION", "LOG-START", "HIGH-WATERMARK", "RECORDS", "BYTES"],
+                     ["0", "0", "0", "0", "0"], ["1", "0", "5", "5", "10"], ["2", "0", "0", "0", "0"]]
+    desc = json.loads(described_json.stdout)
+    assert desc["retention_ms"] == 604800000 and desc["retention_bytes"] is None
+    assert desc["partitions"][1] == {"partition": 1, "log_start_offset": 0, "high_watermark": 5,
+                                     "records": 5, "bytes": 10}
+
+    done = run("--db", db, "topics", "alter", "orders", "--partitions", "4", "--retention-ms", "-1",
+               "--retention-bytes", "2048")
+    assert done.returncode == 0, done
+    with sqlog.open(db) as log:
+        d = log.describe_topic("orders")
+    assert (len(d.partitions), d.retention_ms, d.retention_bytes) == (4, None, 2048)
+
+    shrink, nothing, duplicate = run_many(["--db", db, "topics", "alter", "orders", "--partitions", "2"],
+                                          ["--db", db, "topics", "alter", "orders"],
+                                          ["--db", db, "topics", "create", "orders"])
+    assert "only grow" in one_line_error(shrink)
+    assert "nothing to alter" in one_line_error(nothing, 2)
+    assert "already exists" in one_line_error(duplicate)
+
+    done = run("--db", db, "topics", "delete", "orders")
+    assert done.returncode == 0 and "orders" in done.stdout
+    with sqlog.open(db) as log:
+        assert log.list_topics() == ["audit"]
+    assert "unknown topic 'orders'" in one_line_error(run("--db", db, "topics", "delete", "orders"))
+
+
+def test_sqlog_db_environment_variable(tmp_path: Path) -> None:
+    env_db, flag_db = str(tmp_path / "env.db"), str(tmp_path / "flag.db")
+    assert run("topics", "create", "from-env", env={"SQLOG_DB": env_db}).returncode == 0
+    seed(flag_db, "from-flag")
+    via_env, flag_wins, neither = run_many(["topics", "list"], ["--db", flag_db, "topics", "list"], ["topics", "list"],
+                                           envs=[{"SQLOG_DB": env_db}, {"SQLOG_DB": env_db}, None])
+    assert via_env.stdout.splitlines()[1].split()[0] == "from-env"
+    assert flag_wins.stdout.splitlines()[1].split()[0] == "from-flag"
+    assert "--db PATH or set SQLOG_DB" in one_line_error(neither, 2)
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path: Path, db: str) -> None:
+    seed(db)
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not a database at all\n" * 100)
+    other_db = str(tmp_path / "other.db")
+    conn = apsw.Connection(other_db)
+    conn.execute("CREATE TABLE t(x)")
+    conn.close()
+    missing = str(tmp_path / "missing.db")
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    cases = [
+        (["--db", missing, "topics", "list"], "no such log: " + missing),
+        (["--db", missing, "consume", "orders"], "no such log: " + missing),
+        (["--db", str(empty), "stats"], "an empty file, not a sqlog log"),
+        (["--db", str(tmp_path), "topics", "list"], "is a directory"),
+        (["--db", str(text_file), "topics", "list"], "not a sqlog log"),
+        (["--db", other_db, "stats"], "not a sqlog log"),
+        (["--db", db, "topics", "describe", "nope"], "unknown topic 'nope'"),
+        (["--db", db, "produce", "nope"], "unknown topic 'nope'"),
+        (["--db", db, "topics", "create", "bad name!"], "invalid topic name 'bad name!'"),
+        (["--db", db, "consume", "orders", "--partition", "5"], "partitions 0..0, not 5"),
+    ]
+    usage = [
+        ["--db", db, "topics", "create", "x", "--partitions", "many"],
+        ["--db", db, "frobnicate"],
+        ["--db", db, "topics"],
+        ["--db", db, "consume", "orders", "--offset", "3"],
+        ["--db", db, "produce", "orders", "--header", "novalue"],
+    ]
+    results = run_many(*[argv for argv, _ in cases], *usage)
+    for done, (_, text) in zip(results, cases):
+        assert text in one_line_error(done), (done.args, done.stderr)
+    assert not os.path.exists(missing) and empty.stat().st_size == 0  # reading commands never make a log
+    assert text_file.read_text().startswith("not a database")
+    for done in results[len(cases):]:
+        one_line_error(done, 2)
+        assert "error:" in done.stderr and done.stdout == "", (done.args, done.stderr)
+
+
+# -- produce and consume ---------------------------------------------------------------------------
+def test_produce_consume_round_trip_with_keys_and_headers(db: str) -> None:
+    seed(db, partitions=2)
+    lines = "user-1:first\nuser-2:sécond:with:colons\nuser-1:\n:no key text\n".encode()
+    done = run("--db", db, "produce", "orders", "--key-separator", ":", "--header", "source=cli",
+               "--header", "trace=a=b", input=lines)
+    assert done.returncode == 0 and done.stderr == "4 records produced\n", done
+
+    records = consume_json(db, "--from-beginning")
+    got = sorted((r["key"], r["value"]) for r in records)
+    assert got == [("", "no key text"), ("user-1", ""), ("user-1", "first"), ("user-2", "sécond:with:colons")]
+    for r in records:
+        assert set(r) == {"topic", "partition", "offset", "timestamp", "key", "value", "headers"}
+        assert r["topic"] == "orders" and r["headers"] == [["source", "cli"], ["trace", "a=b"]]
+        assert r["partition"] == sqlog.partition_for_key(r["key"].encode(), 2)
+    user1 = [r for r in records if r["key"] == "user-1"]
+    assert [r["value"] for r in sorted(user1, key=lambda r: r["offset"])] == ["first", ""]
+
+    text, keyed = run_many(["--db", db, "consume", "orders", "--from-beginning", "--timeout-ms", "0"],
+                           ["--db", db, "consume", "orders", "--from-beginning", "--timeout-ms", "0", "--print-key"])
+    assert sorted(text.stdout.splitlines()) == ["", "first", "no key text", "sécond:with:colons"]
+    assert "user-2\tsécond:with:colons" in keyed.stdout.splitlines()
+
+    # No separator: the whole line is the value, no key; --partition pins the partition; \r\n is stripped.
+    done = run("--db", db, "produce", "orders", "--partition", "1", input=b"plain\r\nline two\n")
+    assert done.returncode == 0 and done.stderr == "2 records produced\n"
+    with sqlog.open(db) as log:
+        hw = log.describe_topic("orders").partitions[1].high_watermark
+    pinned, latest = run_many(
+        ["--db", db, "consume", "orders", "--partition", "1", "--offset", str(hw - 2), "--format", "json",
+         "--timeout-ms", "0"],
+        ["--db", db, "consume", "orders", "--partition", "1", "--offset", "latest", "--timeout-ms", "0"])
+    assert [(r["key"], r["value"], r["headers"]) for r in map(json.loads, pinned.stdout.splitlines())] == [
+        (None, "plain", []), (None, "line two", [])]
+    assert (latest.returncode, latest.stdout) == (0, "")
+
+
+def test_produce_errors_keep_what_came_before(db: str) -> None:
+    seed(db)
+    done = run("--db", db, "produce", "orders", "--key-separator", "=", input=b"k=v\nno separator here\nk=w\n")
+    assert "line 2 has no key separator '='" in done.stderr
+    assert done.returncode == 1 and "1 record produced" in done.stderr and "Traceback" not in done.stderr
+    too_big = run("--db", db, "produce", "orders", input=b"ok\n" + b"x" * (2 << 20) + b"\n")
+    assert too_big.returncode == 1 and "line 2:" in too_big.stderr and "max_record_bytes" in too_big.stderr
+    assert [r["value"] for r in consume_json(db, "--from-beginning")] == ["v", "ok"]
+
+
+def test_consume_json_marks_bytes_that_are_not_utf8(db: str) -> None:
+    seed(db)
+    with sqlog.open(db) as log, log.producer() as producer:
+        producer.send("orders", b"\xff\x00bin", key=b"\xfe", headers=[("h", b"\x80"), ("empty", None)],
+                      timestamp_ms=1234)
+        producer.send("orders", None, key=b"k")
+    as_json, as_text = run_many(
+        ["--db", db, "consume", "orders", "--from-beginning", "--timeout-ms", "0", "--format", "json"],
+        ["--db", db, "consume", "orders", "--from-beginning", "--timeout-ms", "0", "--print-key"])
+    first, tombstone = map(json.loads, as_json.stdout.splitlines())
+    assert first["timestamp"] == 1234 and first["offset"] == 0
+    assert base64.b64decode(first["value"]["base64"]) == b"\xff\x00bin"
+    assert base64.b64decode(first["key"]["base64"]) == b"\xfe"
+    assert first["headers"] == [["h", {"base64": base64.b64encode(b"\x80").decode()}], ["empty", None]]
+    assert tombstone["value"] is None and tombstone["key"] == "k"
+    # Text format writes the bytes as stored (shown here after the test's decoding with "replace").
+    assert as_text.stdout == b"\xfe\t\xff\x00bin\nk\tnull\n".decode(errors="replace")
+
+
+def test_consume_group_commits_what_it_printed(db: str) -> None:
+    seed(db, records=[b"a", b"b", b"c"])
+    consume = ["--db", db, "consume", "orders", "--from-beginning"]
+    first, capped = run_many([*consume, "--group", "g", "--timeout-ms", "0"],
+                             [*consume, "--group", "h", "--max-messages", "2"])
+    assert first.stdout.split() == ["a", "b", "c"] and capped.stdout.split() == ["a", "b"]
+    with sqlog.open(db) as log, log.producer() as producer:
+        producer.send("orders", b"d")
+    again, rest, no_group = run_many([*consume, "--group", "g", "--timeout-ms", "0"],
+                                     ["--db", db, "consume", "orders", "--group", "h", "--timeout-ms", "0"],
+                                     [*consume, "--timeout-ms", "0"])
+    assert again.stdout.split() == ["d"]
+    assert rest.stdout.split() == ["c", "d"]
+    assert no_group.stdout.split() == ["a", "b", "c", "d"]  # without --group nothing is stored or used
+    with sqlog.open(db) as log:
+        consumer = log.consumer(group_id="g")
+        assert consumer.committed(sqlog.TopicPartition("orders", 0)) == 4
+        consumer.close()
+
+
+def test_consume_follows_new_records(db: str) -> None:
+    seed(db, records=[b"old"])
+    proc = subprocess.Popen([str(SQLOG), "--db", db, "consume", "orders", "--partition", "0", "--offset", "1",
+                             "--max-messages", "2", "--timeout-ms", "10000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    with sqlog.open(db) as log, log.producer() as producer:
+        producer.send("orders", b"new-1")
+        producer.send("orders", b"new-2")
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    assert (proc.returncode, stdout, stderr) == (0, b"new-1\nnew-2\n", b"")
+    idle = run("--db", db, "consume", "orders", "--timeout-ms", "100")  # latest, nothing new: exits
+    assert (idle.returncode, idle.stdout, idle.stderr) == (0, "", "")
+
+
+@pytest.mark.parametrize("records", [5, 20_000], ids=["idle-after-head-exits", "write-after-head-exits"])
+def test_consume_piped_to_head_exits_quietly(db: str, tmp_path: Path, records: int) -> None:
+    seed(db, records=[b"record-%06d" % i for i in range(records)])
+    err = tmp_path / "stderr.txt"
+    script = (f"set +o pipefail; '{SQLOG}' --db '{db}' consume orders --from-beginning 2>'{err}'"
+              " | head -n 2; echo \"status=${PIPESTATUS[0]}\"")
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=ENV, timeout=TIMEOUT)
+    assert done.stdout == "record-000000\nrecord-000001\nstatus=0\n", done
+    assert err.read_text() == ""
+
+
+def test_consume_ctrl_c_exits_quietly(db: str) -> None:
+    seed(db, records=[b"one"])
+    proc = subprocess.Popen([str(SQLOG), "--db", db, "consume", "orders", "--group", "g", "--from-beginning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"one\n"  # printed; committed next, then following
+    tp = sqlog.TopicPartition("orders", 0)
+    with sqlog.open(db) as log:
+        consumer = log.consumer(group_id="g")
+        deadline = time.monotonic() + 10
+        while consumer.committed(tp) != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        consumer.close()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130 and stdout == b"" and stderr == b""
+
+
+# -- upkeep --------------------------------------------------------------------------------------
+def test_sweep_stats_and_check(db: str) -> None:
+    seed(db, retention_ms=60_000)
+    seed(db, "kept")
+    with sqlog.open(db) as log, log.producer() as producer:
+        for i in range(10):
+            producer.send("orders", b"x" * 100, timestamp_ms=1000 + i)  # long expired
+        producer.send("orders", b"fresh")
+        producer.send("kept", b"forever", timestamp_ms=1)
+
+    swept, stats, stats_json, checked = run_many(["--db", db, "sweep"], ["--db", db, "stats"],
+                                                 ["--db", db, "stats", "--format", "json"], ["--db", db, "check"])
+    lines = swept.stdout.splitlines()
+    assert swept.returncode == 0 and lines[0].split() == ["TOPIC", "PARTITION", "RECORDS", "BYTES"]
+    assert lines[1].split() == ["orders", "0", "10", "1000"]
+    assert "pages freed" in lines[-1]
+    again = json.loads(run("--db", db, "sweep", "--format", "json").stdout)
+    assert again["deleted"] == [] and again["records"] == 0 and again["pages_freed"] >= 0
+
+    labels = [line.split(":")[0] for line in stats.stdout.splitlines()]
+    assert {"file", "file size", "WAL size", "free pages", "topics", "records"} <= set(labels)
+    data = json.loads(stats_json.stdout)
+    assert data["topics"] == 2 and data["partitions"] == 2
+    assert data["records"] in (2, 12)  # the sweep ran concurrently
+    assert data["db_bytes"] > 0 and data["wal_bytes"] >= 0 and data["freelist_count"] >= 0
+    assert data["file"] == os.path.abspath(db)
+    assert (checked.returncode, checked.stdout) == (0, "ok\n")
+
+    conn = apsw.Connection(db)  # corrupt it through apsw (never the stdlib sqlite3 in this process)
+    (topic_id,) = conn.execute("SELECT topic_id FROM topics WHERE name = 'orders'").fetchone()
+    with sqlog.open(db) as log:
+        assert log.describe_topic("orders").partitions[0].records == 1
+    conn.execute(f"DELETE FROM p{int(topic_id)}_0")
+    conn.close()
+    broken = run("--db", db, "check")
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+    assert broken.stdout.strip() and all("orders-0" in line for line in broken.stdout.splitlines()), broken.stdout
