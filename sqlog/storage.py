@@ -195,8 +195,8 @@ def connect(path: str, *, busy_timeout_ms: int, synchronous: str, query_only: bo
         # A statement per partition table: a larger cache keeps them all prepared.
         conn = apsw.Connection(path, statementcachesize=512)
         try:
-            # Busy timeout first: even journal_mode=WAL can meet a lock held by another process.
-            conn.set_busy_timeout(busy_timeout_ms)
+            # Busy handler first: even journal_mode=WAL can meet a lock held by another process.
+            conn.set_busy_handler(busy_handler(busy_timeout_ms))
             _check_file(conn, path)
             if _user_version(conn) < SCHEMA_VERSION:
                 _migrate(conn, path)
@@ -208,6 +208,25 @@ def connect(path: str, *, busy_timeout_ms: int, synchronous: str, query_only: bo
             conn.close()
             raise
     return conn
+
+
+def busy_handler(timeout_ms: int) -> Callable[[int], bool]:
+    """Wait for another connection's lock up to ``timeout_ms``, retrying every fraction of a
+    millisecond (SQLite's own handler backs off to 100 ms sleeps, so under steady contention a
+    waiter can miss the lock for hundreds of milliseconds while others take it in turn)."""
+    timeout_s = timeout_ms / 1000
+    began = [0.0]
+
+    def handler(attempt: int) -> bool:
+        now = time.monotonic()
+        if attempt == 0:
+            began[0] = now
+        elif now - began[0] >= timeout_s:
+            return False
+        time.sleep(min(0.0001 * (attempt + 1), 0.002))
+        return True
+
+    return handler
 
 
 def _user_version(conn: apsw.Connection) -> int:

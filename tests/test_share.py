@@ -708,3 +708,29 @@ def test_check_finds_broken_share_state(log: sqlog.Log) -> None:
         conn.execute("UPDATE share_partitions SET end_offset = 9")
     violations = log.check().violations
     assert any("outside the log" in v for v in violations) and any("rows in" in v for v in violations)
+
+
+def test_a_locked_file_waits_busy_timeout_ms_then_fails(log_path: str) -> None:
+    log = _open(log_path, busy_timeout_ms=300)
+    log.create_topic("jobs")
+    holder = apsw.Connection(log_path)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write lock, held
+    consumer = log.share_consumer("workers")
+    started = time.monotonic()
+    with pytest.raises(sqlog.DatabaseLockedError):
+        consumer.subscribe(["jobs"])
+    assert 0.25 <= time.monotonic() - started < 2
+    released_at: list[float] = []
+
+    def release() -> None:
+        time.sleep(0.1)
+        holder.execute("COMMIT")
+        released_at.append(time.monotonic())
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    consumer.subscribe(["jobs"])  # gets the lock within a few ms of its release (short retries)
+    done = time.monotonic()
+    thread.join()
+    assert done - released_at[0] < 0.05
+    holder.close()
