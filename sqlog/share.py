@@ -230,7 +230,9 @@ class ShareConsumer:
         self.config = cfg
         self.group_id = validate_group_id(group_id)
         if cfg["auto_offset_reset"] not in ("earliest", "latest"):
-            raise InvalidConfigError(f"auto_offset_reset must be 'earliest' or 'latest', not {cfg['auto_offset_reset']!r}")
+            raise InvalidConfigError(
+                f"auto_offset_reset must be 'earliest' or 'latest', not {cfg['auto_offset_reset']!r}"
+            )
         if cfg["acknowledgement_mode"] not in ("explicit", "implicit"):
             raise InvalidConfigError(
                 f"acknowledgement_mode must be 'explicit' or 'implicit', not {cfg['acknowledgement_mode']!r}"
@@ -566,7 +568,8 @@ class ShareConsumer:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<sqlog.ShareConsumer group={self.group_id!r} member={self.member_id}{' closed' if self._closed else ''}>"
+        state = " closed" if self._closed else ""
+        return f"<sqlog.ShareConsumer group={self.group_id!r} member={self.member_id}{state}>"
 
 
 class _TxState:

@@ -29,7 +29,8 @@ def _fill(log: sqlog.Log, n: int, topic: str = "jobs", partitions: int = 1, crea
             producer.send(topic, f"job-{i}".encode(), partition=i % partitions)
 
 
-def _share(log: sqlog.Log, topics: tuple[str, ...] = ("jobs",), group: str = "workers", **config: Any) -> sqlog.ShareConsumer:
+def _share(log: sqlog.Log, topics: tuple[str, ...] = ("jobs",), group: str = "workers",
+           **config: Any) -> sqlog.ShareConsumer:
     consumer = log.share_consumer(group, **config)
     consumer.subscribe(list(topics))
     return consumer

@@ -4,7 +4,6 @@ an audit of every acquisition (never two holders at once), bounded state, cross-
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import apsw
-import pytest
 
 import sqlog
 from sqlog.share import DLQ_DELIVERY_COUNT, DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
@@ -52,7 +50,8 @@ def _setup(path: str, n: int, partitions: int = 2, poison: set[int] | None = Non
             log.create_topic("jobs.dlq")
         with log.producer() as producer:
             for i in range(n):
-                producer.send("jobs", b"poison" if poison and i in poison else f"job-{i}".encode(), partition=i % partitions)
+                value = b"poison" if poison and i in poison else f"job-{i}".encode()
+                producer.send("jobs", value, partition=i % partitions)
     if audit:
         conn = apsw.Connection(path)
         conn.set_busy_timeout(10_000)
@@ -115,7 +114,7 @@ def _check_audit(rows: list[tuple[Any, ...]], acks: dict[tuple[str, int], set[tu
     acquisitions = 0
     for (partition, offset), events in by_record.items():
         holder: tuple[str, int, int, int] | None = None  # (member, dc, lock_until, acquired at)
-        for _, _, event, member, dc, lock_until, old_lock_until, old_state, new_state, t in events:
+        for _, _, event, member, dc, lock_until, old_lock_until, _, _, t in events:
             if event == "acquire":
                 assert holder is None, f"{partition}@{offset} acquired by {member} while {holder} held it"
                 holder = (member, dc, lock_until, t)
@@ -211,7 +210,8 @@ def test_a_record_that_always_fails_reaches_the_dead_letter_topic_after_the_limi
     deliveries = sorted(e["dc"] for out in outs for e in _events(out)
                         if e["e"] == "got" and (e["p"], e["o"]) == poison)
     assert deliveries == list(range(1, limit + 1)), "exactly delivery_count_limit deliveries, counted 1..limit"
-    accepted = Counter((e["p"], e["o"]) for out in outs for e in _events(out) if e["e"] == "done" and e["ack"] == "accept")
+    accepted = Counter((e["p"], e["o"]) for out in outs for e in _events(out)
+                       if e["e"] == "done" and e["ack"] == "accept")
     assert len(accepted) == 59 and set(accepted.values()) == {1}
     with sqlog.open(path) as log:
         reader = log.consumer(auto_offset_reset="earliest", enable_auto_commit=False)
