@@ -552,7 +552,7 @@ def plot(doc: dict[str, Any], path: str) -> str | None:
         ax2.set_ylabel("records/s (median of rounds)")
         ax2.set_yscale("log")
         ax2.set_title("throughput vs log size (100 B records)", fontsize=10)
-        ax2.legend(fontsize=8)
+        ax2.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
         ax2.grid(True, which="both", alpha=0.3)
     if has_peers:
         ax3 = fig.add_subplot(grid[1, col])
