@@ -8,7 +8,7 @@ measured in the same run in interleaved rounds (raw apsw doing the same SQL work
 schema, or the peer), and prints one aligned table: workload, sqlog, baseline, ratio, target,
 met?. Every ratio is the median of per-round ratios. It asserts nothing about speed: the exit
 status is 0 unless a workload failed to do its work (records lost, a crash). ``--quick`` is the
-CI smoke run (well under a minute); the full run takes 10-20 minutes on a 2-core machine.
+CI smoke run (well under a minute); the full run takes about 8-15 minutes on a 2-core machine.
 
 Peers (persist-queue, litequeue, Redis) and the chart (matplotlib) are optional: install them
 with ``pip install -e '.[bench]'`` (and ``redis-server``); what is missing is skipped with a note.
