@@ -65,6 +65,7 @@ class Producer:
         self._writer = log._writer_for_producers()
         self._lock = threading.Lock()
         self._batch = Batch(self)
+        self._last_chunk = Chunk("", -1, -1, self._batch)  # the chunk the last send went to
         self._error: SqlogError | None = None  # of a failed write, until flush() reports it
         self._topics: dict[str, TopicMeta] = {}
         self._meta_epoch = -1
@@ -94,7 +95,7 @@ class Producer:
         if meta is None or now_ms >= self._meta_expiry or self._meta_epoch != self._log._meta_epoch:
             meta = self._meta(topic, now_ms)
         v = value if type(value) is bytes and self._value_ser is None else to_bytes(value, self._value_ser, "value")
-        k = key if type(key) is bytes and self._key_ser is None else to_bytes(key, self._key_ser, "key")
+        k = key if key is None or type(key) is bytes and self._key_ser is None else to_bytes(key, self._key_ser, "key")
         h = encode_headers(headers) if headers else None
         size = (len(v) if v is not None else 0) + (len(k) if k is not None else 0) + (len(h) if h else 0)
         if size > self._max_record:
@@ -121,12 +122,15 @@ class Producer:
                     else:
                         partition = self._new_sticky_partition(meta, size)
             batch = self._batch
-            chunk = batch.chunks.get((meta.topic_id, partition))
-            if chunk is None:
-                chunk = batch.chunks[(meta.topic_id, partition)] = Chunk(topic, meta.topic_id, partition, batch)
-                if len(batch.chunks) == 1:
-                    batch.created = time.monotonic()
-                    wake = True
+            chunk = self._last_chunk  # consecutive sends mostly go to the same partition
+            if chunk.batch is not batch or chunk.partition != partition or chunk.topic_id != meta.topic_id:
+                chunk = batch.chunks.get((meta.topic_id, partition))
+                if chunk is None:
+                    chunk = batch.chunks[(meta.topic_id, partition)] = Chunk(topic, meta.topic_id, partition, batch)
+                    if len(batch.chunks) == 1:
+                        batch.created = time.monotonic()
+                        wake = True
+                self._last_chunk = chunk
             rows = chunk.rows
             index = len(rows)
             rows.append((timestamp_ms, k, v, h))
