@@ -50,11 +50,12 @@ from .types import (
     TopicDescription,
     TopicPartition,
 )
-from .writer import RecordFuture
+from .writer import BatchFuture, RecordFuture
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchFuture",
     "JSON",
     "STRING",
     "CheckReport",

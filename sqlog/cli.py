@@ -1,11 +1,13 @@
-"""The ``sqlog`` console script: topics, produce, consume and upkeep over the public API.
+"""The ``sqlog`` console script: topics, produce, consume, groups and upkeep over the public API.
 
-Kafka users reach for ``kafka-topics``, ``kafka-console-producer``, ``kafka-console-consumer``
-and ``kcat``; this is the same at hand for one sqlog file::
+Kafka users reach for ``kafka-topics``, ``kafka-console-producer``, ``kafka-console-consumer``,
+``kafka-consumer-groups`` and ``kcat``; this is the same at hand for one sqlog file::
 
     sqlog --db app.db topics create orders --partitions 3
     printf 'user-7:hello\\n' | sqlog --db app.db produce orders --key-separator :
     sqlog --db app.db consume orders --from-beginning --print-key --timeout-ms 1000
+    sqlog --db app.db groups describe billing
+    sqlog --db app.db groups reset-offsets billing --topic orders --to-earliest --execute
 
 Only the public API (``import sqlog``) and the standard library are used. Exit status: 0 on
 success, 1 on a sqlog error (one ``sqlog: error: ...`` line on stderr) or a failed ``check``,
@@ -27,8 +29,9 @@ import os
 import select
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlog
@@ -79,6 +82,23 @@ def _int(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _iso_datetime(text: str) -> int:
+    """ISO 8601 date-time -> ms since the epoch; without a zone it is local time (as in Kafka)."""
+    cleaned = text.strip()
+    if cleaned[-1:] in ("Z", "z"):  # Python 3.10's fromisoformat does not take the Z suffix
+        cleaned = cleaned[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(cleaned)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 date-time: {text!r} (e.g. 2024-05-01T12:00:00, 2024-05-01T12:00:00.000Z "
+            "or 2024-05-01T14:00:00+02:00)") from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # a naive time is this machine's local time
+    since_epoch = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return -(-since_epoch // timedelta(milliseconds=1))  # rounded up: records at or after the moment
 
 
 def _header(text: str) -> tuple[str, bytes]:
@@ -241,7 +261,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
             args.parser.error("--key-separator must not be empty")
         separator = args.key_separator.encode("utf-8", "surrogateescape")
     headers = args.header or None
-    with _open_log(args, create=True) as log:
+    with _open_log(args) as log:
         d = _describe(log, args.topic)
         if args.partition is not None and args.partition >= len(d.partitions):
             raise CliError(f"topic {args.topic!r} has partitions 0..{len(d.partitions) - 1}, not {args.partition}")
@@ -385,6 +405,199 @@ def _check_reader(out: Any) -> None:
             raise BrokenPipeError(32, "stdout reader has gone")
 
 
+# -- groups ------------------------------------------------------------------------------------
+def _group(log: sqlog.Log, group_id: str) -> sqlog.GroupDescription:
+    """The group's description; an unknown group gets a message that names the CLI's listing."""
+    try:
+        return log.describe_group(group_id)
+    except sqlog.GroupIdNotFoundError:
+        raise CliError(f"unknown consumer group {group_id!r}: 'sqlog groups list' lists them") from None
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _partitions_text(tps: Iterable[sqlog.TopicPartition]) -> str:
+    """Kafka's ASSIGNMENT notation: ``orders(0,2),audit(1)``; "-" for none."""
+    by_topic: dict[str, list[int]] = {}
+    for tp in sorted(tps):
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    if not by_topic:
+        return "-"
+    return ",".join(f"{topic}({','.join(map(str, parts))})" for topic, parts in by_topic.items())
+
+
+def _age_text(ms: int) -> str:
+    ms = max(ms, 0)
+    return f"{ms / 1000:.1f}s ago" if ms < 60_000 else f"{ms // 1000}s ago"
+
+
+def _tps_json(tps: Iterable[sqlog.TopicPartition]) -> list[dict[str, Any]]:
+    return [{"topic": tp.topic, "partition": tp.partition} for tp in sorted(tps)]
+
+
+def _group_json(d: sqlog.GroupDescription, now_ms: int) -> dict[str, Any]:
+    members = {m.member_id: m for m in d.members}
+    return {
+        "group": d.group_id,
+        "state": d.state,
+        "generation": d.generation,
+        "strategy": d.strategy,
+        "lag": d.lag,
+        "partitions": [
+            {"topic": p.topic, "partition": p.partition, "committed_offset": p.committed_offset,
+             "log_end_offset": p.log_end_offset, "lag": p.lag, "member_id": p.owner,
+             "host": members[p.owner].host if p.owner in members else None,
+             "client_id": members[p.owner].client_id if p.owner in members else None}
+            for p in d.partitions
+        ],
+        "members": [
+            {"member_id": m.member_id, "client_id": m.client_id, "host": m.host, "pid": m.pid,
+             "subscription": list(m.subscription), "assignment": _tps_json(m.assignment),
+             "target_assignment": _tps_json(m.target_assignment), "joined_ms": m.joined_ms,
+             "last_heartbeat_ms": m.last_heartbeat_ms, "heartbeat_age_ms": max(now_ms - m.last_heartbeat_ms, 0)}
+            for m in d.members
+        ],
+    }
+
+
+def cmd_groups_list(args: argparse.Namespace) -> int:
+    with _open_log(args) as log:
+        group_ids = log.list_groups()
+        if args.format == "json":
+            descriptions = []
+            for group_id in group_ids:
+                try:
+                    descriptions.append(log.describe_group(group_id))
+                except sqlog.GroupIdNotFoundError:
+                    continue  # deleted by another process meanwhile
+    if args.format == "json":
+        _print_json([{"group": d.group_id, "state": d.state, "generation": d.generation,
+                      "members": len(d.members), "lag": d.lag} for d in descriptions])
+    else:
+        for group_id in group_ids:
+            print(group_id)
+    return 0
+
+
+def cmd_groups_describe(args: argparse.Namespace) -> int:
+    with _open_log(args) as log:
+        d = _group(log, args.group)
+    now = _now_ms()
+    if args.format == "json":
+        _print_json(_group_json(d, now))
+        return 0
+    members = {m.member_id: m for m in d.members}
+    rows = []
+    for p in d.partitions:
+        owner = members.get(p.owner) if p.owner is not None else None
+        rows.append([d.group_id, p.topic, p.partition, "-" if p.committed_offset is None else p.committed_offset,
+                     p.log_end_offset, "-" if p.lag is None else p.lag, p.owner or "-",
+                     owner.host if owner else "-", owner.client_id if owner else "-"])
+    print(_table(["GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID", "HOST",
+                  "CLIENT-ID"], rows))
+    print()
+    if d.members:
+        print(_table(["CONSUMER-ID", "HOST", "PID", "CLIENT-ID", "ASSIGNMENT", "TARGET", "LAST-HEARTBEAT"],
+                     [[m.member_id, m.host, m.pid, m.client_id, _partitions_text(m.assignment),
+                       _partitions_text(m.target_assignment), _age_text(now - m.last_heartbeat_ms)]
+                      for m in d.members]))
+    else:
+        print(f"Consumer group {d.group_id!r} has no active members.")
+    print()
+    print(f"Group {d.group_id}: state={d.state}  generation={d.generation}  "
+          f"strategy={d.strategy or '-'}  members={len(d.members)}  lag={d.lag}")
+    return 0
+
+
+def _refuse_active(group_id: str, members: int) -> CliError:
+    return CliError(f"cannot reset offsets of consumer group {group_id!r}: it has {members} live member(s); "
+                    "stop its consumers first (as in Kafka, only an inactive group's offsets can be reset)")
+
+
+def _plan_offsets(args: argparse.Namespace, log: sqlog.Log, group: sqlog.GroupDescription | None,
+                  tps: list[sqlog.TopicPartition],
+                  bounds: dict[int, tuple[int, int]]) -> dict[sqlog.TopicPartition, int]:
+    """The new offset of each partition, as ``kafka-consumer-groups --reset-offsets`` computes it."""
+    def clamp(tp: sqlog.TopicPartition, offset: int) -> int:
+        start, end = bounds[tp.partition]
+        return min(max(offset, start), end)
+
+    if args.to_earliest:
+        return {tp: bounds[tp.partition][0] for tp in tps}
+    if args.to_latest:
+        return {tp: bounds[tp.partition][1] for tp in tps}
+    if args.to_offset is not None:
+        return {tp: clamp(tp, args.to_offset) for tp in tps}
+    if args.shift_by is not None:
+        committed = {} if group is None else {
+            sqlog.TopicPartition(p.topic, p.partition): p.committed_offset
+            for p in group.partitions if p.committed_offset is not None}
+        if not args.partition:  # the whole topic: shift what the group has committed on it
+            tps = [tp for tp in tps if tp in committed]
+        missing = [tp for tp in tps if tp not in committed]
+        if missing or not tps:
+            where = f"{missing[0].topic}-{missing[0].partition}" if missing else f"topic {args.topic!r}"
+            raise CliError(f"cannot shift: group {args.group!r} has no committed offset on {where} "
+                           "(use --to-earliest, --to-latest, --to-offset or --to-datetime)")
+        return {tp: clamp(tp, committed[tp] + args.shift_by) for tp in tps}
+    # --to-datetime: the first record at or after it (offsets_for_times), past the end -> log end
+    consumer = log.consumer()
+    try:
+        hits = consumer.offsets_for_times({tp: max(args.to_datetime, 0) for tp in tps})
+    finally:
+        consumer.close()
+    return {tp: bounds[tp.partition][1] if hit is None else hit.offset for tp, hit in hits.items()}
+
+
+def cmd_groups_reset_offsets(args: argparse.Namespace) -> int:
+    with _open_log(args) as log:
+        d = _describe(log, args.topic)
+        count = len(d.partitions)
+        for partition in args.partition or ():
+            if partition >= count:
+                raise CliError(f"topic {args.topic!r} has partitions 0..{count - 1}, not {partition}")
+        tps = [sqlog.TopicPartition(d.name, p) for p in sorted(set(args.partition or range(count)))]
+        try:
+            group = log.describe_group(args.group)
+        except sqlog.GroupIdNotFoundError:
+            group = None  # as in Kafka, resetting a group that does not exist yet creates it
+        if group is not None and group.members:
+            raise _refuse_active(args.group, len(group.members))
+        bounds = {p.partition: (p.log_start_offset, p.high_watermark) for p in d.partitions}
+        if args.execute and args.shift_by is None and args.to_offset is None:
+            # One transaction that checks the group is empty, computes and stores the offsets.
+            to: str | int = ("earliest" if args.to_earliest else "latest" if args.to_latest
+                             else max(args.to_datetime, 0))
+            new = log.reset_group_offsets(args.group, to, partitions=tps)
+        else:
+            new = _plan_offsets(args, log, group, tps, bounds)
+            if args.execute:
+                log.alter_group_offsets(args.group, new)
+    ordered = sorted(new.items())
+    if args.format == "json":
+        _print_json({"group": args.group, "executed": bool(args.execute),
+                     "offsets": [{"topic": tp.topic, "partition": tp.partition, "new_offset": offset}
+                                 for tp, offset in ordered]})
+    else:
+        print(_table(["GROUP", "TOPIC", "PARTITION", "NEW-OFFSET"],
+                     [[args.group, tp.topic, tp.partition, offset] for tp, offset in ordered]))
+    if not args.execute:
+        print("Dry run: no offsets were changed; pass --execute to apply them.", file=sys.stderr)
+    return 0
+
+
+def cmd_groups_delete(args: argparse.Namespace) -> int:
+    with _open_log(args) as log:
+        try:
+            log.delete_group(args.group)
+        except sqlog.GroupIdNotFoundError:
+            raise CliError(f"unknown consumer group {args.group!r}: 'sqlog groups list' lists them") from None
+    print(f"Deleted consumer group {args.group}.")
+    return 0
+
+
 # -- upkeep ------------------------------------------------------------------------------------
 def cmd_sweep(args: argparse.Namespace) -> int:
     with _open_log(args) as log:
@@ -471,6 +684,20 @@ def _command(subparsers: Any, name: str, summary: str, func: Callable[[argparse.
     return parser
 
 
+class _SubcommandFormatter(argparse.HelpFormatter):
+    """Keeps a long subcommand name (``reset-offsets``) on the same line as its summary.
+
+    argparse measures subcommand names two columns short of where it prints them.
+    """
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        subactions = getattr(action, "_get_subactions", None)
+        for sub in subactions() if subactions is not None else ():
+            width = len(self._format_action_invocation(sub)) + self._current_indent + 2 * self._indent_increment
+            self._action_max_length = max(self._action_max_length, width)
+
+
 def _format_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("text", "json"), default="text",
                         help="text (default): aligned for people; json: one document for scripts")
@@ -497,7 +724,7 @@ def _add_topics(subparsers: Any) -> None:
     p = _command(commands, "list", "list topics with partitions, records and retention", cmd_topics_list)
     _format_option(p)
 
-    p = _command(commands, "describe", "show a topic's config and each partition's offsets, records and bytes",
+    p = _command(commands, "describe", "show a topic's retention and each partition's offsets and size",
                  cmd_topics_describe)
     p.add_argument("name", help="topic name")
     _format_option(p)
@@ -514,9 +741,9 @@ def _add_topics(subparsers: Any) -> None:
 
 def _add_produce(subparsers: Any) -> None:
     p = _command(subparsers, "produce", "send one record per stdin line to a topic", cmd_produce,
-                 "Send one record per line of stdin (without its newline) to a topic; everything is "
-                 "durable when the command exits, and the count goes to stderr. A missing log file is "
-                 "created (empty), so create the topic first.")
+                 "Send one record per line of stdin (without its newline) to an existing topic "
+                 "('sqlog topics create' makes it, and the log file); everything is durable when the "
+                 "command exits, and the count goes to stderr.")
     p.add_argument("topic", help="topic name")
     p.add_argument("--key-separator", metavar="SEP",
                    help="split each line once at SEP into key and value (a line without SEP is an error)")
@@ -550,10 +777,56 @@ def _add_consume(subparsers: Any) -> None:
 
 
 def _add_groups(subparsers: Any) -> None:
-    """Consumer-group admin (``groups list|describe|reset-offsets|delete``) registers here.
+    groups = subparsers.add_parser(
+        "groups", help="list, describe, reset offsets of and delete consumer groups",
+        formatter_class=_SubcommandFormatter,
+        description="List, describe, reset the committed offsets of, and delete consumer groups "
+                    "(like kafka-consumer-groups).")
+    commands = groups.add_subparsers(dest="groups_command", metavar="COMMAND", required=True)
 
-    It is being built on another branch; nothing is registered until it lands whole.
-    """
+    p = _command(commands, "list", "list consumer groups, one per line", cmd_groups_list,
+                 "List the consumer groups (those with live members or committed offsets), one per line; "
+                 "--format json adds each group's state, generation, member count and total lag.")
+    _format_option(p)
+
+    p = _command(commands, "describe", "show a group's offsets, lag, members and state",
+                 cmd_groups_describe,
+                 "Show a consumer group: per partition its committed offset (CURRENT-OFFSET, '-' when "
+                 "nothing is committed), log end offset, lag and owning member; then each live member "
+                 "(id, host, pid, client id, partitions owned and meant to own, last heartbeat) and the "
+                 "group's state and generation.")
+    p.add_argument("group", help="consumer group id")
+    _format_option(p)
+
+    p = _command(commands, "reset-offsets", "move a group's offsets; a dry run unless --execute",
+                 cmd_groups_reset_offsets,
+                 "Move a consumer group's committed offsets on a topic, like kafka-consumer-groups "
+                 "--reset-offsets: by default a dry run that prints the new offsets (GROUP TOPIC PARTITION "
+                 "NEW-OFFSET) and changes nothing; --execute applies them. Refused while the group has "
+                 "live members. New offsets are clamped to [log start, log end].")
+    p.add_argument("group", help="consumer group id (a group that does not exist yet is created by --execute)")
+    p.add_argument("--topic", required=True, metavar="T", help="the topic whose offsets move")
+    p.add_argument("--partition", type=_non_negative_int, action="append", metavar="N",
+                   help="only partition N (repeatable; default: every partition of the topic)")
+    to = p.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-earliest", action="store_true", help="to the log start offset")
+    to.add_argument("--to-latest", action="store_true", help="to the log end offset (skip everything stored)")
+    to.add_argument("--to-offset", type=_non_negative_int, metavar="N", help="to offset N")
+    to.add_argument("--to-datetime", type=_iso_datetime, metavar="ISO8601",
+                    help="to the first record at or after this time, or the log end if none (e.g. "
+                         "2024-05-01T12:00:00 in local time, or with Z / +02:00)")
+    to.add_argument("--shift-by", type=_int, metavar="N",
+                    help="move the committed offset by N (negative: back); without --partition, only "
+                         "the partitions the group has committed move")
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--dry-run", action="store_true", help="only print the new offsets (the default)")
+    run.add_argument("--execute", action="store_true", help="store the new offsets")
+    _format_option(p)
+
+    p = _command(commands, "delete", "delete an inactive group and its committed offsets",
+                 cmd_groups_delete,
+                 "Delete a consumer group with its committed offsets; refused while it has live members.")
+    p.add_argument("group", help="consumer group id")
 
 
 def _add_upkeep(subparsers: Any) -> None:
@@ -572,7 +845,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (_add_topics, _add_produce, _add_c
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sqlog",
-        description="Kafka's event log on one SQLite file: topics, produce, consume and upkeep.",
+        description="Kafka's event log on one SQLite file: topics, produce, consume, consumer groups and upkeep.",
         epilog=f"The log file comes from --db or the {ENV_DB} environment variable.",
     )
     parser.add_argument("--db", metavar="PATH", help=f"the log file (default: ${ENV_DB})")

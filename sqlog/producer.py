@@ -6,6 +6,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -20,7 +21,7 @@ from .errors import (
 from .partitioner import partition_for_key
 from .serde import encode_headers, serde_function, to_bytes
 from .topics import TopicMeta
-from .writer import Batch, Chunk, RecordFuture
+from .writer import Batch, BatchFuture, Chunk, RecordFuture
 
 if TYPE_CHECKING:
     from .log import Log
@@ -65,6 +66,7 @@ class Producer:
         self._writer = log._writer_for_producers()
         self._lock = threading.Lock()
         self._batch = Batch(self)
+        self._last_chunk = Chunk("", -1, -1, self._batch)  # the chunk the last send went to
         self._error: SqlogError | None = None  # of a failed write, until flush() reports it
         self._topics: dict[str, TopicMeta] = {}
         self._meta_epoch = -1
@@ -94,7 +96,7 @@ class Producer:
         if meta is None or now_ms >= self._meta_expiry or self._meta_epoch != self._log._meta_epoch:
             meta = self._meta(topic, now_ms)
         v = value if type(value) is bytes and self._value_ser is None else to_bytes(value, self._value_ser, "value")
-        k = key if type(key) is bytes and self._key_ser is None else to_bytes(key, self._key_ser, "key")
+        k = key if key is None or type(key) is bytes and self._key_ser is None else to_bytes(key, self._key_ser, "key")
         h = encode_headers(headers) if headers else None
         size = (len(v) if v is not None else 0) + (len(k) if k is not None else 0) + (len(h) if h else 0)
         if size > self._max_record:
@@ -121,12 +123,15 @@ class Producer:
                     else:
                         partition = self._new_sticky_partition(meta, size)
             batch = self._batch
-            chunk = batch.chunks.get((meta.topic_id, partition))
-            if chunk is None:
-                chunk = batch.chunks[(meta.topic_id, partition)] = Chunk(topic, meta.topic_id, partition, batch)
-                if len(batch.chunks) == 1:
-                    batch.created = time.monotonic()
-                    wake = True
+            chunk = self._last_chunk  # consecutive sends mostly go to the same partition
+            if chunk.batch is not batch or chunk.partition != partition or chunk.topic_id != meta.topic_id:
+                chunk = batch.chunks.get((meta.topic_id, partition))
+                if chunk is None:
+                    chunk = batch.chunks[(meta.topic_id, partition)] = Chunk(topic, meta.topic_id, partition, batch)
+                    if len(batch.chunks) == 1:
+                        batch.created = time.monotonic()
+                        wake = True
+                self._last_chunk = chunk
             rows = chunk.rows
             index = len(rows)
             rows.append((timestamp_ms, k, v, h))
@@ -140,6 +145,74 @@ class Producer:
         elif wake:
             self._writer.wake()
         return RecordFuture(chunk, index)
+
+    def send_batch(
+        self,
+        topic: str,
+        values: Iterable[Any],
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> BatchFuture:
+        """Queue many keyless, headerless records for one partition in one step (the bulk path).
+
+        The records go to ``partition`` or to the producer's sticky partition, in order and in
+        one transaction with whatever else is waiting; the future's ``get()`` returns one
+        `RecordMetadata` per record. For keyed records use ``send()``, which partitions by key.
+        """
+        if self._closed or self._log.closed:
+            raise LogClosedError("the producer (or its log) is closed")
+        now_ms = time.time_ns() // 1_000_000
+        try:
+            meta = self._topics.get(topic)
+        except TypeError:
+            raise InvalidTopicError(f"a topic name must be a str, not {type(topic).__name__}") from None
+        if meta is None or now_ms >= self._meta_expiry or self._meta_epoch != self._log._meta_epoch:
+            meta = self._meta(topic, now_ms)
+        try:
+            vals = list(values)
+        except TypeError as exc:
+            raise SerializationError(f"send_batch() takes an iterable of values, not {type(values).__name__}") from exc
+        if self._value_ser is not None or not {type(v) for v in vals} <= {bytes, type(None)}:
+            vals = [to_bytes(v, self._value_ser, "value") for v in vals]
+        present = [len(v) for v in vals if v]
+        if present and max(present) > self._max_record:
+            raise RecordTooLarge(
+                f"a record of {max(present)} bytes exceeds max_record_bytes={self._max_record}; "
+                "split it or raise max_record_bytes"
+            )
+        size = sum(present)
+        if timestamp_ms is None:
+            timestamp_ms = now_ms
+        elif type(timestamp_ms) is not int or not 0 <= timestamp_ms < 2**63:
+            raise SerializationError(f"timestamp_ms must be a non-negative int (ms since the epoch), not {timestamp_ms!r}")
+        if partition is not None and (type(partition) is not int or not 0 <= partition < meta.partitions):
+            raise UnknownTopicOrPartitionError(f"topic {topic!r} has partitions 0..{meta.partitions - 1}, not {partition!r}")
+        if not vals:
+            raise SerializationError("send_batch() needs at least one value")
+        wake = False
+        with self._lock:
+            if partition is None:
+                partition = self._new_sticky_partition(meta, size)
+            batch = self._batch
+            chunk = batch.chunks.get((meta.topic_id, partition))
+            if chunk is None:
+                chunk = batch.chunks[(meta.topic_id, partition)] = Chunk(topic, meta.topic_id, partition, batch)
+                if len(batch.chunks) == 1:
+                    batch.created = time.monotonic()
+                    wake = True
+            rows = chunk.rows
+            start = len(rows)
+            rows.extend(zip(repeat(timestamp_ms), repeat(None), vals, repeat(None)))
+            chunk.bytes += size
+            if timestamp_ms > chunk.max_ts:
+                chunk.max_ts = timestamp_ms
+            batch.bytes += size
+            full = batch.bytes >= self._batch_size
+        if full:
+            self._writer.write_through(batch)
+        elif wake:
+            self._writer.wake()
+        return BatchFuture(chunk, start, len(vals))
 
     def _new_sticky_partition(self, meta: TopicMeta, size: int) -> int:
         """Keyless records stick to one partition for a batch's worth of bytes, then move (KIP-480)."""

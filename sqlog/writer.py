@@ -65,42 +65,76 @@ class Batch:
         self.error: SqlogError | None = None
 
 
-class RecordFuture:
-    """The result of ``Producer.send``: ``get()`` blocks until the record is durable."""
+class _ChunkFuture:
+    """What the futures of one chunk share: waiting for its batch, and its error."""
 
-    __slots__ = ("_chunk", "_index")
+    __slots__ = ("_chunk",)
 
-    def __init__(self, chunk: Chunk, index: int) -> None:
+    def __init__(self, chunk: Chunk) -> None:
         self._chunk = chunk
-        self._index = index
 
     def done(self) -> bool:
-        """True once the record is committed or has failed."""
+        """True once the records are committed or have failed."""
         return self._chunk.batch.done
 
-    def get(self, timeout: float | None = None) -> RecordMetadata:
-        """Wait until the record is durable and return where it was stored.
-
-        Raises the write's `SqlogError`, or `SqlogTimeoutError` after ``timeout`` seconds.
-        """
+    def _wait(self, timeout: float | None) -> Chunk:
         chunk = self._chunk
         if not chunk.batch.done:
             chunk.batch.producer._writer.write_through(chunk.batch, timeout)
         error = chunk.error or chunk.batch.error
         if error is not None:
             raise error
-        index = self._index
-        return RecordMetadata(chunk.topic, chunk.partition, chunk.base_offset + index, chunk.rows[index][0])
+        return chunk
 
     def exception(self, timeout: float | None = None) -> SqlogError | None:
         """The error the send failed with, or None once it succeeded."""
         try:
-            self.get(timeout)
+            self._wait(timeout)
         except SqlogTimeoutError:
             raise
         except SqlogError as exc:
             return exc
         return None
+
+
+class RecordFuture(_ChunkFuture):
+    """The result of ``Producer.send``: ``get()`` blocks until the record is durable."""
+
+    __slots__ = ("_index",)
+
+    def __init__(self, chunk: Chunk, index: int) -> None:
+        self._chunk = chunk
+        self._index = index
+
+    def get(self, timeout: float | None = None) -> RecordMetadata:
+        """Wait until the record is durable and return where it was stored.
+
+        Raises the write's `SqlogError`, or `SqlogTimeoutError` after ``timeout`` seconds.
+        """
+        chunk = self._wait(timeout)
+        index = self._index
+        return RecordMetadata(chunk.topic, chunk.partition, chunk.base_offset + index, chunk.rows[index][0])
+
+
+class BatchFuture(_ChunkFuture):
+    """The result of ``Producer.send_batch``: one future for many records of one partition."""
+
+    __slots__ = ("_start", "_count")
+
+    def __init__(self, chunk: Chunk, start: int, count: int) -> None:
+        self._chunk = chunk
+        self._start = start
+        self._count = count
+
+    def get(self, timeout: float | None = None) -> list[RecordMetadata]:
+        """Wait until all the records are durable; where each was stored, in the order given."""
+        chunk = self._wait(timeout)
+        base = chunk.base_offset
+        rows = chunk.rows
+        return [
+            RecordMetadata(chunk.topic, chunk.partition, base + i, rows[i][0])
+            for i in range(self._start, self._start + self._count)
+        ]
 
 
 _UPDATE = (

@@ -11,8 +11,10 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -91,20 +93,30 @@ def consume_json(db: str, *args: str) -> list[dict[str, object]]:
 
 # -- help ----------------------------------------------------------------------------------------
 def test_help_at_every_level_says_what_each_command_does() -> None:
-    top, topics, create, consume = run_many(["--help"], ["topics", "--help"], ["topics", "create", "--help"],
-                                            ["consume", "--help"])
-    for done in (top, topics, create, consume):
+    top, topics, create, consume, groups, reset = run_many(
+        ["--help"], ["topics", "--help"], ["topics", "create", "--help"], ["consume", "--help"], ["groups", "--help"],
+        ["groups", "reset-offsets", "--help"], env={"COLUMNS": "80"})  # argparse wraps to the terminal width
+    for done in (top, topics, create, consume, groups, reset):
         assert done.returncode == 0 and done.stderr == "", done
         assert done.stdout.startswith("usage: sqlog")
     # Each command is listed with a one-line summary of what it does.
     for name, summary in [("topics", "create, list"), ("produce", "stdin line"), ("consume", "following"),
-                          ("sweep", "retention"), ("stats", "WAL"), ("check", "exit 1")]:
+                          ("groups", "consumer groups"), ("sweep", "retention"), ("stats", "WAL"),
+                          ("check", "exit 1")]:
         assert any(line.split()[:1] == [name] and summary in line for line in top.stdout.splitlines()), name
     assert "SQLOG_DB" in top.stdout
     for name in ("create", "list", "describe", "alter", "delete"):
         assert any(line.split()[:1] == [name] and len(line.split()) > 2 for line in topics.stdout.splitlines())
     assert "--partitions N" in create.stdout and "keep forever" in " ".join(create.stdout.split())
     assert "--from-beginning" in consume.stdout and "base64" in consume.stdout
+    for name in ("list", "describe", "reset-offsets", "delete"):  # each summary on its name's line
+        assert any(line.split()[:1] == [name] and len(line.split()) > 2 for line in groups.stdout.splitlines()), name
+    assert "kafka-consumer-groups" in groups.stdout
+    for option in ("--to-earliest", "--to-latest", "--to-offset N", "--to-datetime", "--shift-by N", "--dry-run",
+                   "--execute", "--partition N"):
+        assert option in reset.stdout, option
+    words = " ".join(reset.stdout.split())
+    assert "dry run" in words and "live members" in words and "clamped to [log start, log end]" in words
 
 
 # -- topics --------------------------------------------------------------------------------------
@@ -182,6 +194,8 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path, db: str) -> None:
     cases = [
         (["--db", missing, "topics", "list"], "no such log: " + missing),
         (["--db", missing, "consume", "orders"], "no such log: " + missing),
+        (["--db", missing, "produce", "orders"], "no such log: " + missing),
+        (["--db", missing, "groups", "list"], "no such log: " + missing),
         (["--db", str(empty), "stats"], "an empty file, not a sqlog log"),
         (["--db", str(tmp_path), "topics", "list"], "is a directory"),
         (["--db", str(text_file), "topics", "list"], "not a sqlog log"),
@@ -336,6 +350,238 @@ def test_consume_ctrl_c_exits_quietly(db: str) -> None:
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 130 and stdout == b"" and stderr == b""
+
+
+# -- groups --------------------------------------------------------------------------------------
+def table(text: str) -> list[list[str]]:
+    """The whitespace-split rows of the first table in ``text`` (up to its first blank line)."""
+    rows = []
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        rows.append(line.split())
+    return rows
+
+
+def committed(db: str, group: str) -> dict[int, int | None]:
+    with sqlog.open(db) as log:
+        return {p.partition: p.committed_offset for p in log.describe_group(group).partitions if p.topic == "orders"}
+
+
+def test_groups_list_and_describe_show_lag_after_consume_group(db: str) -> None:
+    seed(db, partitions=2)
+    with sqlog.open(db) as log, log.producer() as producer:
+        for i in range(4):
+            producer.send("orders", b"p0-%d" % i, partition=0)
+        for i in range(2):
+            producer.send("orders", b"p1-%d" % i, partition=1)
+    empty = run("--db", db, "groups", "list")
+    assert (empty.returncode, empty.stdout, empty.stderr) == (0, "", "")
+    billing, audit = run_many(
+        ["--db", db, "consume", "orders", "--group", "billing", "--from-beginning", "--timeout-ms", "0"],
+        ["--db", db, "consume", "orders", "--group", "audit", "--partition", "1", "--offset", "earliest",
+         "--max-messages", "1"])
+    assert len(billing.stdout.split()) == 6 and audit.stdout.split() == ["p1-0"], (billing, audit)
+    with sqlog.open(db) as log, log.producer() as producer:
+        for i in range(3):
+            producer.send("orders", b"new-%d" % i, partition=0)
+
+    listed, listed_json, text, as_json, other, unknown, unknown_json = run_many(
+        ["--db", db, "groups", "list"], ["--db", db, "groups", "list", "--format", "json"],
+        ["--db", db, "groups", "describe", "billing"],
+        ["--db", db, "groups", "describe", "billing", "--format", "json"],
+        ["--db", db, "groups", "describe", "audit"], ["--db", db, "groups", "describe", "nope"],
+        ["--db", db, "groups", "describe", "nope", "--format", "json"])
+    assert (listed.returncode, listed.stdout) == (0, "audit\nbilling\n")
+    assert [(g["group"], g["state"], g["members"], g["lag"]) for g in json.loads(listed_json.stdout)] == [
+        ("audit", "Empty", 0, 1), ("billing", "Empty", 0, 3)]
+
+    assert text.returncode == 0 and text.stderr == "", text
+    lines = text.stdout.splitlines()
+    header = "GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID".split()
+    assert table(text.stdout) == [header, ["billing", "orders", "0", "4", "7", "3", "-", "-", "-"],
+                                  ["billing", "orders", "1", "2", "2", "0", "-", "-", "-"]]
+    assert lines[0].index("LAG") == lines[1].index("3")  # aligned
+    assert "Consumer group 'billing' has no active members." in lines
+    assert lines[-1].startswith("Group billing: state=Empty  generation=") and "lag=3" in lines[-1]
+    data = json.loads(as_json.stdout)
+    assert (data["group"], data["state"], data["lag"], data["members"]) == ("billing", "Empty", 3, [])
+    assert data["partitions"][0] == {"topic": "orders", "partition": 0, "committed_offset": 4, "log_end_offset": 7,
+                                     "lag": 3, "member_id": None, "host": None, "client_id": None}
+    # A group that committed only partition 1 (consume --partition, outside any membership).
+    assert table(other.stdout)[1:] == [["audit", "orders", "1", "1", "2", "1", "-", "-", "-"]]
+    for done in (unknown, unknown_json):
+        assert "unknown consumer group 'nope'" in one_line_error(done) and done.stdout == ""
+
+
+def test_groups_live_member_is_described_and_blocks_reset_and_delete(db: str) -> None:
+    seed(db, partitions=2, records=[b"a", b"b", b"c"])
+    tp0, tp1 = sqlog.TopicPartition("orders", 0), sqlog.TopicPartition("orders", 1)
+    log = sqlog.open(db)
+    log.alter_group_offsets("live", {tp0: 1})  # committed while the group is empty
+    consumer = log.consumer(group_id="live", client_id="cli-test", enable_auto_commit=False)
+    consumer.subscribe(["orders"])
+    stop = threading.Event()
+
+    def keep_polling() -> None:  # a live member: polls (and its heartbeat thread beats) while the CLI runs
+        while not stop.is_set():
+            consumer.poll(timeout_ms=50)
+
+    poller = threading.Thread(target=keep_polling, daemon=True)
+    poller.start()
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            d = log.describe_group("live")
+            if d.state == "Stable" and d.members and len(d.members[0].assignment) == 2:
+                break
+            assert time.monotonic() < deadline, d
+            time.sleep(0.02)
+        member = d.members[0]
+        described, as_json, dry, execute, shift, delete = run_many(
+            ["--db", db, "groups", "describe", "live"], ["--db", db, "groups", "describe", "live", "--format", "json"],
+            ["--db", db, "groups", "reset-offsets", "live", "--topic", "orders", "--to-earliest"],
+            ["--db", db, "groups", "reset-offsets", "live", "--topic", "orders", "--to-latest", "--execute"],
+            ["--db", db, "groups", "reset-offsets", "live", "--topic", "orders", "--shift-by", "1", "--execute"],
+            ["--db", db, "groups", "delete", "live"])
+        host = socket.gethostname()
+        assert table(described.stdout)[1:] == [
+            ["live", "orders", "0", "1", "3", "2", member.member_id, host, "cli-test"],
+            ["live", "orders", "1", "-", "0", "-", member.member_id, host, "cli-test"]]  # nothing committed: "-"
+        members = described.stdout.split("\n\n")[1].splitlines()
+        assert members[0].split() == ["CONSUMER-ID", "HOST", "PID", "CLIENT-ID", "ASSIGNMENT", "TARGET",
+                                      "LAST-HEARTBEAT"]
+        row = members[1].split()
+        assert row[:6] == [member.member_id, host, str(os.getpid()), "cli-test", "orders(0,1)", "orders(0,1)"]
+        assert row[6].endswith("s") and row[7] == "ago" and float(row[6][:-1]) < 45
+        assert "state=Stable" in described.stdout.splitlines()[-1] and "members=1" in described.stdout
+        data = json.loads(as_json.stdout)
+        assert data["state"] == "Stable" and [m["member_id"] for m in data["members"]] == [member.member_id]
+        m = data["members"][0]
+        assert (m["client_id"], m["host"], m["pid"], m["subscription"]) == ("cli-test", host, os.getpid(), ["orders"])
+        assert m["assignment"] == m["target_assignment"] == [{"topic": "orders", "partition": 0},
+                                                             {"topic": "orders", "partition": 1}]
+        assert 0 <= m["heartbeat_age_ms"] < 45_000 and data["partitions"][1]["committed_offset"] is None
+        for done in (dry, execute, shift):  # refused as in Kafka, even the dry run
+            assert "live member" in one_line_error(done) and done.stdout == ""
+        assert "live member" in one_line_error(delete)
+        assert committed(db, "live") == {0: 1, 1: None}
+    finally:
+        stop.set()
+        poller.join(timeout=TIMEOUT)
+        consumer.close()  # leaves the group
+    executed = run("--db", db, "groups", "reset-offsets", "live", "--topic", "orders", "--to-latest", "--execute")
+    assert executed.returncode == 0 and committed(db, "live") == {0: 3, 1: 0}, executed
+    deleted = run("--db", db, "groups", "delete", "live")
+    assert (deleted.returncode, deleted.stdout) == (0, "Deleted consumer group live.\n")
+    with sqlog.open(db) as other:
+        assert other.list_groups() == []
+
+
+def _seed_reset(db: str, groups: list[str]) -> None:
+    """orders-0 holds offsets [2, 10) with timestamps 3000..10000 ms, orders-1 [2, 4) with 3000..4000;
+    each group has committed orders-0 at 5 and orders-1 at 3."""
+    with sqlog.open(db, retention_check_interval_ms=None) as log:
+        log.create_topic("orders", partitions=2, retention_ms=1000)
+        with log.producer() as producer:
+            for partition, count in ((0, 10), (1, 4)):
+                for i in range(count):
+                    producer.send("orders", b"x", partition=partition, timestamp_ms=1000 * (i + 1))
+        log.sweep(now_ms=3500)  # drops the records older than 2500 ms: log start 2 in both partitions
+        log.alter_topic("orders", retention_ms=None)
+        assert [(p.log_start_offset, p.high_watermark) for p in log.describe_topic("orders").partitions] == [
+            (2, 10), (2, 4)]
+        for group in groups:
+            log.alter_group_offsets(group, {sqlog.TopicPartition("orders", 0): 5,
+                                            sqlog.TopicPartition("orders", 1): 3})
+
+
+# mode arguments -> the new offsets of (orders-0, orders-1); see _seed_reset
+RESET_MODES: list[tuple[list[str], dict[int, int]]] = [
+    (["--to-earliest"], {0: 2, 1: 2}),
+    (["--to-latest"], {0: 10, 1: 4}),
+    (["--to-offset", "7"], {0: 7, 1: 4}),  # clamped to the log end
+    (["--to-offset", "0", "--partition", "0"], {0: 2}),  # clamped to the log start; one partition
+    (["--shift-by", "-4"], {0: 2, 1: 2}),  # 5-4 and 3-4 clamped to the log start
+    (["--shift-by", "2"], {0: 7, 1: 4}),
+    (["--to-datetime", "1970-01-01T00:00:05.500Z"], {0: 5, 1: 4}),  # first ts >= 5500; none in orders-1: end
+    (["--to-datetime", "1970-01-01T02:00:08+02:00"], {0: 7, 1: 4}),  # 8000 ms
+    (["--to-datetime", "1970-01-01T05:30:03"], {0: 2, 1: 2}),  # naive = local time (TZ below: UTC+5:30) = 3000 ms
+    (["--to-datetime", "1970-01-01"], {0: 2, 1: 2}),  # local midnight, before every record: log start
+    (["--to-datetime", "2999-01-01T00:00:00"], {0: 10, 1: 4}),  # past every record: log end
+]
+LOCAL_TZ = {"TZ": "XXX-05:30"}  # POSIX: local time is UTC+5:30, no zoneinfo needed
+
+
+def test_groups_reset_offsets_dry_run_changes_nothing(db: str) -> None:
+    _seed_reset(db, ["g"])
+    argvs = [["--db", db, "groups", "reset-offsets", "g", "--topic", "orders", *mode] for mode, _ in RESET_MODES]
+    explicit = ["--db", db, "groups", "reset-offsets", "g", "--topic", "orders", "--to-latest", "--dry-run"]
+    as_json = ["--db", db, "groups", "reset-offsets", "g", "--topic", "orders", "--shift-by", "-1", "--format", "json"]
+    results = run_many(*argvs, explicit, as_json, env=LOCAL_TZ)
+    for done, (mode, expected) in zip(results, RESET_MODES):
+        assert done.returncode == 0, done
+        assert "Dry run" in done.stderr and "--execute" in done.stderr, done.stderr
+        assert table(done.stdout) == [["GROUP", "TOPIC", "PARTITION", "NEW-OFFSET"]] + [
+            ["g", "orders", str(p), str(o)] for p, o in expected.items()], (mode, done.stdout)
+    assert table(results[-2].stdout)[1:] == [["g", "orders", "0", "10"], ["g", "orders", "1", "4"]]
+    assert json.loads(results[-1].stdout) == {"group": "g", "executed": False, "offsets": [
+        {"topic": "orders", "partition": 0, "new_offset": 4}, {"topic": "orders", "partition": 1, "new_offset": 2}]}
+    assert committed(db, "g") == {0: 5, 1: 3}  # nothing changed
+
+
+def test_groups_reset_offsets_execute_applies_each_mode(db: str) -> None:
+    names = [f"e{i}" for i in range(len(RESET_MODES))]
+    _seed_reset(db, names)
+    results = run_many(*[["--db", db, "groups", "reset-offsets", name, "--topic", "orders", *mode, "--execute"]
+                         for name, (mode, _) in zip(names, RESET_MODES)], env=LOCAL_TZ)
+    with sqlog.open(db) as log:
+        for name, done, (mode, expected) in zip(names, results, RESET_MODES):
+            assert done.returncode == 0 and done.stderr == "", done
+            assert table(done.stdout)[1:] == [[name, "orders", str(p), str(o)] for p, o in expected.items()]
+            got = {p.partition: p.committed_offset for p in log.describe_group(name).partitions}
+            assert got == {0: 5, 1: 3, **expected}, (mode, got)
+
+
+def test_groups_reset_offsets_and_delete_errors(db: str) -> None:
+    _seed_reset(db, ["g"])
+    with sqlog.open(db) as log:
+        log.alter_group_offsets("half", {sqlog.TopicPartition("orders", 0): 4})
+    reset = ["--db", db, "groups", "reset-offsets"]
+    errors = [
+        ([*reset, "half", "--topic", "orders", "--partition", "1", "--shift-by", "1"],
+         "no committed offset on orders-1"),
+        ([*reset, "fresh", "--topic", "orders", "--shift-by", "1"], "no committed offset on topic 'orders'"),
+        ([*reset, "g", "--topic", "nope", "--to-earliest"], "unknown topic 'nope'"),
+        ([*reset, "g", "--topic", "orders", "--partition", "5", "--to-earliest"], "partitions 0..1, not 5"),
+        (["--db", db, "groups", "delete", "nope"], "unknown consumer group 'nope'"),
+        (["--db", db, "groups", "describe", ""], "group_id"),
+    ]
+    usage = [
+        [*reset, "g", "--topic", "orders"],  # no mode
+        [*reset, "g", "--topic", "orders", "--to-earliest", "--to-latest"],
+        [*reset, "g", "--topic", "orders", "--to-earliest", "--dry-run", "--execute"],
+        [*reset, "g", "--topic", "orders", "--to-datetime", "yesterday"],
+        [*reset, "g", "--topic", "orders", "--to-offset", "-1"],
+    ]
+    fresh = [*reset, "fresh", "--topic", "orders", "--partition", "1", "--to-earliest", "--execute"]
+    # Without --partition, --shift-by moves only what the group has committed on the topic.
+    shift_half = [*reset, "half", "--topic", "orders", "--shift-by", "-1", "--execute"]
+    results = run_many(*[argv for argv, _ in errors], *usage, shift_half)
+    assert run(*fresh).returncode == 0  # after the error for 'fresh' above: as in Kafka, a reset creates a group
+    for done, (argv, text) in zip(results, errors):
+        assert text in one_line_error(done), (argv, done.stderr)
+    for done in results[len(errors):-1]:
+        one_line_error(done, 2)
+        assert done.stdout == "", done
+    assert "ISO 8601" in results[len(errors) + 3].stderr
+    assert results[-1].returncode == 0 and table(results[-1].stdout)[1:] == [["half", "orders", "0", "3"]]
+    assert committed(db, "g") == {0: 5, 1: 3} and committed(db, "half") == {0: 3}
+    assert committed(db, "fresh") == {1: 2}
+    deleted = run("--db", db, "groups", "delete", "g")
+    assert (deleted.returncode, deleted.stdout) == (0, "Deleted consumer group g.\n")
+    listed = run("--db", db, "groups", "list")
+    assert listed.stdout.split() == ["fresh", "half"]
 
 
 # -- upkeep --------------------------------------------------------------------------------------
