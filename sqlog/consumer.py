@@ -19,6 +19,7 @@ from .errors import (
     LogClosedError,
     OffsetOutOfRange,
     SerializationError,
+    StorageError,
     UnknownTopicOrPartitionError,
     translated,
 )
@@ -588,6 +589,11 @@ class Consumer:
                     rows = self._conn.execute(part.select, (pos, limit - len(out))).fetchall()
                 if not rows:
                     continue
+            if rows[0][0] != pos or rows[-1][0] - pos != len(rows) - 1:
+                raise StorageError(
+                    f"{part.tp}: records missing between offsets {pos} and {rows[-1][0]}: the file is "
+                    "damaged; log.check() lists what is wrong"
+                )
             topic, p = part.tp.topic, part.tp.partition
             if kd is None and vd is None:
                 # Column-wise through map(): Record() is called from C, with no per-row bytecode.

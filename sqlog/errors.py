@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -133,6 +134,12 @@ def translated(path: str) -> Iterator[None]:
             f"{path}: the log is read-only; check permissions on the file and its directory"
         ) from exc
     except apsw.CantOpenError as exc:
+        if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) or (
+            os.path.exists(path) and not os.access(path, os.W_OK)
+        ):
+            raise ReadOnlyError(
+                f"{path}: the log is read-only; check permissions on the file and its directory"
+            ) from exc
         raise StorageError(
             f"{path}: cannot open the log; check that the directory exists and is writable"
         ) from exc

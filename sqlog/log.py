@@ -43,6 +43,24 @@ if TYPE_CHECKING:
 _SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 
 
+def _check_path(path: object) -> str:
+    """A file system path as a str; not ':memory:' or '' (each connection would get its own database)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidConfigError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise InvalidConfigError("path must be a str path, not bytes")
+    if text in ("", ":memory:") or text.startswith("file:"):
+        raise InvalidConfigError(f"path {text!r} is not a file: sqlog needs a file that every connection shares")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise InvalidConfigError(f"path {text!r} cannot be encoded for the file system") from None
+    if "\0" in text:
+        raise InvalidConfigError("path contains a NUL character")
+    return text
+
+
 def _check_int(name: str, value: object, minimum: int) -> None:
     if type(value) is not int or value < minimum:
         raise InvalidConfigError(f"{name} must be an int >= {minimum}, not {value!r}")
@@ -81,7 +99,7 @@ class Log:
             "retention_ms": topics.check_retention(retention_ms, "retention_ms"),
             "retention_bytes": topics.check_retention(retention_bytes, "retention_bytes"),
         }
-        self.path = os.fspath(path)
+        self.path = _check_path(path)
         self.durability = durability
         self.synchronous = _SYNCHRONOUS[durability]
         self.busy_timeout_ms = busy_timeout_ms

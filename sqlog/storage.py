@@ -191,6 +191,7 @@ def connect(path: str, *, busy_timeout_ms: int, synchronous: str, query_only: bo
 
     Raises NotASqlogLogError / SchemaTooNewError for a file that is not ours or is newer.
     """
+    _check_header(path)
     with translated(path):
         # A statement per partition table: a larger cache keeps them all prepared.
         conn = apsw.Connection(path, statementcachesize=512)
@@ -229,13 +230,35 @@ def busy_handler(timeout_ms: int) -> Callable[[int], bool]:
     return handler
 
 
+_SQLITE_MAGIC = b"SQLite format 3\0"
+
+
+def _check_header(path: str) -> None:
+    """Refuse a non-empty file that is not SQLite before SQLite sees it: SQLite would take a
+    file shorter than its header for an empty database and overwrite it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise NotASqlogLogError(f"{path}: is a directory, not a sqlog log") from None
+    except OSError:
+        return  # unreadable: SQLite's own open reports it
+    if head and head != _SQLITE_MAGIC:
+        raise NotASqlogLogError(f"{path}: not a sqlog log (not an SQLite database); open another path")
+
+
 def _user_version(conn: apsw.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
 def _check_file(conn: apsw.Connection, path: str) -> None:
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    version = _user_version(conn)
+    # One statement, one snapshot: another process may be creating the log right now.
+    app_id, version, has_tables = conn.execute(
+        "SELECT (SELECT application_id FROM pragma_application_id),"
+        " (SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM sqlite_schema)"
+    ).fetchone()
     if app_id == APPLICATION_ID:
         if version > SCHEMA_VERSION:
             raise SchemaTooNewError(
@@ -243,7 +266,6 @@ def _check_file(conn: apsw.Connection, path: str) -> None:
                 f"{SCHEMA_VERSION}); upgrade sqlog to open it"
             )
         return
-    has_tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
     if app_id != 0 or version != 0 or has_tables:
         raise NotASqlogLogError(
             f"{path}: an SQLite database but not a sqlog log (application_id {app_id}); "
