@@ -1,7 +1,8 @@
 """The ``sqlog`` console script: topics, produce, consume, groups and upkeep over the public API.
 
 Kafka users reach for ``kafka-topics``, ``kafka-console-producer``, ``kafka-console-consumer``,
-``kafka-consumer-groups`` and ``kcat``; this is the same at hand for one sqlog file::
+``kafka-consumer-groups``, ``kafka-share-groups`` and ``kcat``; this is the same at hand for one
+sqlog file (``groups`` covers consumer groups and share groups)::
 
     sqlog --db app.db topics create orders --partitions 3
     printf 'user-7:hello\\n' | sqlog --db app.db produce orders --key-separator :
@@ -406,12 +407,35 @@ def _check_reader(out: Any) -> None:
 
 
 # -- groups ------------------------------------------------------------------------------------
-def _group(log: sqlog.Log, group_id: str) -> sqlog.GroupDescription:
-    """The group's description; an unknown group gets a message that names the CLI's listing."""
+# Consumer groups and share groups (queue mode) are separate namespaces: one id can name both.
+KINDS = ("consumer", "share")
+
+
+def _kinds(args: argparse.Namespace) -> tuple[str, ...]:
+    """The group kinds a command looks at: both, or the one --type names."""
+    kind = getattr(args, "type", None)
+    return KINDS if kind is None else (kind,)
+
+
+def _unknown_group(group_id: str, kinds: tuple[str, ...]) -> CliError:
+    if len(kinds) == 1:
+        return CliError(f"unknown {kinds[0]} group {group_id!r}: 'sqlog groups list' lists them")
+    return CliError(f"unknown group {group_id!r}: no consumer group or share group has this id; "
+                    "'sqlog groups list' lists them")
+
+
+def _consumer_group(log: sqlog.Log, group_id: str) -> sqlog.GroupDescription | None:
+    """The consumer group's description, or None if there is no such consumer group."""
     try:
         return log.describe_group(group_id)
     except sqlog.GroupIdNotFoundError:
-        raise CliError(f"unknown consumer group {group_id!r}: 'sqlog groups list' lists them") from None
+        return None
+
+
+def _share_group(log: sqlog.Log, group_id: str) -> sqlog.ShareGroupDescription | None:
+    """The share group's description, or None if there is no such share group."""
+    d = log.describe_share_group(group_id)
+    return None if d.state == "Dead" else d
 
 
 def _now_ms() -> int:
@@ -441,6 +465,7 @@ def _group_json(d: sqlog.GroupDescription, now_ms: int) -> dict[str, Any]:
     members = {m.member_id: m for m in d.members}
     return {
         "group": d.group_id,
+        "type": "consumer",
         "state": d.state,
         "generation": d.generation,
         "strategy": d.strategy,
@@ -462,32 +487,48 @@ def _group_json(d: sqlog.GroupDescription, now_ms: int) -> dict[str, Any]:
     }
 
 
+def _share_group_json(d: sqlog.ShareGroupDescription) -> dict[str, Any]:
+    return {
+        "group": d.group_id,
+        "type": "share",
+        "state": d.state,
+        "lag": d.lag,
+        "partitions": [
+            {"topic": p.topic, "partition": p.partition, "start_offset": p.start_offset,
+             "end_offset": p.end_offset, "log_end_offset": p.high_watermark, "in_flight": p.in_flight,
+             "acquired": p.acquired, "available": p.available, "acknowledged": p.acknowledged,
+             "archived": p.archived, "lag": p.lag}
+            for p in d.partitions
+        ],
+    }
+
+
 def cmd_groups_list(args: argparse.Namespace) -> int:
+    kinds = _kinds(args)
     with _open_log(args) as log:
-        group_ids = log.list_groups()
+        listed = sorted([(g, "consumer") for g in (log.list_groups() if "consumer" in kinds else ())]
+                        + [(g, "share") for g in (log.list_share_groups() if "share" in kinds else ())])
         if args.format == "json":
-            descriptions = []
-            for group_id in group_ids:
-                try:
-                    descriptions.append(log.describe_group(group_id))
-                except sqlog.GroupIdNotFoundError:
-                    continue  # deleted by another process meanwhile
+            entries = []
+            for group_id, kind in listed:
+                if kind == "consumer":
+                    d = _consumer_group(log, group_id)
+                    if d is not None:  # else deleted by another process meanwhile
+                        entries.append({"group": d.group_id, "type": kind, "state": d.state,
+                                        "generation": d.generation, "members": len(d.members), "lag": d.lag})
+                else:
+                    s = _share_group(log, group_id)
+                    if s is not None:
+                        entries.append({"group": s.group_id, "type": kind, "state": s.state,
+                                        "generation": None, "members": None, "lag": s.lag})
     if args.format == "json":
-        _print_json([{"group": d.group_id, "state": d.state, "generation": d.generation,
-                      "members": len(d.members), "lag": d.lag} for d in descriptions])
-    else:
-        for group_id in group_ids:
-            print(group_id)
+        _print_json(entries)
+    elif listed:
+        print(_table(["GROUP", "TYPE"], [[group_id, kind] for group_id, kind in listed]))
     return 0
 
 
-def cmd_groups_describe(args: argparse.Namespace) -> int:
-    with _open_log(args) as log:
-        d = _group(log, args.group)
-    now = _now_ms()
-    if args.format == "json":
-        _print_json(_group_json(d, now))
-        return 0
+def _print_consumer_group(d: sqlog.GroupDescription, now: int) -> None:
     members = {m.member_id: m for m in d.members}
     rows = []
     for p in d.partitions:
@@ -508,6 +549,36 @@ def cmd_groups_describe(args: argparse.Namespace) -> int:
     print()
     print(f"Group {d.group_id}: state={d.state}  generation={d.generation}  "
           f"strategy={d.strategy or '-'}  members={len(d.members)}  lag={d.lag}")
+
+
+def _print_share_group(d: sqlog.ShareGroupDescription) -> None:
+    print(_table(["GROUP", "TOPIC", "PARTITION", "START-OFFSET", "LOG-END-OFFSET", "IN-FLIGHT", "ACQUIRED",
+                  "AVAILABLE", "ARCHIVED"],
+                 [[d.group_id, p.topic, p.partition, p.start_offset, p.high_watermark, p.in_flight, p.acquired,
+                   p.available, p.archived] for p in d.partitions]))
+    print()
+    print(f"Share group {d.group_id}: state={d.state}  lag={d.lag}")
+
+
+def cmd_groups_describe(args: argparse.Namespace) -> int:
+    kinds = _kinds(args)
+    with _open_log(args) as log:
+        consumer = _consumer_group(log, args.group) if "consumer" in kinds else None
+        share = _share_group(log, args.group) if "share" in kinds else None
+    if consumer is None and share is None:
+        raise _unknown_group(args.group, kinds)
+    now = _now_ms()
+    if args.format == "json":
+        found = ([_group_json(consumer, now)] if consumer is not None else []) + (
+            [_share_group_json(share)] if share is not None else [])
+        _print_json(found[0] if len(found) == 1 else found)  # both kinds: a list of the two
+        return 0
+    if consumer is not None:
+        _print_consumer_group(consumer, now)
+    if share is not None:
+        if consumer is not None:
+            print()
+        _print_share_group(share)
     return 0
 
 
@@ -563,6 +634,9 @@ def cmd_groups_reset_offsets(args: argparse.Namespace) -> int:
             group = log.describe_group(args.group)
         except sqlog.GroupIdNotFoundError:
             group = None  # as in Kafka, resetting a group that does not exist yet creates it
+            if _share_group(log, args.group) is not None:  # ... but not beside a share group of that id
+                raise CliError(f"{args.group!r} is a share group, not a consumer group: reset-offsets moves only "
+                               "consumer groups' committed offsets") from None
         if group is not None and group.members:
             raise _refuse_active(args.group, len(group.members))
         bounds = {p.partition: (p.log_start_offset, p.high_watermark) for p in d.partitions}
@@ -589,12 +663,24 @@ def cmd_groups_reset_offsets(args: argparse.Namespace) -> int:
 
 
 def cmd_groups_delete(args: argparse.Namespace) -> int:
+    kinds = _kinds(args)
+    deleted, refusals = [], []
     with _open_log(args) as log:
-        try:
-            log.delete_group(args.group)
-        except sqlog.GroupIdNotFoundError:
-            raise CliError(f"unknown consumer group {args.group!r}: 'sqlog groups list' lists them") from None
-    print(f"Deleted consumer group {args.group}.")
+        for kind in kinds:
+            try:
+                (log.delete_group if kind == "consumer" else log.delete_share_group)(args.group)
+            except sqlog.GroupIdNotFoundError:
+                continue
+            except sqlog.GroupNotEmptyError as exc:
+                refusals.append(str(exc))
+                continue
+            deleted.append(kind)
+    for kind in deleted:
+        print(f"Deleted {kind} group {args.group}.")
+    if refusals:
+        raise CliError("; ".join(refusals))
+    if not deleted:
+        raise _unknown_group(args.group, kinds)
     return 0
 
 
@@ -776,17 +862,26 @@ def _add_consume(subparsers: Any) -> None:
     p.add_argument("--print-key", action="store_true", help="text format: print key<TAB>value")
 
 
+def _type_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--type", choices=KINDS, help="only consumer groups or only share groups (default: both)")
+
+
 def _add_groups(subparsers: Any) -> None:
     groups = subparsers.add_parser(
-        "groups", help="list, describe, reset offsets of and delete consumer groups",
+        "groups", help="list, describe, reset offsets of and delete consumer groups and share groups",
         formatter_class=_SubcommandFormatter,
         description="List, describe, reset the committed offsets of, and delete consumer groups "
-                    "(like kafka-consumer-groups).")
+                    "(like kafka-consumer-groups), and list, describe and delete share groups (queue mode, "
+                    "like kafka-share-groups). The two are separate namespaces: one id can name a consumer "
+                    "group and a share group, and then describe and delete act on both (--type picks one).")
     commands = groups.add_subparsers(dest="groups_command", metavar="COMMAND", required=True)
 
-    p = _command(commands, "list", "list consumer groups, one per line", cmd_groups_list,
-                 "List the consumer groups (those with live members or committed offsets), one per line; "
-                 "--format json adds each group's state, generation, member count and total lag.")
+    p = _command(commands, "list", "list consumer and share groups with their type", cmd_groups_list,
+                 "List the consumer groups (those with live members or committed offsets) and the share "
+                 "groups: GROUP and TYPE (consumer or share), sorted by id; --format json adds each group's "
+                 "state and total lag, and a consumer group's generation and member count (null for a "
+                 "share group).")
+    _type_option(p)
     _format_option(p)
 
     p = _command(commands, "describe", "show a group's offsets, lag, members and state",
@@ -794,16 +889,21 @@ def _add_groups(subparsers: Any) -> None:
                  "Show a consumer group: per partition its committed offset (CURRENT-OFFSET, '-' when "
                  "nothing is committed), log end offset, lag and owning member; then each live member "
                  "(id, host, pid, client id, partitions owned and meant to own, last heartbeat) and the "
-                 "group's state and generation.")
-    p.add_argument("group", help="consumer group id")
+                 "group's state and generation. Show a share group: per partition its start offset "
+                 "(everything below is done), log end offset and the records in flight, of them acquired "
+                 "(locked by a consumer), available (to deliver again) and archived; then its state and lag. "
+                 "An id that names both shows both, consumer group first (--format json: a list of the two).")
+    p.add_argument("group", help="group id")
+    _type_option(p)
     _format_option(p)
 
-    p = _command(commands, "reset-offsets", "move a group's offsets; a dry run unless --execute",
+    p = _command(commands, "reset-offsets", "move a consumer group's offsets; dry run unless --execute",
                  cmd_groups_reset_offsets,
                  "Move a consumer group's committed offsets on a topic, like kafka-consumer-groups "
                  "--reset-offsets: by default a dry run that prints the new offsets (GROUP TOPIC PARTITION "
                  "NEW-OFFSET) and changes nothing; --execute applies them. Refused while the group has "
-                 "live members. New offsets are clamped to [log start, log end].")
+                 "live members. New offsets are clamped to [log start, log end]. Consumer groups only: "
+                 "a share group's id (with no consumer group of that id) is an error.")
     p.add_argument("group", help="consumer group id (a group that does not exist yet is created by --execute)")
     p.add_argument("--topic", required=True, metavar="T", help="the topic whose offsets move")
     p.add_argument("--partition", type=_non_negative_int, action="append", metavar="N",
@@ -823,10 +923,13 @@ def _add_groups(subparsers: Any) -> None:
     run.add_argument("--execute", action="store_true", help="store the new offsets")
     _format_option(p)
 
-    p = _command(commands, "delete", "delete an inactive group and its committed offsets",
+    p = _command(commands, "delete", "delete an inactive group and its offsets or share state",
                  cmd_groups_delete,
-                 "Delete a consumer group with its committed offsets; refused while it has live members.")
-    p.add_argument("group", help="consumer group id")
+                 "Delete a consumer group with its committed offsets (refused while it has live members) "
+                 "and/or a share group with its state (refused while a consumer holds one of its records "
+                 "under a lock): whichever of the two exists, both if both (--type picks one).")
+    p.add_argument("group", help="group id")
+    _type_option(p)
 
 
 def _add_upkeep(subparsers: Any) -> None:
@@ -845,7 +948,8 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (_add_topics, _add_produce, _add_c
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sqlog",
-        description="Kafka's event log on one SQLite file: topics, produce, consume, consumer groups and upkeep.",
+        description="Kafka's event log on one SQLite file: topics, produce, consume, consumer and share groups "
+                    "and upkeep.",
         epilog=f"The log file comes from --db or the {ENV_DB} environment variable.",
     )
     parser.add_argument("--db", metavar="PATH", help=f"the log file (default: ${ENV_DB})")

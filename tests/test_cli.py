@@ -111,12 +111,13 @@ def test_help_at_every_level_says_what_each_command_does() -> None:
     assert "--from-beginning" in consume.stdout and "base64" in consume.stdout
     for name in ("list", "describe", "reset-offsets", "delete"):  # each summary on its name's line
         assert any(line.split()[:1] == [name] and len(line.split()) > 2 for line in groups.stdout.splitlines()), name
-    assert "kafka-consumer-groups" in groups.stdout
+    assert "kafka-consumer-groups" in groups.stdout and "share groups" in groups.stdout
     for option in ("--to-earliest", "--to-latest", "--to-offset N", "--to-datetime", "--shift-by N", "--dry-run",
                    "--execute", "--partition N"):
         assert option in reset.stdout, option
     words = " ".join(reset.stdout.split())
     assert "dry run" in words and "live members" in words and "clamped to [log start, log end]" in words
+    assert "Consumer groups only" in words
 
 
 # -- topics --------------------------------------------------------------------------------------
@@ -392,9 +393,10 @@ def test_groups_list_and_describe_show_lag_after_consume_group(db: str) -> None:
         ["--db", db, "groups", "describe", "billing", "--format", "json"],
         ["--db", db, "groups", "describe", "audit"], ["--db", db, "groups", "describe", "nope"],
         ["--db", db, "groups", "describe", "nope", "--format", "json"])
-    assert (listed.returncode, listed.stdout) == (0, "audit\nbilling\n")
-    assert [(g["group"], g["state"], g["members"], g["lag"]) for g in json.loads(listed_json.stdout)] == [
-        ("audit", "Empty", 0, 1), ("billing", "Empty", 0, 3)]
+    assert listed.returncode == 0 and table(listed.stdout) == [["GROUP", "TYPE"], ["audit", "consumer"],
+                                                               ["billing", "consumer"]]
+    assert [(g["group"], g["type"], g["state"], g["members"], g["lag"]) for g in json.loads(listed_json.stdout)] == [
+        ("audit", "consumer", "Empty", 0, 1), ("billing", "consumer", "Empty", 0, 3)]
 
     assert text.returncode == 0 and text.stderr == "", text
     lines = text.stdout.splitlines()
@@ -405,13 +407,14 @@ def test_groups_list_and_describe_show_lag_after_consume_group(db: str) -> None:
     assert "Consumer group 'billing' has no active members." in lines
     assert lines[-1].startswith("Group billing: state=Empty  generation=") and "lag=3" in lines[-1]
     data = json.loads(as_json.stdout)
-    assert (data["group"], data["state"], data["lag"], data["members"]) == ("billing", "Empty", 3, [])
+    assert (data["group"], data["type"], data["state"], data["lag"], data["members"]) == (
+        "billing", "consumer", "Empty", 3, [])
     assert data["partitions"][0] == {"topic": "orders", "partition": 0, "committed_offset": 4, "log_end_offset": 7,
                                      "lag": 3, "member_id": None, "host": None, "client_id": None}
     # A group that committed only partition 1 (consume --partition, outside any membership).
     assert table(other.stdout)[1:] == [["audit", "orders", "1", "1", "2", "1", "-", "-", "-"]]
     for done in (unknown, unknown_json):
-        assert "unknown consumer group 'nope'" in one_line_error(done) and done.stdout == ""
+        assert "unknown group 'nope'" in one_line_error(done) and done.stdout == ""
 
 
 def test_groups_live_member_is_described_and_blocks_reset_and_delete(db: str) -> None:
@@ -554,7 +557,8 @@ def test_groups_reset_offsets_and_delete_errors(db: str) -> None:
         ([*reset, "fresh", "--topic", "orders", "--shift-by", "1"], "no committed offset on topic 'orders'"),
         ([*reset, "g", "--topic", "nope", "--to-earliest"], "unknown topic 'nope'"),
         ([*reset, "g", "--topic", "orders", "--partition", "5", "--to-earliest"], "partitions 0..1, not 5"),
-        (["--db", db, "groups", "delete", "nope"], "unknown consumer group 'nope'"),
+        (["--db", db, "groups", "delete", "nope"], "unknown group 'nope'"),
+        (["--db", db, "groups", "delete", "nope", "--type", "consumer"], "unknown consumer group 'nope'"),
         (["--db", db, "groups", "describe", ""], "group_id"),
     ]
     usage = [
@@ -581,7 +585,119 @@ def test_groups_reset_offsets_and_delete_errors(db: str) -> None:
     deleted = run("--db", db, "groups", "delete", "g")
     assert (deleted.returncode, deleted.stdout) == (0, "Deleted consumer group g.\n")
     listed = run("--db", db, "groups", "list")
-    assert listed.stdout.split() == ["fresh", "half"]
+    assert table(listed.stdout) == [["GROUP", "TYPE"], ["fresh", "consumer"], ["half", "consumer"]]
+
+
+# -- share groups (queue mode) under `groups` ----------------------------------------------------
+def _seed_share(db: str) -> None:
+    """jobs-0 holds offsets [0, 5). Share group jobs-g took 0..2 and released 0, rejected 1 (archived),
+    accepted 2: start 0, in flight 3 (1 available, 1 archived). "both" is a share group (it accepted
+    offset 0) and a consumer group (committed offset 4)."""
+    seed(db, "jobs", records=None)
+    with sqlog.open(db, retention_check_interval_ms=None) as log:
+        with log.producer() as producer:
+            for i in range(5):
+                producer.send("jobs", b"job-%d" % i, partition=0)
+        jobs = log.share_consumer("jobs-g", max_poll_records=3)
+        jobs.subscribe(["jobs"])
+        records = jobs.poll(timeout_ms=5000)
+        assert [r.offset for r in records] == [0, 1, 2]
+        for record, ack in zip(records, ("release", "reject", "accept")):
+            jobs.acknowledge(record, type=ack)
+        jobs.commit()
+        jobs.close()
+        both = log.share_consumer("both", max_poll_records=1)
+        both.subscribe(["jobs"])
+        (record,) = both.poll(timeout_ms=5000)
+        both.acknowledge(record)
+        both.commit()
+        both.close()
+        log.alter_group_offsets("both", {sqlog.TopicPartition("jobs", 0): 4})
+        log.alter_group_offsets("billing", {sqlog.TopicPartition("jobs", 0): 5})
+
+
+SHARE_HEADER = "GROUP TOPIC PARTITION START-OFFSET LOG-END-OFFSET IN-FLIGHT ACQUIRED AVAILABLE ARCHIVED".split()
+
+
+def test_groups_list_describe_and_delete_share_groups(db: str) -> None:
+    _seed_share(db)
+    g = ["--db", db, "groups"]
+    listed, listed_json, share, share_json, both, both_json, both_share, wrong_type, reset, reset_both = run_many(
+        [*g, "list"], [*g, "list", "--format", "json"],
+        [*g, "describe", "jobs-g"], [*g, "describe", "jobs-g", "--format", "json"],
+        [*g, "describe", "both"], [*g, "describe", "both", "--format", "json"],
+        [*g, "describe", "both", "--type", "share", "--format", "json"],
+        [*g, "describe", "jobs-g", "--type", "consumer"],
+        [*g, "reset-offsets", "jobs-g", "--topic", "jobs", "--to-latest", "--execute"],
+        [*g, "reset-offsets", "both", "--topic", "jobs", "--to-earliest"])
+    assert listed.returncode == 0 and listed.stderr == "", listed
+    assert table(listed.stdout) == [["GROUP", "TYPE"], ["billing", "consumer"], ["both", "consumer"],
+                                    ["both", "share"], ["jobs-g", "share"]]
+    assert json.loads(listed_json.stdout) == [
+        {"group": "billing", "type": "consumer", "state": "Empty", "generation": -1, "members": 0, "lag": 0},
+        {"group": "both", "type": "consumer", "state": "Empty", "generation": -1, "members": 0, "lag": 1},
+        {"group": "both", "type": "share", "state": "Empty", "generation": None, "members": None, "lag": 4},
+        {"group": "jobs-g", "type": "share", "state": "Empty", "generation": None, "members": None, "lag": 3}]
+
+    assert share.returncode == 0 and share.stderr == "", share
+    assert table(share.stdout) == [SHARE_HEADER, ["jobs-g", "jobs", "0", "0", "5", "3", "0", "1", "1"]]
+    assert share.stdout.splitlines()[-1] == "Share group jobs-g: state=Empty  lag=3"
+    assert json.loads(share_json.stdout) == {"group": "jobs-g", "type": "share", "state": "Empty", "lag": 3,
+                                             "partitions": [{
+                                                 "topic": "jobs", "partition": 0, "start_offset": 0, "end_offset": 3,
+                                                 "log_end_offset": 5, "in_flight": 3, "acquired": 0, "available": 1,
+                                                 "acknowledged": 1, "archived": 1, "lag": 3}]}
+    # One id, both kinds: the consumer group's section, then the share group's.
+    assert both.returncode == 0, both
+    consumer_part, share_part = both.stdout.split("\n\nGROUP ")
+    assert table(consumer_part)[1:] == [["both", "jobs", "0", "4", "5", "1", "-", "-", "-"]]
+    assert consumer_part.splitlines()[-1].startswith("Group both: state=Empty")
+    assert table("GROUP " + share_part) == [SHARE_HEADER, ["both", "jobs", "0", "1", "5", "0", "0", "0", "0"]]
+    assert share_part.splitlines()[-1] == "Share group both: state=Empty  lag=4"
+    assert [(d["type"], d["lag"]) for d in json.loads(both_json.stdout)] == [("consumer", 1), ("share", 4)]
+    assert json.loads(both_share.stdout)["type"] == "share"
+    assert "unknown consumer group 'jobs-g'" in one_line_error(wrong_type)
+
+    # reset-offsets is for consumer groups: a share group's id is refused (no consumer group appears).
+    assert "'jobs-g' is a share group, not a consumer group" in one_line_error(reset) and reset.stdout == ""
+    assert reset_both.returncode == 0 and table(reset_both.stdout)[1:] == [["both", "jobs", "0", "0"]], reset_both
+
+    only_consumer, deleted_share = run_many([*g, "delete", "both", "--type", "consumer"], [*g, "delete", "jobs-g"])
+    assert (only_consumer.returncode, only_consumer.stdout) == (0, "Deleted consumer group both.\n")
+    assert (deleted_share.returncode, deleted_share.stdout) == (0, "Deleted share group jobs-g.\n"), deleted_share
+    with sqlog.open(db) as log:
+        assert log.list_groups() == ["billing"] and log.list_share_groups() == ["both"]
+        log.alter_group_offsets("both", {sqlog.TopicPartition("jobs", 0): 1})
+    deleted_both = run(*g, "delete", "both")
+    assert (deleted_both.returncode, deleted_both.stdout) == (
+        0, "Deleted consumer group both.\nDeleted share group both.\n"), deleted_both
+    with sqlog.open(db) as log:
+        assert log.list_groups() == ["billing"] and log.list_share_groups() == []
+
+
+def test_groups_share_group_with_a_held_record_is_stable_and_not_deleted(db: str) -> None:
+    seed(db, "jobs", records=[b"a", b"b", b"c"])
+    log = sqlog.open(db, retention_check_interval_ms=None)
+    log.alter_group_offsets("held", {sqlog.TopicPartition("jobs", 0): 3})  # a consumer group of that id too
+    worker = log.share_consumer("held", record_lock_duration_ms=120_000, max_poll_records=2)
+    try:
+        worker.subscribe(["jobs"])
+        assert len(worker.poll(timeout_ms=5000)) == 2  # acquired, not acknowledged: locked for 2 min
+        described, delete_share = run_many(["--db", db, "groups", "describe", "held", "--type", "share"],
+                                           ["--db", db, "groups", "delete", "held", "--type", "share"])
+        assert table(described.stdout)[1:] == [["held", "jobs", "0", "0", "3", "2", "2", "0", "0"]], described
+        assert "state=Stable" in described.stdout.splitlines()[-1]
+        assert "locked by live consumers" in one_line_error(delete_share) and delete_share.stdout == ""
+        # Both kinds: the consumer group goes, the share group's refusal is the one error line.
+        delete_both = run("--db", db, "groups", "delete", "held")
+        assert delete_both.stdout == "Deleted consumer group held.\n"
+        assert "share group 'held' has records locked" in one_line_error(delete_both)
+        assert log.list_groups() == [] and log.list_share_groups() == ["held"]
+    finally:
+        worker.close()  # releases its records
+        log.close()
+    deleted = run("--db", db, "groups", "delete", "held")
+    assert (deleted.returncode, deleted.stdout) == (0, "Deleted share group held.\n"), deleted
 
 
 # -- upkeep --------------------------------------------------------------------------------------
