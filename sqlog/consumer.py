@@ -23,7 +23,7 @@ from .errors import (
     UnknownTopicOrPartitionError,
     translated,
 )
-from .producer import check_config
+from .producer import MAX_INT32, check_config
 from .serde import decode_headers, serde_function
 from .storage import connect, data_version, partition_table, wait_for_commit
 from .types import ConsumerGroupMetadata, OffsetAndMetadata, OffsetAndTimestamp, Record, TopicPartition
@@ -104,8 +104,10 @@ def _ms(config: dict[str, Any], name: str, allow_none: bool = False) -> int | No
     value = config[name]
     if value is None and allow_none:
         return None
-    if type(value) is not int or value < 0:
-        raise InvalidConfigError(f"{name} must be an int >= 0{' or None' if allow_none else ''}, not {value!r}")
+    if type(value) is not int or not 0 <= value <= MAX_INT32:
+        raise InvalidConfigError(
+            f"{name} must be an int from 0 to {MAX_INT32}{' or None' if allow_none else ''}, not {value!r}"
+        )
     return value
 
 
@@ -119,13 +121,15 @@ class Consumer:
         if cfg["auto_offset_reset"] not in _RESETS:
             raise InvalidConfigError(f"auto_offset_reset must be one of {_RESETS}, not {cfg['auto_offset_reset']!r}")
         self._reset = cfg["auto_offset_reset"]
-        self._auto_commit = bool(cfg["enable_auto_commit"]) and self._group is not None
+        if type(cfg["enable_auto_commit"]) is not bool:
+            raise InvalidConfigError(f"enable_auto_commit must be True or False, not {cfg['enable_auto_commit']!r}")
+        self._auto_commit = cfg["enable_auto_commit"] and self._group is not None
         self._auto_commit_s = (_ms(cfg, "auto_commit_interval_ms") or 0) / 1000
         self._key_de: Callable[[bytes], Any] | None = serde_function(cfg["key_deserializer"], "key_deserializer", "deserialize")
         self._value_de: Callable[[bytes], Any] | None = serde_function(cfg["value_deserializer"], "value_deserializer", "deserialize")
         self._max_records = cfg["max_poll_records"]
-        if type(self._max_records) is not int or self._max_records < 1:
-            raise InvalidConfigError(f"max_poll_records must be an int >= 1, not {self._max_records!r}")
+        if type(self._max_records) is not int or not 1 <= self._max_records <= MAX_INT32:
+            raise InvalidConfigError(f"max_poll_records must be an int from 1 to {MAX_INT32}, not {self._max_records!r}")
         timeout = _ms(cfg, "consumer_timeout_ms", allow_none=True)
         self._iter_timeout_ms = None if timeout is None else timeout
         self._meta_age_s = (_ms(cfg, "metadata_max_age_ms") or 0) / 1000
@@ -136,8 +140,7 @@ class Consumer:
                 f"partition_assignment_strategy must be one of {groups.STRATEGIES}, "
                 f"not {cfg['partition_assignment_strategy']!r}"
             )
-        if not isinstance(cfg["client_id"], str) or not 1 <= len(cfg["client_id"]) <= 255:
-            raise InvalidConfigError(f"client_id must be a str of 1 to 255 characters, not {cfg['client_id']!r}")
+        groups.storable_str(cfg["client_id"], "client_id", 255)
         if self._group is not None and not 0 < cfg["heartbeat_interval_ms"] < cfg["session_timeout_ms"]:
             raise InvalidConfigError(
                 "heartbeat_interval_ms must be > 0 and below session_timeout_ms "
@@ -170,6 +173,13 @@ class Consumer:
         """Consume these topics; partitions are assigned at the next ``poll()`` (topics may not exist yet)."""
         self._check_open()
         names = {self._valid_topic(t) for t in _iterable(topics, "subscribe()", "topic names")}
+        if listener is not None and not all(
+            callable(getattr(listener, name, None)) for name in ("on_assigned", "on_revoked")
+        ):
+            raise InvalidConfigError(
+                f"listener must be a ConsumerRebalanceListener (on_assigned and on_revoked methods) or None, "
+                f"not {listener!r}"
+            )
         if self._manual:
             raise IllegalStateError("subscribe() after assign(): call unsubscribe() first")
         self._subscription = names
@@ -327,7 +337,8 @@ class Consumer:
         self._buffer.clear()
         self._seen_gen = None
         if lost and self._listener is not None:
-            self._listener.on_lost(lost)
+            # A duck-typed listener without on_lost gets on_revoked, as the base class does.
+            getattr(self._listener, "on_lost", self._listener.on_revoked)(lost)
 
     def _leave_group(self) -> None:
         """Commit (auto-commit), on_revoked, then leave at once so the partitions move now."""
@@ -382,8 +393,9 @@ class Consumer:
 
     # -- positions -------------------------------------------------------------------------
     def _part(self, tp: TopicPartition) -> _Partition:
-        if not isinstance(tp, TopicPartition):
-            raise InvalidConfigError(f"expected a sqlog.TopicPartition, not {tp!r}")
+        # Check the fields before the dict lookup: an unhashable topic or partition would raise TypeError.
+        if not isinstance(tp, TopicPartition) or not isinstance(tp.topic, str) or type(tp.partition) is not int:
+            raise InvalidConfigError(f"expected a sqlog.TopicPartition(topic: str, partition: int), not {tp!r}")
         part = self._parts.get(tp)
         if part is None:
             raise IllegalStateError(f"{tp} is not assigned to this consumer")
@@ -461,9 +473,8 @@ class Consumer:
 
     def _any_bounds(self, tp: TopicPartition) -> tuple[int, int]:
         self._check_open()
-        part = self._parts.get(tp) if isinstance(tp, TopicPartition) else None
-        if part is None:
-            part = _Partition(tp, self._existing(tp).topic_id)
+        meta = self._existing(tp)  # first: it checks the fields the dict lookup hashes
+        part = self._parts.get(tp) or _Partition(tp, meta.topic_id)
         with translated(self._path):
             return self._bounds(part)
 
@@ -511,8 +522,8 @@ class Consumer:
         if type(timeout_ms) not in (int, float) or not 0 <= timeout_ms < math.inf:
             raise InvalidConfigError(f"timeout_ms must be a number >= 0, not {timeout_ms!r}")
         limit = self._max_records if max_records is None else max_records
-        if type(limit) is not int or limit < 1:
-            raise InvalidConfigError(f"max_records must be an int >= 1, not {max_records!r}")
+        if type(limit) is not int or not 1 <= limit <= MAX_INT32:
+            raise InvalidConfigError(f"max_records must be an int from 1 to {MAX_INT32}, not {max_records!r}")
         self._buffer.clear()
         return self._poll(timeout_ms / 1000, limit, advance=True)
 
@@ -671,8 +682,7 @@ class Consumer:
             if not isinstance(om, OffsetAndMetadata):
                 raise InvalidConfigError(f"commit offset for {tp!r} must be an int >= 0 or OffsetAndMetadata, not {om!r}")
             _check_offset(om.offset, f"commit offset for {tp!r}")
-            if not isinstance(om.metadata, str):
-                raise InvalidConfigError(f"commit metadata for {tp!r} must be a str")
+            groups.storable_str(om.metadata, f"commit metadata for {tp!r}")
             meta = self._existing(tp)
             rows.append((tp, meta.topic_id, om.offset, om.metadata))
         self._log._commit_offsets(self._group, rows, self._fence())

@@ -49,10 +49,22 @@ STRATEGIES = ("range", "roundrobin", "sticky", "cooperative-sticky")
 Key = tuple[int, int]  # (topic_id, partition)
 
 
+def storable_str(value: object, what: str, max_len: int | None = None) -> str:
+    """``value`` if it is a str SQLite can store (UTF-8 encodable: no lone surrogates) and, with
+    ``max_len``, of 1 to ``max_len`` characters; else InvalidConfigError naming ``what``."""
+    if isinstance(value, str) and (max_len is None or 1 <= len(value) <= max_len):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            pass
+        else:
+            return value
+    size = "" if max_len is None else f" of 1 to {max_len} characters"
+    raise InvalidConfigError(f"{what} must be a str{size} (encodable as UTF-8), not {value!r}")
+
+
 def validate_group_id(group_id: object) -> str:
-    if not isinstance(group_id, str) or not 1 <= len(group_id) <= 255:
-        raise InvalidConfigError(f"group_id must be a str of 1 to 255 characters, not {group_id!r}")
-    return group_id
+    return storable_str(group_id, "group_id", 255)
 
 
 def now_ms() -> int:

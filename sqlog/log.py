@@ -18,7 +18,6 @@ from .errors import (
     CommitFailedError,
     InvalidConfigError,
     LogClosedError,
-    SqlogError,
     UnknownTopicOrPartitionError,
     translated,
 )
@@ -61,9 +60,13 @@ def _check_path(path: object) -> str:
     return text
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if type(value) is not int or value < minimum:
-        raise InvalidConfigError(f"{name} must be an int >= {minimum}, not {value!r}")
+MAX_INT64 = 2**63 - 1  # SQLite's INTEGER
+MAX_MS = 2**31 - 1  # a C int (busy timeout), and any wait a thread can take (about 24.8 days)
+
+
+def _check_int(name: str, value: object, minimum: int, maximum: int = MAX_INT64) -> None:
+    if type(value) is not int or not minimum <= value <= maximum:
+        raise InvalidConfigError(f"{name} must be an int from {minimum} to {maximum}, not {value!r}")
 
 
 class Log:
@@ -84,9 +87,9 @@ class Log:
         max_db_bytes: int | None = None,
     ) -> None:
         """Open (creating if needed) the log at ``path``; see `sqlog.open` for the options."""
-        if durability not in _SYNCHRONOUS:
+        if not isinstance(durability, str) or durability not in _SYNCHRONOUS:
             raise InvalidConfigError(f"durability must be 'normal' or 'full', not {durability!r}")
-        _check_int("busy_timeout_ms", busy_timeout_ms, 0)
+        _check_int("busy_timeout_ms", busy_timeout_ms, 0, MAX_MS)
         _check_int("wal_limit_bytes", wal_limit_bytes, 1)
         _check_int("journal_size_limit", journal_size_limit, 0)
         if max_db_bytes is not None:
@@ -94,7 +97,7 @@ class Log:
         for name, interval in (("retention_check_interval_ms", retention_check_interval_ms),
                                ("wal_checkpoint_interval_ms", wal_checkpoint_interval_ms)):
             if interval is not None:
-                _check_int(name, interval, 1)
+                _check_int(name, interval, 1, MAX_MS)
         defaults = {
             "retention_ms": topics.check_retention(retention_ms, "retention_ms"),
             "retention_bytes": topics.check_retention(retention_bytes, "retention_bytes"),
@@ -298,12 +301,17 @@ class Log:
 
         Each offset must lie within ``[log_start_offset, high_watermark]`` of its partition.
         """
+        if not isinstance(offsets, Mapping):
+            raise InvalidConfigError(
+                "alter_group_offsets() takes a dict {TopicPartition: offset or OffsetAndMetadata}"
+            )
         rows = []
         for tp, om in offsets.items():
             if isinstance(om, int) and type(om) is not bool:
                 om = OffsetAndMetadata(om)
             if not isinstance(om, OffsetAndMetadata) or type(om.offset) is not int or om.offset < 0:
                 raise InvalidConfigError(f"offset for {tp} must be an int >= 0 or OffsetAndMetadata, not {om!r}")
+            groups.storable_str(om.metadata, f"metadata for {tp}")
             rows.append((tp, om))
         with self._write() as conn:
             groups.require_empty(conn, group_id, "alter offsets of")
@@ -326,8 +334,14 @@ class Log:
         partition the group has committed. Refused (GroupNotEmptyError) while it has live members.
         Returns the new offsets.
         """
-        if to not in ("earliest", "latest") and (type(to) is not int or to < 0):
-            raise InvalidConfigError(f"to must be 'earliest', 'latest' or a timestamp in ms >= 0, not {to!r}")
+        if to not in ("earliest", "latest") and (type(to) is not int or not 0 <= to <= MAX_INT64):
+            raise InvalidConfigError(
+                f"to must be 'earliest', 'latest' or a timestamp in ms from 0 to 2**63-1, not {to!r}"
+            )
+        if partitions is not None and (isinstance(partitions, (str, bytes)) or not isinstance(partitions, Iterable)):
+            raise InvalidConfigError(
+                f"partitions must be a list of TopicPartitions and/or topic names, not {partitions!r}"
+            )
         with self._write() as conn:
             groups.require_empty(conn, group_id, "reset offsets of")
             if partitions is None:
@@ -364,6 +378,10 @@ class Log:
         if not isinstance(tp, TopicPartition):
             raise InvalidConfigError(f"expected a TopicPartition, not {tp!r}")
         meta = topics.require(conn, tp.topic)
+        if type(tp.partition) is not int or not 0 <= tp.partition < meta.partitions:
+            raise UnknownTopicOrPartitionError(
+                f"topic {tp.topic!r} has partitions 0..{meta.partitions - 1}, not {tp.partition!r}"
+            )
         row = conn.execute(
             "SELECT log_start_offset, next_offset FROM partitions WHERE topic_id = ? AND partition = ?",
             (meta.topic_id, tp.partition),
@@ -414,6 +432,10 @@ class Log:
         Deletes in bounded chunks, one transaction each, so producers keep going meanwhile.
         """
         self._check_open()
+        if now_ms is not None and (type(now_ms) is not int or not 0 <= now_ms <= MAX_INT64):
+            raise InvalidConfigError(
+                f"now_ms must be None or an int from 0 to 2**63-1 (ms since the epoch), not {now_ms!r}"
+            )
         return self._upkeep.sweep(now_ms)
 
     def check(self) -> CheckReport:
@@ -446,8 +468,10 @@ class Log:
             for consumer in list(self._consumers):
                 try:
                     consumer.close()
-                except SqlogError:
-                    pass  # its final auto-commit failed (e.g. topic deleted); the log still closes
+                except Exception:
+                    # Its final auto-commit failed (e.g. topic deleted), or a user's rebalance
+                    # listener raised in on_revoked: the consumer is closed all the same, and so is the log.
+                    pass
             self.closed = True
             self._upkeep.close()
             with self._mutex:

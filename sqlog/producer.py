@@ -21,7 +21,7 @@ from .errors import (
 from .partitioner import partition_for_key
 from .serde import encode_headers, serde_function, to_bytes
 from .topics import TopicMeta
-from .writer import Batch, BatchFuture, Chunk, RecordFuture
+from .writer import Batch, BatchFuture, Chunk, RecordFuture, check_timeout
 
 if TYPE_CHECKING:
     from .log import Log
@@ -36,10 +36,14 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _positive_int(config: dict[str, Any], name: str, minimum: int) -> int:
+MAX_INT32 = 2**31 - 1  # Kafka's int configs (ms, counts); as ms also any wait a thread can take (24.8 days)
+
+
+def _positive_int(config: dict[str, Any], name: str, minimum: int, maximum: int | None = None) -> int:
     value = config[name]
-    if type(value) is not int or value < minimum:
-        raise InvalidConfigError(f"{name} must be an int >= {minimum}, not {value!r}")
+    if type(value) is not int or value < minimum or maximum is not None and value > maximum:
+        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise InvalidConfigError(f"{name} must be an int {bounds}, not {value!r}")
     return value
 
 
@@ -58,10 +62,10 @@ class Producer:
         self.config = cfg
         self._value_ser: Callable[[Any], bytes] | None = serde_function(cfg["value_serializer"], "value_serializer", "serialize")
         self._key_ser: Callable[[Any], bytes] | None = serde_function(cfg["key_serializer"], "key_serializer", "serialize")
-        self._linger = _positive_int(cfg, "linger_ms", 0) / 1000
+        self._linger = _positive_int(cfg, "linger_ms", 0, MAX_INT32) / 1000
         self._batch_size = _positive_int(cfg, "batch_size", 1)
         self._max_record = _positive_int(cfg, "max_record_bytes", 1)
-        self._meta_age_ms = _positive_int(cfg, "metadata_max_age_ms", 0)
+        self._meta_age_ms = _positive_int(cfg, "metadata_max_age_ms", 0, MAX_INT32)
         self._log = log
         self._writer = log._writer_for_producers()
         self._lock = threading.Lock()
@@ -258,6 +262,7 @@ class Producer:
 
         Raises the error of a failed write since the last flush, `SqlogTimeoutError` after ``timeout`` s.
         """
+        check_timeout(timeout)
         self._writer.write_through(None, timeout)
         error, self._error = self._error, None
         if error is not None:
@@ -267,6 +272,7 @@ class Producer:
         """Flush and stop accepting sends; closing twice is harmless."""
         if self._closed:
             return
+        check_timeout(timeout)  # before closing: a bad timeout must not drop the records waiting
         try:
             self.flush(timeout)
         finally:

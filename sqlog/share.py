@@ -54,7 +54,7 @@ from .errors import (
     translated,
 )
 from .groups import validate_group_id
-from .producer import check_config
+from .producer import MAX_INT32, check_config
 from .serde import decode_headers, encode_headers, serde_function
 from .storage import connect, data_version, partition_table, wait_for_commit
 from .types import SharePartitionState, ShareGroupDescription, ShareRecord, TopicPartition
@@ -211,8 +211,8 @@ class _Outcome:
 
 def _positive(config: dict[str, Any], name: str, minimum: int = 1) -> int:
     value = config[name]
-    if type(value) is not int or value < minimum:
-        raise InvalidConfigError(f"{name} must be an int >= {minimum}, not {value!r}")
+    if type(value) is not int or not minimum <= value <= MAX_INT32:
+        raise InvalidConfigError(f"{name} must be an int from {minimum} to {MAX_INT32}, not {value!r}")
     return value
 
 
@@ -243,8 +243,8 @@ class ShareConsumer:
         self._max_records = _positive(cfg, "max_poll_records")
         self._max_locks = _positive(cfg, "partition_max_record_locks")
         timeout = cfg["consumer_timeout_ms"]
-        if timeout is not None and (type(timeout) is not int or timeout < 0):
-            raise InvalidConfigError(f"consumer_timeout_ms must be an int >= 0 or None, not {timeout!r}")
+        if timeout is not None and (type(timeout) is not int or not 0 <= timeout <= MAX_INT32):
+            raise InvalidConfigError(f"consumer_timeout_ms must be an int from 0 to {MAX_INT32} or None, not {timeout!r}")
         self._iter_timeout_ms: int | None = timeout
         self._key_de: Callable[[bytes], Any] | None = serde_function(
             cfg["key_deserializer"], "key_deserializer", "deserialize"
@@ -320,8 +320,8 @@ class ShareConsumer:
         if type(timeout_ms) not in (int, float) or not 0 <= timeout_ms < math.inf:
             raise InvalidConfigError(f"timeout_ms must be a number >= 0, not {timeout_ms!r}")
         limit = self._max_records if max_records is None else max_records
-        if type(limit) is not int or limit < 1:
-            raise InvalidConfigError(f"max_records must be an int >= 1, not {max_records!r}")
+        if type(limit) is not int or not 1 <= limit <= MAX_INT32:
+            raise InvalidConfigError(f"max_records must be an int from 1 to {MAX_INT32}, not {max_records!r}")
         self._settle()
         if not self._buffer:
             self._fill(time.monotonic() + timeout_ms / 1000, limit)

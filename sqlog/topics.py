@@ -64,9 +64,10 @@ def check_retention(value: object, what: str) -> int | None:
     """A positive int, -1 (keep forever, Kafka's spelling) or None (the log-wide default)."""
     if value is None or value == -1 and type(value) is int:
         return value  # type: ignore[return-value]
-    if type(value) is not int or value <= 0:
+    if type(value) is not int or not 0 < value < 2**63:  # SQLite's INTEGER
         raise InvalidConfigError(
-            f"{what} must be a positive int, -1 (keep forever) or None (the log's default), not {value!r}"
+            f"{what} must be an int from 1 to 2**63-1, -1 (keep forever) or None (the log's default), "
+            f"not {value!r}"
         )
     return value
 

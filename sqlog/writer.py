@@ -9,6 +9,7 @@ under one mutex, so batches reach the table in the order they were sealed.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import apsw
 
 from .errors import (
+    InvalidConfigError,
     LogClosedError,
     SqlogError,
     SqlogTimeoutError,
@@ -65,6 +67,14 @@ class Batch:
         self.error: SqlogError | None = None
 
 
+def check_timeout(timeout: object) -> None:
+    """A wait's ``timeout``: None (no limit) or a finite number of seconds >= 0."""
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout < math.inf
+    ):
+        raise InvalidConfigError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
+
+
 class _ChunkFuture:
     """What the futures of one chunk share: waiting for its batch, and its error."""
 
@@ -78,6 +88,7 @@ class _ChunkFuture:
         return self._chunk.batch.done
 
     def _wait(self, timeout: float | None) -> Chunk:
+        check_timeout(timeout)
         chunk = self._chunk
         if not chunk.batch.done:
             chunk.batch.producer._writer.write_through(chunk.batch, timeout)
@@ -88,6 +99,7 @@ class _ChunkFuture:
 
     def exception(self, timeout: float | None = None) -> SqlogError | None:
         """The error the send failed with, or None once it succeeded."""
+        check_timeout(timeout)  # raised, not returned as the send's error
         try:
             self._wait(timeout)
         except SqlogTimeoutError:
