@@ -130,7 +130,7 @@ class Log:
 
     def _start_upkeep(self) -> Upkeep:
         sweep_ms, checkpoint_ms, wal_limit = self._upkeep_options
-        return Upkeep(self.path, self._connect, sweep_ms, checkpoint_ms, wal_limit)
+        return Upkeep(self.path, self._connect, sweep_ms, checkpoint_ms, wal_limit, self.busy_timeout_ms)
 
     def _connect(self) -> apsw.Connection:
         conn = connect(self.path, busy_timeout_ms=self.busy_timeout_ms, synchronous=self.synchronous)

@@ -18,12 +18,13 @@ import apsw
 
 from .check import violations
 from .errors import SqlogError, translated
-from .storage import RECORD_BYTES, partition_table, transaction
+from .storage import RECORD_BYTES, busy_handler, partition_table, transaction
 from .topics import effective
 from .types import CheckReport, PartitionSweep, SweepResult, TopicPartition
 
 SWEEP_CHUNK_RECORDS = 20_000  # records deleted per transaction: producers get the lock in between
 VACUUM_STEP_PAGES = 512
+TRUNCATE_WAIT_MS = 50  # how long a TRUNCATE checkpoint holds the write lock waiting for readers
 
 
 def _batches(conn: apsw.Connection, topic_id: int, partition: int) -> apsw.Cursor:
@@ -159,7 +160,7 @@ def _retained_partitions(conn: apsw.Connection) -> list[tuple[str, int, int, int
     ).fetchall()
 
 
-def sweep(conn: apsw.Connection, path: str, now_ms: int, wal_limit_bytes: int,
+def sweep(conn: apsw.Connection, path: str, now_ms: int, wal_limit_bytes: int, busy_timeout_ms: int,
           chunk_records: int = SWEEP_CHUNK_RECORDS) -> SweepResult:
     """Apply time and size retention to every partition, a bounded chunk per transaction, then vacuum.
 
@@ -193,7 +194,7 @@ def sweep(conn: apsw.Connection, path: str, now_ms: int, wal_limit_bytes: int,
                     break
                 records += n
                 nbytes += b
-                checkpoint(conn, path, wal_limit_bytes, only_past_limit=True)
+                checkpoint(conn, path, wal_limit_bytes, busy_timeout_ms, only_past_limit=True)
             if records:
                 deleted[TopicPartition(name, partition)] = PartitionSweep(records, nbytes)
         pages = reclaim(conn)
@@ -215,11 +216,14 @@ def reclaim(conn: apsw.Connection) -> int:
         freed += free - after
 
 
-def checkpoint(conn: apsw.Connection, path: str, wal_limit_bytes: int, only_past_limit: bool = False) -> int:
+def checkpoint(conn: apsw.Connection, path: str, wal_limit_bytes: int, busy_timeout_ms: int,
+               only_past_limit: bool = False) -> int:
     """PASSIVE checkpoint, escalated to TRUNCATE once the WAL passes ``wal_limit_bytes``.
 
     Readers that never pause can keep a PASSIVE checkpoint from ever resetting the WAL;
-    TRUNCATE waits (busy timeout) for them to finish their current read, then empties it.
+    TRUNCATE waits for them to finish their current read, then empties it. It holds the write
+    lock while it waits, so it waits only `TRUNCATE_WAIT_MS` (and tries again next time) rather
+    than stall every producer behind a long reader for the whole busy timeout.
     Returns the WAL size seen before the checkpoint.
     """
     try:
@@ -228,8 +232,14 @@ def checkpoint(conn: apsw.Connection, path: str, wal_limit_bytes: int, only_past
         return 0
     if wal <= wal_limit_bytes and only_past_limit:
         return wal
-    mode = "TRUNCATE" if wal > wal_limit_bytes else "PASSIVE"
-    conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+    if wal <= wal_limit_bytes:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        return wal
+    conn.set_busy_timeout(TRUNCATE_WAIT_MS)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        conn.set_busy_handler(busy_handler(busy_timeout_ms))
     return wal
 
 
@@ -237,8 +247,9 @@ class Upkeep:
     """The log's upkeep connection and thread: periodic sweeps and WAL checkpoints."""
 
     def __init__(self, path: str, connect: Callable[[], apsw.Connection], sweep_interval_ms: int | None,
-                 checkpoint_interval_ms: int | None, wal_limit_bytes: int) -> None:
+                 checkpoint_interval_ms: int | None, wal_limit_bytes: int, busy_timeout_ms: int) -> None:
         self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
         self._connect = connect
         self._conn: apsw.Connection | None = None
         self.lock = threading.Lock()  # one sweep or checkpoint at a time on the upkeep connection
@@ -260,7 +271,7 @@ class Upkeep:
     def sweep(self, now_ms: int | None = None) -> SweepResult:
         with self.lock:
             return sweep(self.conn(), self._path, int(time.time() * 1000) if now_ms is None else now_ms,
-                         self._wal_limit)
+                         self._wal_limit, self._busy_timeout_ms)
 
     def check(self) -> CheckReport:
         """Run ``check.violations`` on one snapshot (a read transaction) of the upkeep connection."""
@@ -274,7 +285,7 @@ class Upkeep:
 
     def checkpoint(self) -> int:
         with self.lock, translated(self._path):
-            return checkpoint(self.conn(), self._path, self._wal_limit)
+            return checkpoint(self.conn(), self._path, self._wal_limit, self._busy_timeout_ms)
 
     def _run(self) -> None:
         now = time.monotonic()

@@ -416,7 +416,8 @@ def run_sweep_kill_trials(tmp_path: Path, spawn, trials: int, per_partition: int
             while _partition_bounds(watcher) == before and child.proc.poll() is None:
                 assert time.monotonic() < deadline, f"{context}: the sweep made no progress in 30 s"
                 time.sleep(0.001)
-            time.sleep(rng.choice([0, 0, rng.uniform(0, 0.05), rng.uniform(0, 0.3)]))
+            if kills:  # the first kill lands as soon as the delete is under way, later ones anywhere
+                time.sleep(rng.choice([0, 0, rng.uniform(0, 0.05), rng.uniform(0, 0.3)]))
             watcher.close()
             alive = child.proc.poll() is None
             child.kill9()
@@ -448,12 +449,12 @@ def run_sweep_kill_trials(tmp_path: Path, spawn, trials: int, per_partition: int
 
 def test_sweeper_killed_mid_delete_leaves_a_consistent_log(tmp_path: Path, children) -> None:
     stats = run_sweep_kill_trials(tmp_path, children, trials=1, per_partition=100_000)
-    assert stats["kills"] >= 1
+    assert stats.get("kills", 0) >= 1, stats
     print(f"sweep kills: {stats}")
 
 
 @pytest.mark.slow
 def test_sweeper_killed_mid_delete_many_trials(tmp_path: Path, children) -> None:
     stats = run_sweep_kill_trials(tmp_path, children, trials=15, per_partition=300_000)
-    assert stats["mid_delete"] >= 10
+    assert stats.get("mid_delete", 0) >= 10, stats
     print(f"sweep kills: {stats}")

@@ -533,11 +533,6 @@ def test_lock_released_within_busy_timeout_is_waited_for(tmp_path: Path, log_pat
         holder.cleanup()
 
 
-@pytest.mark.xfail(reason="BUG: once the WAL passes wal_limit_bytes the upkeep thread's TRUNCATE checkpoint "
-                          "(retention.checkpoint) takes the writer lock and then busy-waits for readers: a reader "
-                          "holding a snapshot (another process's check(), a slow reader) stalls every producer for "
-                          "busy_timeout_ms and makes some fail with DatabaseLockedError ('another process held the "
-                          "database lock'), though only a reader is there", strict=True)
 def test_a_long_reader_does_not_stall_producers(tmp_path: Path, log_path: str) -> None:
     log = sqlog.open(log_path, busy_timeout_ms=2000, wal_limit_bytes=32 * 1024, wal_checkpoint_interval_ms=20)
     log.create_topic("t")

@@ -640,21 +640,15 @@ def test_offsets_for_times_after_retention_trimmed_a_batch() -> None:
     _check_offsets_for_times([[100, 5], [200]], 20, [50])
 
 
-@pytest.mark.xfail(reason="BUG: Log.sweep(now_ms) does not check now_ms: a str reaches retention.sweep's "
-                          "`now_ms - retention_ms` and raises a raw TypeError", strict=True)
 @pytest.mark.parametrize("now", ["123", object()])
 def test_sweep_with_a_non_numeric_now_ms(seeded: sqlog.Log, now: Any) -> None:
     expect_sqlog_error(lambda: seeded.sweep(now_ms=now), sqlog.InvalidConfigError)
 
 
-@pytest.mark.xfail(reason="BUG: Log.sweep(now_ms=nan) (or a float) is accepted and silently sweeps nothing "
-                          "(every comparison with nan is false)", strict=True)
 def test_sweep_with_nan_now_ms(seeded: sqlog.Log) -> None:
     expect_sqlog_error(lambda: seeded.sweep(now_ms=math.nan), sqlog.InvalidConfigError)
 
 
-@pytest.mark.xfail(reason="BUG: groups.validate_group_id accepts a str with a lone surrogate; the first commit "
-                          "then raises a raw UnicodeEncodeError from apsw", strict=True)
 def test_group_id_with_a_lone_surrogate(seeded: sqlog.Log) -> None:
     def call() -> None:
         consumer = seeded.consumer(group_id="g\ud800", enable_auto_commit=False)
@@ -664,17 +658,12 @@ def test_group_id_with_a_lone_surrogate(seeded: sqlog.Log) -> None:
     assert seeded.check().ok
 
 
-@pytest.mark.xfail(reason="BUG: Consumer.commit checks OffsetAndMetadata.metadata is a str but not that it "
-                          "encodes: a lone surrogate raises a raw UnicodeEncodeError from apsw", strict=True)
 def test_commit_metadata_with_a_lone_surrogate(seeded: sqlog.Log) -> None:
     consumer = seeded.consumer(group_id="g", enable_auto_commit=False)
     expect_sqlog_error(lambda: consumer.commit({TopicPartition("t", 0): OffsetAndMetadata(1, "\udcff")}))
     assert consumer.committed(TopicPartition("t", 0)) is None
 
 
-@pytest.mark.xfail(reason="BUG: Consumer.subscribe(listener=5) is accepted; the next poll() raises a raw "
-                          "AttributeError ('int' object has no attribute 'on_assigned'), and so does close()",
-                   strict=True)
 def test_subscribe_with_a_listener_that_is_not_one(seeded: sqlog.Log) -> None:
     consumer = seeded.consumer(group_id="g")
 
@@ -690,9 +679,6 @@ def test_subscribe_with_a_listener_that_is_not_one(seeded: sqlog.Log) -> None:
             consumer.close()  # so the fixture's log.close() does not trip over it
 
 
-@pytest.mark.xfail(reason="BUG: Log.close() only catches SqlogError from consumer.close(): a rebalance "
-                          "listener raising in on_revoked aborts Log.close() half-way (closed stays False, the "
-                          "upkeep thread and connections stay open, producers already refused)", strict=True)
 def test_log_close_survives_a_listener_that_raises(log: sqlog.Log) -> None:
     log.create_topic("t")
 
@@ -711,9 +697,6 @@ def test_log_close_survives_a_listener_that_raises(log: sqlog.Log) -> None:
     assert not [t for t in threading.enumerate() if t.name == "sqlog-upkeep"]
 
 
-@pytest.mark.xfail(reason="BUG: topics.check_retention has no upper bound: retention_ms / retention_bytes >= "
-                          "2**63 reach SQLite and raise a raw OverflowError (create_topic, alter_topic, open)",
-                   strict=True)
 @pytest.mark.parametrize("where", ["create_topic", "alter_topic", "open"])
 def test_retention_beyond_int64(seeded: sqlog.Log, log_path: str, where: str) -> None:
     calls = {
@@ -725,9 +708,6 @@ def test_retention_beyond_int64(seeded: sqlog.Log, log_path: str, where: str) ->
     assert seeded.check().ok
 
 
-@pytest.mark.xfail(reason="BUG: Producer.flush/close and RecordFuture.get do not check timeout: a str raises "
-                          "a raw TypeError, nan a raw ValueError, inf a raw OverflowError (writer.Writer.write_through "
-                          "passes them to Lock.acquire)", strict=True)
 @pytest.mark.parametrize("call", ["flush-str", "flush-nan", "flush-inf", "close-nan", "get-str"])
 def test_producer_timeouts_that_are_not_numbers(seeded: sqlog.Log, call: str) -> None:
     producer = seeded.producer(linger_ms=60_000)
@@ -747,14 +727,10 @@ def test_producer_timeouts_that_are_not_numbers(seeded: sqlog.Log, call: str) ->
         pytest.fail(f"raised {type(exc).__module__}.{type(exc).__name__} instead of a SqlogError: {exc!r}")
 
 
-@pytest.mark.xfail(reason="BUG: log._check_int has no upper bound for busy_timeout_ms: 2**31 or more raises a "
-                          "raw OverflowError from apsw's set_busy_timeout (a C int)", strict=True)
 def test_busy_timeout_beyond_c_int(log_path: str) -> None:
     expect_sqlog_error(lambda: sqlog.open(log_path, busy_timeout_ms=2**31), sqlog.InvalidConfigError)
 
 
-@pytest.mark.xfail(reason="BUG: sqlog.open(durability=<unhashable>) raises a raw TypeError from "
-                          "`durability not in _SYNCHRONOUS` (a dict lookup)", strict=True)
 def test_unhashable_durability(log_path: str) -> None:
     expect_sqlog_error(lambda: sqlog.open(log_path, durability={"full": True}), sqlog.InvalidConfigError)
 
@@ -787,15 +763,11 @@ def test_in_memory_path_is_refused_or_works(path: str) -> None:
         assert [r.value for r in consumer.poll(timeout_ms=1000)] == [b"x"]
 
 
-@pytest.mark.xfail(reason="BUG: Consumer.__init__ takes bool(enable_auto_commit): 'no', 'false', 0.0 ... are "
-                          "accepted silently ('no' and 'false' even turn auto-commit ON)", strict=True)
 @pytest.mark.parametrize("value", ["no", "false"])
 def test_enable_auto_commit_must_be_a_bool(seeded: sqlog.Log, value: Any) -> None:
     expect_sqlog_error(lambda: seeded.consumer(group_id="g", enable_auto_commit=value), sqlog.InvalidConfigError)
 
 
-@pytest.mark.xfail(reason="BUG: Consumer._part / _any_bounds look a TopicPartition up in a dict before checking "
-                          "its fields: an unhashable topic or partition raises a raw TypeError", strict=True)
 @pytest.mark.parametrize("method", ["pause", "resume", "seek", "position", "seek_to_end", "beginning_offsets",
                                     "end_offsets"])
 def test_unhashable_topic_partition(seeded: sqlog.Log, method: str) -> None:
@@ -814,39 +786,27 @@ def test_unhashable_topic_partition(seeded: sqlog.Log, method: str) -> None:
     expect_sqlog_error(calls[method])
 
 
-@pytest.mark.xfail(reason="BUG: Log.alter_group_offsets calls offsets.items() unchecked: None, an int or a list "
-                          "raise a raw AttributeError", strict=True)
 @pytest.mark.parametrize("offsets", [None, 5, [TopicPartition("t", 0)]], ids=repr)
 def test_alter_group_offsets_with_a_non_mapping(seeded: sqlog.Log, offsets: Any) -> None:
     expect_sqlog_error(lambda: seeded.alter_group_offsets("g", offsets), sqlog.InvalidConfigError)
 
 
-@pytest.mark.xfail(reason="BUG: Log.alter_group_offsets does not check OffsetAndMetadata.metadata: an int is "
-                          "stored (as text) without complaint, where Consumer.commit refuses it", strict=True)
 def test_alter_group_offsets_with_non_str_metadata(seeded: sqlog.Log) -> None:
     expect_sqlog_error(lambda: seeded.alter_group_offsets("g", {TopicPartition("t", 0): OffsetAndMetadata(1, 5)}),
                        sqlog.InvalidConfigError)
 
 
-@pytest.mark.xfail(reason="BUG: Log.reset_group_offsets(to=<timestamp>) has no upper bound: 2**63 or more "
-                          "raises a raw OverflowError from apsw", strict=True)
 def test_reset_group_offsets_to_a_timestamp_beyond_int64(seeded: sqlog.Log) -> None:
     seeded.alter_group_offsets("g", {TopicPartition("t", 0): 0})
     expect_sqlog_error(lambda: seeded.reset_group_offsets("g", to=2**63), sqlog.InvalidConfigError)
 
 
-@pytest.mark.xfail(reason="BUG: Log.reset_group_offsets(partitions=...) iterates whatever it gets: an int "
-                          "raises a raw TypeError, and a str is taken as a list of one-letter topic names",
-                   strict=True)
 @pytest.mark.parametrize("partitions", [5, "t"], ids=repr)
 def test_reset_group_offsets_with_bad_partitions(seeded: sqlog.Log, partitions: Any) -> None:
     seeded.alter_group_offsets("g", {TopicPartition("t", 0): 0})
     expect_sqlog_error(lambda: seeded.reset_group_offsets("g", partitions=partitions), sqlog.InvalidConfigError)
 
 
-@pytest.mark.xfail(reason="BUG: consumer group ids, client ids and offset metadata are checked as str but not "
-                          "as encodable: a lone surrogate reaches apsw and raises a raw UnicodeEncodeError",
-                   strict=True)
 @pytest.mark.parametrize("call", ["describe_group", "delete_group", "alter_group_offsets", "reset_group_offsets",
                                   "alter_metadata", "client_id"])
 def test_group_calls_with_a_lone_surrogate(seeded: sqlog.Log, call: str) -> None:
@@ -869,9 +829,6 @@ def test_group_calls_with_a_lone_surrogate(seeded: sqlog.Log, call: str) -> None
     assert seeded.check().ok
 
 
-@pytest.mark.xfail(reason="BUG: Consumer.__init__ checks session_timeout_ms / heartbeat_interval_ms as ints "
-                          ">= 0 without an upper bound: 2**63 or more raises a raw OverflowError at the group join",
-                   strict=True)
 def test_group_timeouts_beyond_int64(seeded: sqlog.Log) -> None:
     def call() -> None:
         consumer = seeded.consumer(group_id="g", session_timeout_ms=2**70)
