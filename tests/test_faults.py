@@ -668,12 +668,14 @@ def test_damaged_pages(log_path: str, damage: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(reason="BUG: see test_damaged_value_cell_gives_a_sqlog_error (a raw UnicodeDecodeError from "
+                          "poll() on one of these damaged copies) and test_consumer_notices_a_damaged_offset",
+                   strict=True)
 def test_damaged_pages_at_many_random_places(tmp_path: Path) -> None:
     """150 copies of a log, each damaged at 1-4 random places (whole pages, or a few bytes): no
-    call may raise anything but a SqlogError. What the API cannot notice is counted and printed:
-    flipped bytes inside a record's value (SQLite keeps no checksums and sqlog stores none,
-    unlike Kafka's per-batch CRC), and a damaged rowid that makes poll() return offsets out of
-    order (see test_consumer_notices_a_missing_record)."""
+    call may raise anything but a SqlogError, and no read may return offsets out of order or
+    with gaps. Flipped bytes inside a record's value cannot be noticed at all (SQLite keeps no
+    checksums and sqlog stores none, unlike Kafka's per-batch CRC): counted and printed."""
     template = str(tmp_path / "template.db")
     values = _big_log(template)
     pristine = Path(template).read_bytes()
@@ -696,6 +698,7 @@ def test_damaged_pages_at_many_random_places(tmp_path: Path) -> None:
         counts[kind] += 1
         _remove_log(path)
     print(f"150 damaged copies: {counts}")
+    assert counts["misordered"] == 0
     assert counts["reported"] > 50
 
 
@@ -727,6 +730,50 @@ def test_consumer_notices_a_missing_record(log_path: str) -> None:
         ok, _ = success_or_sqlog_error(read)
         assert not ok, f"poll() read {len(got)} of {len(values)} records with offset 10 missing, and said nothing"
         assert got == list(range(len(got))), got
+
+
+@pytest.mark.xfail(reason="BUG: Consumer._fetch checks only the first and last offset of the rows it fetched: "
+                          "a damaged rowid inside the batch is returned silently, out of order ([.., 49, 0, 51, ..]); "
+                          "check() does report it", strict=True)
+def test_consumer_notices_a_damaged_offset(log_path: str) -> None:
+    """Found by test_damaged_pages_at_many_random_places; made deterministic: the rowid byte of
+    offset 50's cell is set to 0 (cell layout: payload size, rowid, a 7-byte record header, the
+    6-byte timestamp, then the value)."""
+    with sqlog.open(log_path) as log:
+        log.create_topic("t")
+        with log.producer() as producer:
+            for i in range(100):
+                producer.send("t", b"%06d:" % i + bytes(100), timestamp_ms=1_700_000_000_000 + i)
+    data = bytearray(Path(log_path).read_bytes())
+    at = data.find(b"000050:") - 14
+    assert data[at] == 50, "the cell layout is not the one this test expects"
+    data[at] = 0
+    Path(log_path).write_bytes(bytes(data))
+    with sqlog.open(log_path) as log:
+        assert not log.check().ok  # integrity_check: "Rowid 49 out of order"
+        consumer = log.consumer(auto_offset_reset="earliest", enable_auto_commit=False)
+        consumer.assign([TP0])
+        ok, records = success_or_sqlog_error(lambda: consumer.poll(max_records=1000))
+        if ok:
+            offsets = [r.offset for r in records]
+            assert offsets == list(range(offsets[0], offsets[0] + len(offsets))), f"out of order: {offsets[45:55]}"
+
+
+@pytest.mark.xfail(reason="BUG: a record cell damaged into TEXT that is not UTF-8 makes Consumer.poll() raise a "
+                          "raw UnicodeDecodeError (apsw decodes TEXT in Consumer._fetch's fetchall(); "
+                          "errors.translated does not map it) instead of a StorageError", strict=True)
+def test_damaged_value_cell_gives_a_sqlog_error(log_path: str) -> None:
+    """Found by test_damaged_pages_at_many_random_places; made deterministic with apsw: the value
+    of offset 3 becomes a TEXT of invalid UTF-8, as a damaged cell's type byte can make it."""
+    _make_log(log_path)
+    conn = apsw.Connection(log_path)
+    conn.execute(f"UPDATE {_partition_table(log_path, 't', 0)} SET value = CAST(x'e6bc' AS TEXT) WHERE offset = 3")
+    conn.close()
+    with sqlog.open(log_path) as log:
+        assert not log.check().ok  # the byte count no longer matches
+        consumer = log.consumer(auto_offset_reset="earliest", enable_auto_commit=False)
+        consumer.assign([TP0])
+        success_or_sqlog_error(lambda: consumer.poll(max_records=1000))  # a StorageError, say
 
 
 GARBAGE: dict[str, Callable[[], bytes]] = {
