@@ -600,7 +600,9 @@ class Consumer:
                     rows = self._conn.execute(part.select, (pos, limit - len(out))).fetchall()
                 if not rows:
                     continue
-            if rows[0][0] != pos or rows[-1][0] - pos != len(rows) - 1:
+            if rows[0][0] != pos or rows[-1][0] - pos != len(rows) - 1 or any(
+                row[0] != offset for row, offset in zip(rows, range(pos, pos + len(rows)))
+            ):
                 raise StorageError(
                     f"{part.tp}: records missing between offsets {pos} and {rows[-1][0]}: the file is "
                     "damaged; log.check() lists what is wrong"

@@ -145,5 +145,7 @@ def translated(path: str) -> Iterator[None]:
         ) from exc
     except (apsw.CorruptError, apsw.IOError) as exc:
         raise StorageError(f"{path}: SQLite reported {type(exc).__name__}: {exc}") from exc
+    except UnicodeDecodeError as exc:  # TEXT that is not UTF-8: only a damaged cell holds that
+        raise StorageError(f"{path}: damaged text in the file ({exc}); log.check() lists what is wrong") from exc
     except apsw.ConnectionClosedError as exc:
         raise LogClosedError(f"{path}: the log is closed") from exc

@@ -668,9 +668,6 @@ def test_damaged_pages(log_path: str, damage: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="BUG: see test_damaged_value_cell_gives_a_sqlog_error (a raw UnicodeDecodeError from "
-                          "poll() on one of these damaged copies) and test_consumer_notices_a_damaged_offset",
-                   strict=True)
 def test_damaged_pages_at_many_random_places(tmp_path: Path) -> None:
     """150 copies of a log, each damaged at 1-4 random places (whole pages, or a few bytes): no
     call may raise anything but a SqlogError, and no read may return offsets out of order or
@@ -732,9 +729,6 @@ def test_consumer_notices_a_missing_record(log_path: str) -> None:
         assert got == list(range(len(got))), got
 
 
-@pytest.mark.xfail(reason="BUG: Consumer._fetch checks only the first and last offset of the rows it fetched: "
-                          "a damaged rowid inside the batch is returned silently, out of order ([.., 49, 0, 51, ..]); "
-                          "check() does report it", strict=True)
 def test_consumer_notices_a_damaged_offset(log_path: str) -> None:
     """Found by test_damaged_pages_at_many_random_places; made deterministic: the rowid byte of
     offset 50's cell is set to 0 (cell layout: payload size, rowid, a 7-byte record header, the
@@ -759,9 +753,6 @@ def test_consumer_notices_a_damaged_offset(log_path: str) -> None:
             assert offsets == list(range(offsets[0], offsets[0] + len(offsets))), f"out of order: {offsets[45:55]}"
 
 
-@pytest.mark.xfail(reason="BUG: a record cell damaged into TEXT that is not UTF-8 makes Consumer.poll() raise a "
-                          "raw UnicodeDecodeError (apsw decodes TEXT in Consumer._fetch's fetchall(); "
-                          "errors.translated does not map it) instead of a StorageError", strict=True)
 def test_damaged_value_cell_gives_a_sqlog_error(log_path: str) -> None:
     """Found by test_damaged_pages_at_many_random_places; made deterministic with apsw: the value
     of offset 3 becomes a TEXT of invalid UTF-8, as a damaged cell's type byte can make it."""
