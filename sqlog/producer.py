@@ -129,12 +129,7 @@ class Producer:
             batch = self._batch
             chunk = self._last_chunk  # consecutive sends mostly go to the same partition
             if chunk.batch is not batch or chunk.partition != partition or chunk.topic_id != meta.topic_id:
-                chunk = batch.chunks.get((meta.topic_id, partition))
-                if chunk is None:
-                    chunk = batch.chunks[(meta.topic_id, partition)] = Chunk(topic, meta.topic_id, partition, batch)
-                    if len(batch.chunks) == 1:
-                        batch.created = time.monotonic()
-                        wake = True
+                chunk, wake = self._chunk(batch, meta, partition)
                 self._last_chunk = chunk
             rows = chunk.rows
             index = len(rows)
@@ -193,17 +188,11 @@ class Producer:
             raise UnknownTopicOrPartitionError(f"topic {topic!r} has partitions 0..{meta.partitions - 1}, not {partition!r}")
         if not vals:
             raise SerializationError("send_batch() needs at least one value")
-        wake = False
         with self._lock:
             if partition is None:
                 partition = self._new_sticky_partition(meta, size)
             batch = self._batch
-            chunk = batch.chunks.get((meta.topic_id, partition))
-            if chunk is None:
-                chunk = batch.chunks[(meta.topic_id, partition)] = Chunk(topic, meta.topic_id, partition, batch)
-                if len(batch.chunks) == 1:
-                    batch.created = time.monotonic()
-                    wake = True
+            chunk, wake = self._chunk(batch, meta, partition)
             rows = chunk.rows
             start = len(rows)
             rows.extend(zip(repeat(timestamp_ms), repeat(None), vals, repeat(None)))
@@ -217,6 +206,19 @@ class Producer:
         elif wake:
             self._writer.wake()
         return BatchFuture(chunk, start, len(vals))
+
+    @staticmethod
+    def _chunk(batch: Batch, meta: TopicMeta, partition: int) -> tuple[Chunk, bool]:
+        """The open batch's chunk for a partition, created if needed; True when the batch was
+        empty until now (the linger thread must plan its write). Called under ``_lock``."""
+        chunk = batch.chunks.get((meta.topic_id, partition))
+        if chunk is not None:
+            return chunk, False
+        chunk = batch.chunks[(meta.topic_id, partition)] = Chunk(meta.name, meta.topic_id, partition, batch)
+        if len(batch.chunks) > 1:
+            return chunk, False
+        batch.created = time.monotonic()
+        return chunk, True
 
     def _new_sticky_partition(self, meta: TopicMeta, size: int) -> int:
         """Keyless records stick to one partition for a batch's worth of bytes, then move (KIP-480)."""
