@@ -3,6 +3,7 @@
 from .consumer import Consumer, ConsumerRebalanceListener
 from .errors import (
     CommitFailedError,
+    CorruptRecordError,
     DatabaseLockedError,
     DiskFullError,
     GroupIdNotFoundError,
@@ -63,6 +64,7 @@ __all__ = [
     "Consumer",
     "ConsumerGroupMetadata",
     "ConsumerRebalanceListener",
+    "CorruptRecordError",
     "DatabaseLockedError",
     "DiskFullError",
     "GroupDescription",

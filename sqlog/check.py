@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
-import re
-
 import apsw
 
-from .storage import RECORD_BYTES, partition_table
+from .checksum import CHECK_COLUMN, mismatches
+from .storage import PARTITION_TABLE, RECORD_BYTES, partition_table
+from .types import CheckReport, TopicPartition
 
-_PARTITION_TABLE = re.compile(r"p(\d+)_(\d+)")
+_CHUNK = 10_000  # records verified per statement
 
 
-def violations(conn: apsw.Connection) -> list[str]:
-    """Everything wrong with the file; empty when it is sound. Read-only; O(records)."""
+def report(conn: apsw.Connection) -> CheckReport:
+    """Everything wrong with the file; no violations when it is sound. Read-only; O(records).
+
+    Whatever SQLite can open gets a report: an error from SQLite part way (a page too damaged to
+    read) becomes a violation rather than an exception.
+    """
+    unverified: dict[TopicPartition, int] = {}
+    try:
+        found = violations(conn, unverified)
+    except apsw.Error as exc:
+        found = [(f"SQLite stopped the check: {type(exc).__name__}: {exc} (the file is damaged; restore it from "
+                  "a copy, or read what is still readable with a consumer)")]
+    return CheckReport(found, unverified)
+
+
+def violations(conn: apsw.Connection, unverified: dict[TopicPartition, int]) -> list[str]:
+    """The violated invariants; counts each partition's records without a checksum into ``unverified``."""
     found = [f"integrity_check: {row[0]}" for row in conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
     if found:
         return found  # the rest reads the tables, which may be what is broken
@@ -42,9 +57,13 @@ def violations(conn: apsw.Connection) -> list[str]:
             )
         if stored != nbytes:
             found.append(f"{where}: partition bytes {nbytes} but records hold {stored}")
+        damaged, unchecked = _check_records(conn, table)
+        found.extend(f"{where} offset {offset}: the record does not match its checksum (damaged)" for offset in damaged)
+        if unchecked:
+            unverified[TopicPartition(name or f"<topic id {topic_id}>", partition)] = unchecked
         found.extend(_check_batches(conn, where, topic_id, partition, start, end, nbytes, table))
     for table in sorted(tables):
-        if _PARTITION_TABLE.fullmatch(table) and table not in known:
+        if PARTITION_TABLE.fullmatch(table) and table not in known:
             found.append(f"orphan table {table} (no partition row)")
     for group, topic_id, partition, offset in conn.execute(
         "SELECT c.group_id, c.topic_id, c.partition, c.offset FROM committed_offsets c"
@@ -92,6 +111,32 @@ def _check_share_groups(conn: apsw.Connection) -> list[str]:
         if rows != end - start or (rows and (low != start or top != end - 1)):
             found.append(f"{where}: {rows} rows in [{low}, {top}] for the window [{start}, {end})")
     return found
+
+
+def _check_records(conn: apsw.Connection, table: str) -> tuple[list[int], int]:
+    """Every record against its checksum: the offsets of the damaged ones, and how many have none.
+
+    The parts are read as BLOBs, with a flag for a part of another type (which only a damaged
+    cell holds): a TEXT that is not UTF-8 must not stop the check."""
+    damaged: list[int] = []
+    unchecked = 0
+    after = -1
+    while True:
+        rows = conn.execute(
+            f"SELECT offset, CAST(key AS BLOB), CAST(value AS BLOB), CAST(headers AS BLOB), {CHECK_COLUMN},"
+            " typeof(key) IN ('blob', 'null') AND typeof(value) IN ('blob', 'null')"
+            " AND typeof(headers) IN ('blob', 'null')"
+            f" FROM {table} WHERE offset > ? ORDER BY offset LIMIT ?",
+            (after, _CHUNK),
+        ).fetchall()
+        if not rows:
+            return damaged, unchecked
+        offsets, keys, values, headers, checks, typed = zip(*rows)
+        unchecked += checks.count(None)
+        bad = set(mismatches(keys, values, headers, checks))
+        bad.update(i for i, ok in enumerate(typed) if not ok)
+        damaged.extend(offsets[i] for i in sorted(bad))
+        after = offsets[-1]
 
 
 def _check_batches(conn: apsw.Connection, where: str, topic_id: int, partition: int, start: int, end: int,

@@ -754,6 +754,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     with _open_log(args) as log:
         report = log.check()
+    for tp, count in sorted(report.unverified.items()):
+        print(f"{tp.topic}-{tp.partition}: {count} records written before checksums (not verified)")
     if report.ok:
         print("ok")
         return 0

@@ -6,26 +6,28 @@ import collections
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from . import groups, topics
+from . import groups, partitions, topics
+from .checksum import mismatches
 from .errors import (
     CommitFailedError,
+    CorruptRecordError,
     IllegalStateError,
     InvalidConfigError,
     LogClosedError,
     OffsetOutOfRange,
     SerializationError,
-    StorageError,
     UnknownTopicOrPartitionError,
     translated,
 )
 from .producer import MAX_INT32, check_config
 from .serde import decode_headers, serde_function
-from .storage import connect, data_version, partition_table, wait_for_commit
+from .storage import connect, data_version, wait_for_commit
 from .types import ConsumerGroupMetadata, OffsetAndMetadata, OffsetAndTimestamp, Record, TopicPartition
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "key_deserializer": None,
     "value_deserializer": None,
     "max_poll_records": 500,
+    "check_crcs": True,  # verify each record's checksum (Kafka's check.crcs): CorruptRecordError if damaged
     "consumer_timeout_ms": None,  # iteration stops after this long without a record (None: never)
     "metadata_max_age_ms": 5_000,
     # Kafka's group settings: they apply to a consumer with a group_id that calls subscribe().
@@ -78,12 +81,18 @@ class _Partition:
         self.tp = tp
         self.topic_id = topic_id
         self.generation = generation  # of the group claim that gave it to this member
-        self.select = (
-            f"SELECT offset, ts, key, value, headers FROM {partition_table(topic_id, tp.partition)}"
-            " WHERE offset >= ? ORDER BY offset LIMIT ?"
-        )
+        self.select = partitions.select_from(topic_id, tp.partition)
         self.position: int | None = None  # None until resolved from the committed offset or the reset policy
         self.paused = False
+
+
+def _corrupt(tp: TopicPartition, offset: int) -> CorruptRecordError:
+    return CorruptRecordError(
+        f"{tp.topic}-{tp.partition} offset {offset}: the record does not match its checksum (it changed on "
+        f"disk after it was written); seek(TopicPartition({tp.topic!r}, {tp.partition}), {offset + 1}) to skip "
+        "it, and run `sqlog check` (log.check()) to list every damaged record",
+        tp.topic, tp.partition, offset,
+    )
 
 
 def _iterable(items: object, call: str, what: str) -> list[Any]:
@@ -128,6 +137,9 @@ class Consumer:
         self._key_de: Callable[[bytes], Any] | None = serde_function(cfg["key_deserializer"], "key_deserializer", "deserialize")
         self._value_de: Callable[[bytes], Any] | None = serde_function(cfg["value_deserializer"], "value_deserializer", "deserialize")
         self._max_records = cfg["max_poll_records"]
+        if type(cfg["check_crcs"]) is not bool:
+            raise InvalidConfigError(f"check_crcs must be True or False, not {cfg['check_crcs']!r}")
+        self._check_crcs = cfg["check_crcs"]
         if type(self._max_records) is not int or not 1 <= self._max_records <= MAX_INT32:
             raise InvalidConfigError(f"max_poll_records must be an int from 1 to {MAX_INT32}, not {self._max_records!r}")
         timeout = _ms(cfg, "consumer_timeout_ms", allow_none=True)
@@ -402,13 +414,7 @@ class Consumer:
         return part
 
     def _bounds(self, part: _Partition) -> tuple[int, int]:
-        row = self._conn.execute(
-            "SELECT log_start_offset, next_offset FROM partitions WHERE topic_id = ? AND partition = ?",
-            (part.topic_id, part.tp.partition),
-        ).fetchone()
-        if row is None:
-            raise UnknownTopicOrPartitionError(f"{part.tp} no longer exists (topic deleted?)")
-        return row[0], row[1]
+        return partitions.bounds(self._conn, part.topic_id, part.tp.partition, str(part.tp))
 
     def _reset_position(self, part: _Partition, offset: int | None, start: int, end: int) -> int:
         if self._reset == "earliest":
@@ -583,7 +589,10 @@ class Consumer:
             part = parts[(start + i) % n]
             pos = self._resolve(part)
             try:
-                rows = self._conn.execute(part.select, (pos, limit - len(out))).fetchall()
+                pos, rows = partitions.read(
+                    self._conn, part.select, part.topic_id, part.tp.partition, pos, limit - len(out),
+                    partial(self._reset_position, part), str(part.tp),
+                )
             except apsw.SQLError:  # the partition table went away: the topic was deleted
                 if self._membership is not None and self._subscription is not None:
                     self._refresh_at = 0.0  # the group rebalances at the next coordination
@@ -593,30 +602,28 @@ class Consumer:
                 if self._manual:
                     raise UnknownTopicOrPartitionError(f"{part.tp} no longer exists (topic deleted?)") from None
                 return []
-            if not rows or rows[0][0] != pos:
-                start_off, end_off = self._bounds(part)
-                if not start_off <= pos <= end_off:
-                    part.position = pos = self._reset_position(part, pos, start_off, end_off)
-                    rows = self._conn.execute(part.select, (pos, limit - len(out))).fetchall()
-                if not rows:
-                    continue
-            if rows[0][0] != pos or rows[-1][0] - pos != len(rows) - 1 or any(
-                row[0] != offset for row, offset in zip(rows, range(pos, pos + len(rows)))
-            ):
-                raise StorageError(
-                    f"{part.tp}: records missing between offsets {pos} and {rows[-1][0]}: the file is "
-                    "damaged; log.check() lists what is wrong"
-                )
+            part.position = pos  # moved if retention passed it (auto_offset_reset)
+            if not rows:
+                continue
+            offsets, stamps, keys, values, headers, checks = zip(*rows)
+            damaged = self._check_crcs and mismatches(keys, values, headers, checks)
+            if damaged:
+                good = damaged[0]
+                if not out and not good:
+                    raise _corrupt(part.tp, offsets[0])
+                # Return what came before the damaged record; the next poll starts at it and raises.
+                offsets, stamps, keys, values, headers = (c[:good] for c in (offsets, stamps, keys, values, headers))
+                if not good:
+                    break
             topic, p = part.tp.topic, part.tp.partition
             if kd is None and vd is None:
                 # Column-wise through map(): Record() is called from C, with no per-row bytecode.
-                offsets, stamps, keys, values, headers = zip(*rows)
                 out.extend(map(Record, repeat(topic), repeat(p), offsets, stamps, keys, values,
                                map(decode_headers, headers) if any(headers) else repeat(())))
             else:
                 before = len(out)
                 try:
-                    self._deserialize(topic, p, rows, kd, vd, out)
+                    self._deserialize(topic, p, zip(offsets, stamps, keys, values, headers), kd, vd, out)
                 except SerializationError:
                     # Return what came before the bad record; the next poll starts at it and raises.
                     if not out:
@@ -624,8 +631,8 @@ class Consumer:
                     if len(out) > before:
                         moved.append((part, out[-1].offset + 1))
                     break
-            moved.append((part, rows[-1][0] + 1))
-            if len(out) >= limit:
+            moved.append((part, offsets[-1] + 1))
+            if damaged or len(out) >= limit:
                 break
         if advance:
             for part, position in moved:
@@ -633,7 +640,7 @@ class Consumer:
         return out
 
     @staticmethod
-    def _deserialize(topic: str, p: int, rows: list[Any], kd: Any, vd: Any, out: list[Record]) -> None:
+    def _deserialize(topic: str, p: int, rows: Iterable[tuple[Any, ...]], kd: Any, vd: Any, out: list[Record]) -> None:
         for o, ts, k, v, h in rows:
             try:
                 key = k if kd is None or k is None else kd(k)

@@ -94,6 +94,20 @@ class StorageError(SqlogError):
     """SQLite reported an I/O or corruption error."""
 
 
+class CorruptRecordError(StorageError):
+    """A stored record does not match its checksum: it changed on disk after it was written.
+
+    ``topic``, ``partition`` and ``offset`` name it; ``seek()`` past it to read on, and run
+    ``sqlog check`` to list every damaged record.
+    """
+
+    def __init__(self, message: str, topic: str, partition: int, offset: int) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+
+
 class SqlogTimeoutError(SqlogError, TimeoutError):
     """An operation did not finish within the timeout it was given."""
 

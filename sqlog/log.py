@@ -22,7 +22,7 @@ from .errors import (
     translated,
 )
 from .retention import Upkeep
-from .storage import connect, file_sizes, transaction
+from .storage import connect, file_sizes, snapshot, transaction
 from .types import (
     CheckReport,
     GroupDescription,
@@ -217,9 +217,11 @@ class Log:
 
     @contextmanager
     def _read(self) -> Iterator[apsw.Connection]:
+        """The log's connection for an admin read: one snapshot, so retention running meanwhile
+        cannot make two of its statements disagree (bounds against records, lag against ends)."""
         self._check_open()
-        with self._mutex, translated(self.path):
-            yield self._conn
+        with self._mutex, translated(self.path), snapshot(self._conn) as conn:
+            yield conn
 
     def _topic_meta(self, name: str) -> topics.TopicMeta:
         with self._read() as conn:
@@ -411,11 +413,7 @@ class Log:
         from . import share
 
         with self._read() as conn:
-            conn.execute("BEGIN")  # one snapshot for all the counts
-            try:
-                return share.describe(conn, group_id, share.now_ms())
-            finally:
-                conn.execute("COMMIT")
+            return share.describe(conn, group_id, share.now_ms())
 
     def delete_share_group(self, group_id: str) -> None:
         """Forget a share group's state (e.g. so interest retention stops waiting for it); refused

@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import apsw
 
-from .check import violations
+from .check import report
 from .errors import SqlogError, translated
-from .storage import RECORD_BYTES, busy_handler, partition_table, transaction
+from .storage import RECORD_BYTES, busy_handler, partition_table, snapshot, transaction
 from .topics import effective
 from .types import CheckReport, PartitionSweep, SweepResult, TopicPartition
 
@@ -274,14 +274,9 @@ class Upkeep:
                          self._wal_limit, self._busy_timeout_ms)
 
     def check(self) -> CheckReport:
-        """Run ``check.violations`` on one snapshot (a read transaction) of the upkeep connection."""
-        with self.lock, translated(self._path):
-            conn = self.conn()
-            conn.execute("BEGIN")
-            try:
-                return CheckReport(violations(conn))
-            finally:
-                conn.execute("COMMIT")
+        """Run ``check.report`` on one snapshot (a read transaction) of the upkeep connection."""
+        with self.lock, translated(self._path), snapshot(self.conn()) as conn:
+            return report(conn)
 
     def checkpoint(self) -> int:
         with self.lock, translated(self._path):

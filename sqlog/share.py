@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING, Any
 import apsw
 
 from . import topics
+from .checksum import CHECK_COLUMN, matches
 from .errors import (
+    CorruptRecordError,
     GroupIdNotFoundError,
     GroupNotEmptyError,
     IllegalStateError,
@@ -54,6 +56,7 @@ from .errors import (
     translated,
 )
 from .groups import validate_group_id
+from .partitions import select_from
 from .producer import MAX_INT32, check_config
 from .serde import decode_headers, encode_headers, serde_function
 from .storage import connect, data_version, partition_table, wait_for_commit
@@ -80,6 +83,7 @@ SHARE_CONSUMER_DEFAULTS: dict[str, Any] = {
     "key_deserializer": None,
     "value_deserializer": None,
     "max_poll_records": 500,
+    "check_crcs": True,  # verify each record's checksum: a damaged record is rejected, CorruptRecordError
     "partition_max_record_locks": 2_000,
     "consumer_timeout_ms": None,  # iteration stops after this long without a record (None: never)
     # Called as callback(offsets: dict[TopicPartition, set[int]], exception) after a poll() or
@@ -202,7 +206,7 @@ class _Outcome:
     __slots__ = ("acquired", "failed", "done", "changed", "next_expiry_ms")
 
     def __init__(self) -> None:
-        self.acquired: list[tuple[Any, ...]] = []  # (topic, topic_id, partition, offset, dc, ts, key, value, headers)
+        self.acquired: list[tuple[Any, ...]] = []  # (topic, topic_id, partition, offset, dc, ts, key, value, headers, check)
         self.failed: list[tuple[str, int, int]] = []
         self.done: list[tuple[str, int, int]] = []
         self.changed = False  # something may have become available to others (or was dead-lettered)
@@ -241,6 +245,9 @@ class ShareConsumer:
         self._lock_ms = _positive(cfg, "record_lock_duration_ms")
         self._limit = _positive(cfg, "delivery_count_limit")
         self._max_records = _positive(cfg, "max_poll_records")
+        if type(cfg["check_crcs"]) is not bool:
+            raise InvalidConfigError(f"check_crcs must be True or False, not {cfg['check_crcs']!r}")
+        self._check_crcs = cfg["check_crcs"]
         self._max_locks = _positive(cfg, "partition_max_record_locks")
         timeout = cfg["consumer_timeout_ms"]
         if timeout is not None and (type(timeout) is not int or not 0 <= timeout <= MAX_INT32):
@@ -401,7 +408,18 @@ class ShareConsumer:
         buffer = self._buffer
         delivered = self._delivered
         while buffer and len(out) < limit:
-            topic, topic_id, partition, offset, count, ts, k, v, h = buffer[0]
+            topic, topic_id, partition, offset, count, ts, k, v, h, check = buffer[0]
+            if self._check_crcs and not matches(k, v, h, check):
+                if out:
+                    break  # return what precedes it; the next poll raises
+                buffer.popleft()
+                delivered[(topic, partition, offset)] = _Delivered(topic_id, count, "reject")
+                raise CorruptRecordError(
+                    f"{topic}-{partition} offset {offset}: the record does not match its checksum (it changed on "
+                    "disk after it was written); it is rejected (archived, and copied to the dead-letter topic if "
+                    "one is set) at the next poll or commit; run `sqlog check` (log.check()) to list every damaged "
+                    "record", topic, partition, offset,
+                )
             try:
                 key = k if kd is None or k is None else kd(k)
                 value = v if vd is None or v is None else vd(v)
@@ -676,18 +694,16 @@ class _TxState:
                     _ACQUIRE_AVAILABLE, [(sg, topic_id, partition, o, member, until) for (o,) in available]
                 ))
                 counts = dict(again)
-                for offset, ts, k, v, h in conn.executemany(
-                    f"SELECT offset, ts, key, value, headers FROM {table} WHERE offset = ?", [(o,) for o, _ in again]
+                for offset, ts, k, v, h, check in conn.executemany(
+                    f"SELECT offset, ts, key, value, headers, {CHECK_COLUMN} FROM {table} WHERE offset = ?",
+                    [(o,) for o, _ in again],
                 ):
-                    out.append((topic, topic_id, partition, offset, counts[offset], ts, k, v, h))
+                    out.append((topic, topic_id, partition, offset, counts[offset], ts, k, v, h, check))
                 want = limit - len(out)
             # Then records never delivered, from end_offset, as far as the in-flight window allows.
             room = min(want, high - end, start + c._max_locks - end)
             if room > 0:
-                fresh = conn.execute(
-                    f"SELECT offset, ts, key, value, headers FROM {table} WHERE offset >= ? ORDER BY offset LIMIT ?",
-                    (end, room),
-                ).fetchall()
+                fresh = conn.execute(select_from(topic_id, partition), (end, room)).fetchall()
                 if fresh:
                     conn.executemany(_INSERT_ACQUIRED, [(sg, topic_id, partition, r[0], member, until) for r in fresh])
                     conn.execute(
@@ -695,7 +711,7 @@ class _TxState:
                         " AND partition = ?",
                         (fresh[-1][0] + 1, sg, topic_id, partition),
                     )
-                    out.extend((topic, topic_id, partition, o, 1, ts, k, v, h) for o, ts, k, v, h in fresh)
+                    out.extend((topic, topic_id, partition, o, 1, ts, k, v, h, c) for o, ts, k, v, h, c in fresh)
         return out
 
     def finish(self, out: _Outcome, waiting: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,10 +16,25 @@ from .errors import NotASqlogLogError, SchemaTooNewError, translated
 
 APPLICATION_ID = 0x73716C67  # "sqlg"
 
+PARTITION_TABLE = re.compile(r"p(\d+)_(\d+)")
+"""The name of a partition table (as `partition_table` makes it)."""
+
+
+def _add_crc_columns(conn: apsw.Connection) -> None:
+    """Migration 4: records already stored keep a NULL checksum (reported as unverified)."""
+    for (name,) in conn.execute(
+        "SELECT name FROM sqlite_schema s WHERE type = 'table'"
+        " AND NOT EXISTS (SELECT 1 FROM pragma_table_info(s.name) WHERE name = 'crc')"
+    ).fetchall():
+        if PARTITION_TABLE.fullmatch(name):
+            conn.execute(f"ALTER TABLE {name} ADD COLUMN crc INTEGER")
+
+
 # The schema as numbered DDL: MIGRATIONS[i] takes user_version i to i + 1.
 # Every partition is its own table, p<topic_id>_<partition>, named by numbers only
 # (see partition_table); its INTEGER PRIMARY KEY is the offset.
-MIGRATIONS: tuple[str, ...] = (
+# An entry is DDL, or a function for a change that depends on what the file holds.
+MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     """
     -- Log-wide settings every process agrees on (e.g. the default retention_ms / retention_bytes).
     CREATE TABLE settings(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -167,6 +183,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE topics ADD COLUMN retention_policy TEXT NOT NULL DEFAULT 'limits'
         CHECK (retention_policy IN ('limits', 'interest'));
     """,
+    # 4: record checksums (see checksum.py): a crc column in every partition table.
+    _add_crc_columns,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -182,7 +200,7 @@ def partition_table(topic_id: int, partition: int) -> str:
 def partition_ddl(topic_id: int, partition: int) -> str:
     return (
         f"CREATE TABLE {partition_table(topic_id, partition)}("
-        "offset INTEGER PRIMARY KEY, ts INTEGER NOT NULL, key BLOB, value BLOB, headers BLOB)"
+        "offset INTEGER PRIMARY KEY, ts INTEGER NOT NULL, key BLOB, value BLOB, headers BLOB, crc INTEGER)"
     )
 
 
@@ -282,7 +300,10 @@ def _migrate(conn: apsw.Connection, path: str) -> None:
         _check_file(conn, path)  # another process may have created or upgraded it meanwhile
         version = _user_version(conn)
         for ddl in MIGRATIONS[version:]:
-            conn.execute(ddl)
+            if callable(ddl):
+                ddl(conn)
+            else:
+                conn.execute(ddl)
         conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -298,6 +319,26 @@ def transaction(conn: apsw.Connection) -> Iterator[apsw.Connection]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+@contextlib.contextmanager
+def snapshot(conn: apsw.Connection) -> Iterator[apsw.Connection]:
+    """A read transaction: every statement inside sees the file as of its first read.
+
+    Takes no lock (WAL readers never block the writer); keep it short, since a checkpoint
+    cannot pass it. Ending it can only fail on a damaged file, after everything was read: then
+    the body's own result (or error) stands.
+    """
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        try:
+            conn.execute("COMMIT")
+        except apsw.Error:
+            if conn.in_transaction:
+                with contextlib.suppress(apsw.Error):
+                    conn.execute("ROLLBACK")
 
 
 def data_version(conn: apsw.Connection) -> int:

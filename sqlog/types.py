@@ -115,9 +115,12 @@ class SweepResult:
 
 @attrs.frozen
 class CheckReport:
-    """What ``Log.check()`` found: one line per violated invariant; ``ok`` when there are none."""
+    """What ``Log.check()`` found: one line per violated invariant (a damaged record is one);
+    ``ok`` when there are none. ``unverified`` says, per partition, how many records were
+    written before sqlog stored checksums: they are read as stored, without a check."""
 
     violations: list[str]
+    unverified: dict[TopicPartition, int] = attrs.field(factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import apsw
 
+from .checksum import STORE, crcs
 from .errors import (
     InvalidConfigError,
     LogClosedError,
@@ -174,11 +175,14 @@ def append_rows(conn: apsw.Connection, topic_id: int, partition: int,
         return None
     base, start, total, budget = found
     table = partition_table(topic_id, partition)
+    stamps, keys, values, headers = zip(*rows)
+    stored = zip(stamps, keys, values, headers, crcs(keys, values, headers))
     # The first row takes its offset explicitly; the rest get max(offset) + 1 from SQLite,
     # which is the next offset because nothing above ``base`` exists in this transaction.
-    conn.execute(f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?)", (base, *rows[0]))
+    conn.execute(f"INSERT INTO {table}(ts, key, value, headers, crc, offset) VALUES (?1, ?2, ?3, ?4, {STORE}, ?6)",
+                 (*next(stored), base))
     if n > 1:
-        conn.executemany(f"INSERT INTO {table}(ts, key, value, headers) VALUES (?, ?, ?, ?)", rows[1:])
+        conn.executemany(f"INSERT INTO {table}(ts, key, value, headers, crc) VALUES (?1, ?2, ?3, ?4, {STORE})", stored)
         if conn.last_insert_rowid() != base + n - 1:
             raise StorageError(f"{path}: {table} holds offsets above its high watermark {base}")
     conn.execute(_INDEX, (topic_id, partition, base, base + n - 1, max_ts, nbytes))

@@ -1,0 +1,63 @@
+"""Record checksums: SQLite checksums nothing inside a cell, so sqlog stores its own.
+
+Every record carries a CRC-32 of what it holds, written in the append's transaction and
+checked on read (as Kafka's ``check.crcs``). The stored value is ``crc32(key, value, headers)``
+(each absent part counts as empty) plus the timestamp folded in by SQL, so a flipped byte in
+the key, value, headers, timestamp or the checksum itself is caught. The bytes are hashed
+column-wise with ``map(zlib.crc32, ...)`` and the timestamp folded by SQLite: no Python code
+runs per record on either side. Records written before checksums existed store NULL
+(unverified).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from itertools import repeat
+from zlib import crc32
+
+_MASK = 4294967295
+STORE = f"(?5 + (?1 & {_MASK}) + (?1 >> 32)) & {_MASK}"
+"""The SQL value of the ``crc`` column for an insert with ``ts`` bound as ?1 and `crcs` as ?5."""
+CHECK_COLUMN = f"((crc - (ts & {_MASK}) - (ts >> 32)) & {_MASK}) | (crc & ~{_MASK})"
+"""SQL giving back a row's `crcs` value from its stored ``crc`` (NULL when it has none); a bit
+set above the low 32 (a flip in the stored integer's upper bytes) keeps it from ever matching."""
+
+Column = Sequence["bytes | None"]
+
+
+def _filled(column: Column) -> Column:
+    return column if None not in column else [b if b is not None else b"" for b in column]
+
+
+def crcs(keys: Column, values: Column, headers: Column) -> list[int]:
+    """The checksum of each record's key, value and headers, in order (None counts as empty)."""
+    n = len(values)
+    sums: Iterator[int] = repeat(0, n)
+    for column in (keys, values, headers):
+        if column.count(None) != n:
+            sums = map(crc32, _filled(column), sums)  # type: ignore[arg-type]  # _filled leaves no None
+    return list(sums)
+
+
+def mismatches(keys: Column, values: Column, headers: Column, checks: Sequence[int | None]) -> list[int]:
+    """Indexes of the records that do not match their checksum (those without one are only
+    checked for their types): the damaged ones."""
+    try:
+        computed = crcs(keys, values, headers)
+    except TypeError:  # a damaged cell read back as TEXT or a number instead of a BLOB
+        return [i for i, row in enumerate(zip(keys, values, headers, checks)) if not matches(*row)]
+    if computed == list(checks):
+        return []
+    return [i for i, (c, s) in enumerate(zip(computed, checks)) if s is not None and c != s]
+
+
+def matches(key: object, value: object, headers: object, check: int | None) -> bool:
+    """One record: its parts are bytes (or None) and match its checksum, if it has one."""
+    parts = (key, value, headers)
+    if any(p is not None and type(p) is not bytes for p in parts):
+        return False
+    c = 0
+    for p in parts:
+        if p:
+            c = crc32(p, c)  # type: ignore[arg-type]
+    return check is None or c == check
