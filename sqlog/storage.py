@@ -61,7 +61,8 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY(group_id, topic_id, partition)
     ) WITHOUT ROWID;
     """,
-    # 2: consumer groups without a broker (see groups.py for the protocol).
+    # 2: consumer groups without a broker (see groups.py for the protocol). Since schema 4,
+    # joined_ms and heartbeat_ms are clock.monotonic_ms() readings, not the wall clock.
     """
     -- generation changes with every change of membership, target assignment or ownership,
     -- so a member's poll() learns that something moved from one cheap SELECT.
@@ -110,7 +111,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX partition_owners_by_member ON partition_owners(group_id, member_id);
     """,
     # 3: queue mode: share groups (Kafka's KIP-932); see share.py for the protocol. Only this
-    # migration's own tables and triggers, plus the topics.retention_policy column.
+    # migration's own tables and triggers, plus the topics.retention_policy column. Since
+    # schema 4, lock_until_ms is a clock.monotonic_ms() reading, not ms since the epoch.
     """
     -- A share group's id as the tables below store it (an int, not the user's text).
     CREATE TABLE share_groups(
