@@ -6,6 +6,8 @@ Everything lives in the log file, so threads and processes on this machine agree
   background thread per member heartbeats every ``heartbeat_interval_ms``; anyone who sees a
   heartbeat older than the member's ``session_timeout_ms`` deletes the member (and, on this host,
   a member whose process is gone: pid plus start time, a speed-up on top of the timeout).
+  Heartbeat ages are measured on `clock.monotonic_ms`, never the wall clock, so a clock step
+  neither expires live members nor keeps dead ones.
 - ``group_targets``: the target assignment, recomputed deterministically (range, roundrobin or
   sticky) in the same transaction that changes the membership, so every member reads one answer.
 - ``partition_owners``: who owns each partition now. A member claims a partition of its target
@@ -32,6 +34,7 @@ from typing import Any
 import apsw
 import attrs
 
+from . import clock
 from .errors import (
     CommitFailedError,
     GroupIdNotFoundError,
@@ -41,6 +44,7 @@ from .errors import (
     LogClosedError,
     SqlogError,
 )
+from .storage import clock_now
 from .types import GroupDescription, GroupPartitionDescription, MemberDescription, TopicPartition
 
 STRATEGIES = ("range", "roundrobin", "sticky", "cooperative-sticky")
@@ -67,14 +71,10 @@ def validate_group_id(group_id: object) -> str:
     return storable_str(group_id, "group_id", 255)
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 # -- committed offsets ---------------------------------------------------------------------
 def store(conn: apsw.Connection, group_id: str, offsets: Iterable[tuple[int, int, int, str]]) -> None:
     """Write ``(topic_id, partition, offset, metadata)`` rows; run inside a write transaction."""
-    now = now_ms()
+    now = clock.wall_ms()  # commit_ms is a Kafka timestamp
     conn.executemany(
         "INSERT INTO committed_offsets(group_id, topic_id, partition, offset, metadata, commit_ms)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(group_id, topic_id, partition) DO UPDATE SET"
@@ -200,7 +200,7 @@ def _read(path: str) -> str:
 def _pid_namespace() -> str:
     """Boot id plus pid namespace: two members' pids are comparable only when these match."""
     try:
-        return _read("/proc/sys/kernel/random/boot_id").strip() + "/" + os.readlink("/proc/self/ns/pid")
+        return clock.BOOT_ID + "/" + os.readlink("/proc/self/ns/pid") if clock.BOOT_ID else ""
     except OSError:
         return ""
 
@@ -252,6 +252,7 @@ def _bump(conn: apsw.Connection, group_id: str) -> int:
 
 
 def _is_dead(pid: int, namespace: str, start: int | None, heartbeat: int, session_ms: int, now: int) -> bool:
+    """``heartbeat`` and ``now`` are `clock.monotonic_ms` readings."""
     if heartbeat + session_ms < now:
         return True
     # The fast path for a crashed process on this host; never trusted across pid namespaces.
@@ -265,7 +266,7 @@ _MEMBER_LIVENESS = (
 
 
 def _dead_members(conn: apsw.Connection, group_id: str, now: int) -> tuple[list[str], list[str]]:
-    """``(live, dead)`` member ids, each sorted."""
+    """``(live, dead)`` member ids, each sorted, as of ``now`` (`clock.monotonic_ms`)."""
     live: list[str] = []
     dead: list[str] = []
     rows: list[Any] = conn.execute(_MEMBER_LIVENESS, (group_id,)).fetchall()
@@ -275,7 +276,8 @@ def _dead_members(conn: apsw.Connection, group_id: str, now: int) -> tuple[list[
 
 
 def live_member_ids(conn: apsw.Connection, group_id: str, now: int | None = None) -> list[str]:
-    return _dead_members(conn, group_id, now_ms() if now is None else now)[0]
+    """The live members' ids, sorted, as of ``now`` (`clock.monotonic_ms`, default now)."""
+    return _dead_members(conn, group_id, clock.monotonic_ms() if now is None else now)[0]
 
 
 def _remove_member(conn: apsw.Connection, group_id: str, member_id: str) -> bool:
@@ -285,7 +287,8 @@ def _remove_member(conn: apsw.Connection, group_id: str, member_id: str) -> bool
 
 
 def expire(conn: apsw.Connection, group_id: str, now: int) -> list[str]:
-    """Delete members past their session timeout (or whose process on this host is gone)."""
+    """Delete members past their session timeout as of ``now`` (`clock.monotonic_ms`), or whose
+    process on this host is gone."""
     dead = _dead_members(conn, group_id, now)[1]
     for member_id in dead:
         _remove_member(conn, group_id, member_id)
@@ -341,7 +344,7 @@ def rebalance(conn: apsw.Connection, group_id: str, always: bool = True) -> int:
 
 def join(conn: apsw.Connection, group_id: str, info: MemberInfo) -> int:
     """Add a member (expiring dead ones first) and recompute the target; returns the generation."""
-    now = now_ms()
+    now = clock.monotonic_ms()
     expire(conn, group_id, now)
     others = {r[0] for r in conn.execute("SELECT strategy FROM group_members WHERE group_id = ?", (group_id,))}
     if others and others != {info.strategy}:
@@ -352,7 +355,7 @@ def join(conn: apsw.Connection, group_id: str, info: MemberInfo) -> int:
     conn.execute(
         "INSERT INTO consumer_groups(group_id, generation, strategy, created_ms) VALUES (?, 0, ?, ?)"
         " ON CONFLICT(group_id) DO UPDATE SET strategy = excluded.strategy",
-        (group_id, info.strategy, now),
+        (group_id, info.strategy, clock.wall_ms()),
     )
     conn.execute(
         "INSERT INTO group_members(group_id, member_id, client_id, host, pid, pid_namespace, pid_start_time,"
@@ -365,7 +368,8 @@ def join(conn: apsw.Connection, group_id: str, info: MemberInfo) -> int:
 
 
 def heartbeat(conn: apsw.Connection, group_id: str, member_id: str, now: int) -> bool:
-    """Stamp the member's heartbeat; False if it is no longer a member (expired or left)."""
+    """Stamp the member's heartbeat at ``now`` (`clock.monotonic_ms`); False if it is no longer a
+    member (expired or left)."""
     conn.execute(
         "UPDATE group_members SET heartbeat_ms = ? WHERE group_id = ? AND member_id = ?", (now, group_id, member_id)
     )
@@ -433,7 +437,7 @@ def claim(conn: apsw.Connection, group_id: str, member_id: str) -> tuple[int, di
     if not free:
         return generation(conn, group_id), {}
     gen = _bump(conn, group_id)
-    now = now_ms()
+    now = clock.wall_ms()
     conn.executemany(
         "INSERT INTO partition_owners(group_id, topic_id, partition, member_id, generation, claimed_ms)"
         " VALUES (?, ?, ?, ?, ?, ?)",
@@ -585,8 +589,8 @@ class Membership:
                 leave(conn, self.group_id, member_id)
             self.mark_lost(member_id, "more than max_poll_interval_ms between polls")
             return
-        now = now_ms()
         with self._write() as conn:
+            now = clock.monotonic_ms()  # read under the write lock: no later stamp is in the file
             alive = heartbeat(conn, self.group_id, member_id, now)
             if alive and expire(conn, self.group_id, now):
                 rebalance(conn, self.group_id)
@@ -616,7 +620,8 @@ def describe(conn: apsw.Connection, group_id: str) -> GroupDescription:
     validate_group_id(group_id)
     if not _exists(conn, group_id):
         raise GroupIdNotFoundError(f"no consumer group {group_id!r}; log.list_groups() lists them")
-    now = now_ms()
+    now = clock_now(conn)
+    to_wall = clock.wall_offset_ms()  # liveness times are shown as wall-clock ms, now minus their age
     names = dict(conn.execute("SELECT topic_id, name FROM topics"))
     grow = conn.execute("SELECT generation, strategy FROM consumer_groups WHERE group_id = ?", (group_id,)).fetchone()
     live = set(live_member_ids(conn, group_id, now))
@@ -633,7 +638,7 @@ def describe(conn: apsw.Connection, group_id: str) -> GroupDescription:
     members = tuple(
         MemberDescription(m, client, host, pid, tuple(sub.split(",")) if sub else (),
                           tps(k for k, (o, _) in owners.items() if o == m),
-                          tps(k for k, o in targets.items() if o == m), joined, beat)
+                          tps(k for k, o in targets.items() if o == m), joined + to_wall, beat + to_wall)
         for m, client, host, pid, sub, joined, beat in conn.execute(
             "SELECT member_id, client_id, host, pid, subscription, joined_ms, heartbeat_ms FROM group_members"
             " WHERE group_id = ? ORDER BY member_id", (group_id,)
@@ -665,7 +670,7 @@ def describe(conn: apsw.Connection, group_id: str) -> GroupDescription:
 def require_empty(conn: apsw.Connection, group_id: str, what: str) -> None:
     """Expire dead members, then refuse ``what`` while live members remain (as Kafka does)."""
     validate_group_id(group_id)
-    if expire(conn, group_id, now_ms()):
+    if expire(conn, group_id, clock.monotonic_ms()):
         rebalance(conn, group_id)
     live = live_member_ids(conn, group_id)
     if live:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from . import groups, topics
+from . import clock, groups, topics
 from .errors import (
     CommitFailedError,
     InvalidConfigError,
@@ -22,7 +22,7 @@ from .errors import (
     translated,
 )
 from .retention import Upkeep
-from .storage import connect, file_sizes, snapshot, transaction
+from .storage import clock_now, connect, file_sizes, snapshot, transaction
 from .types import (
     CheckReport,
     GroupDescription,
@@ -413,7 +413,7 @@ class Log:
         from . import share
 
         with self._read() as conn:
-            return share.describe(conn, group_id, share.now_ms())
+            return share.describe(conn, group_id, clock_now(conn))
 
     def delete_share_group(self, group_id: str) -> None:
         """Forget a share group's state (e.g. so interest retention stops waiting for it); refused
@@ -421,7 +421,7 @@ class Log:
         from . import share
 
         with self._write() as conn:
-            share.delete(conn, group_id, share.now_ms())
+            share.delete(conn, group_id, clock.monotonic_ms())
 
     # -- upkeep ----------------------------------------------------------------------------
     def sweep(self, now_ms: int | None = None) -> SweepResult:

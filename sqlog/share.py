@@ -26,7 +26,8 @@ one, through the producers' append path (`writer.append_rows`), all in that one 
 An acknowledgement applies only while the record is still the consumer's delivery (same
 delivery count, not delivered to anyone since), so a lock that expired and was handed to another
 consumer makes it fail (`InvalidRecordStateError`, a `CommitFailedError`), never apply twice.
-Lock time is the wall clock (ms), shared by every process on the machine.
+Lock time is `clock.monotonic_ms`, shared by every process on the machine and never stepped, so a
+wall-clock step neither expires held locks early nor keeps expired ones.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from . import topics
+from . import clock, topics
 from .checksum import CHECK_COLUMN, matches
 from .errors import (
     CorruptRecordError,
@@ -183,10 +184,6 @@ _MAYBE_AVAILABLE = (
     " OR EXISTS(SELECT 1 FROM share_records INDEXED BY share_records_open WHERE share_group_id = ?1 AND state < 2"
     f"  AND (state = 0 OR lock_until_ms <= ?4) AND topic_id IN ({_SUBSCRIBED_IDS}))"
 )
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _Delivered:
@@ -387,11 +384,11 @@ class ShareConsumer:
     def _lock_expired(self) -> bool:
         """A blocked poll also wakes when some consumer's lock comes due (no commit marks that)."""
         self._check_open()
-        return self._next_expiry_ms is not None and now_ms() >= self._next_expiry_ms
+        return self._next_expiry_ms is not None and clock.monotonic_ms() >= self._next_expiry_ms
 
     def _maybe_available(self) -> bool:
         """A read-only look (no write lock) at whether a poll's transaction could take anything."""
-        now = now_ms()
+        now = clock.monotonic_ms()
         row = self._conn.execute(_GROUP_ID, (self.group_id,)).fetchone()
         if row is None:
             return True
@@ -529,7 +526,7 @@ class ShareConsumer:
         out = _Outcome()
         log = self._log
         with log._write() as conn:
-            now = now_ms()
+            now = clock.monotonic_ms()
             state = _TxState(conn, self, now)
             if pending:
                 state.acknowledge(pending, out)
@@ -596,8 +593,9 @@ class _TxState:
     def __init__(self, conn: apsw.Connection, consumer: ShareConsumer, now: int) -> None:
         self.conn = conn
         self.c = consumer
-        self.now = now
-        self.sg = group_row(conn, consumer.group_id, now)
+        self.now = now  # clock.monotonic_ms(): lock deadlines
+        self.wall = clock.wall_ms()  # Kafka timestamps: a new group's created_ms, dead-letter records
+        self.sg = group_row(conn, consumer.group_id, self.wall)
         self.touched: set[tuple[int, int]] = set()  # partitions whose start offset may advance
         self.dead: list[tuple[int, int, int, int, str]] = []  # (topic_id, partition, offset, count, reason)
         self.failed_keys: set[tuple[str, int, int]] = set()
@@ -754,16 +752,17 @@ class _TxState:
             )
             # Kafka's routing: source partition modulo the dead-letter topic's partitions.
             chunks.setdefault(partition % meta.partitions, []).append(
-                (self.now, key, value, encode_headers(decode_headers(headers) + extra))
+                (self.wall, key, value, encode_headers(decode_headers(headers) + extra))
             )
         for dlq_partition, rows in chunks.items():
             nbytes = sum(len(k or b"") + len(v or b"") + len(h or b"") for _, k, v, h in rows)
-            append_rows(self.conn, meta.topic_id, dlq_partition, rows, nbytes, self.now, c._path)
+            append_rows(self.conn, meta.topic_id, dlq_partition, rows, nbytes, self.wall, c._path)
         self.changed = True
 
 
 def group_row(conn: apsw.Connection, group_id: str, now: int) -> int:
-    """The share group's numeric id, creating the group if needed (inside a write transaction)."""
+    """The share group's numeric id, creating the group (``created_ms`` = ``now``, wall clock) if
+    needed (inside a write transaction)."""
     row = conn.execute(_GROUP_ID, (group_id,)).fetchone()
     if row is None:
         conn.execute(_GROUP_CREATE, (group_id, now))
@@ -797,7 +796,8 @@ def list_groups(conn: apsw.Connection) -> list[str]:
 
 
 def describe(conn: apsw.Connection, group_id: str, now: int) -> ShareGroupDescription:
-    """Per partition start offset, window and record counts; a lock past its deadline counts as available."""
+    """Per partition start offset, window and record counts; a lock past its deadline (``now``:
+    `storage.clock_now`) counts as available."""
     validate_group_id(group_id)
     row = conn.execute(_GROUP_ID, (group_id,)).fetchone()
     if row is None:
@@ -829,7 +829,8 @@ def describe(conn: apsw.Connection, group_id: str, now: int) -> ShareGroupDescri
 
 
 def delete(conn: apsw.Connection, group_id: str, now: int) -> None:
-    """Forget a share group and all its state; refused while a consumer holds one of its records."""
+    """Forget a share group and all its state; refused while a consumer holds one of its records
+    (a lock ahead of ``now``: `clock.monotonic_ms`)."""
     validate_group_id(group_id)
     row = conn.execute(_GROUP_ID, (group_id,)).fetchone()
     if row is None:

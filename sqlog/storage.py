@@ -12,6 +12,7 @@ from typing import Protocol
 
 import apsw
 
+from . import clock
 from .errors import NotASqlogLogError, SchemaTooNewError, translated
 
 APPLICATION_ID = 0x73716C67  # "sqlg"
@@ -76,7 +77,8 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
         PRIMARY KEY(group_id, topic_id, partition)
     ) WITHOUT ROWID;
     """,
-    # 2: consumer groups without a broker (see groups.py for the protocol).
+    # 2: consumer groups without a broker (see groups.py for the protocol). Since schema 5,
+    # joined_ms and heartbeat_ms are clock.monotonic_ms() readings, not the wall clock.
     """
     -- generation changes with every change of membership, target assignment or ownership,
     -- so a member's poll() learns that something moved from one cheap SELECT.
@@ -125,7 +127,8 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     CREATE INDEX partition_owners_by_member ON partition_owners(group_id, member_id);
     """,
     # 3: queue mode: share groups (Kafka's KIP-932); see share.py for the protocol. Only this
-    # migration's own tables and triggers, plus the topics.retention_policy column.
+    # migration's own tables and triggers, plus the topics.retention_policy column. Since
+    # schema 5, lock_until_ms is a clock.monotonic_ms() reading, not ms since the epoch.
     """
     -- A share group's id as the tables below store it (an int, not the user's text).
     CREATE TABLE share_groups(
@@ -185,8 +188,19 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     """,
     # 4: record checksums (see checksum.py): a crc column in every partition table.
     _add_crc_columns,
+    # 5: liveness times on a clock that never steps. group_members.joined_ms / heartbeat_ms and
+    # share_records.lock_until_ms are clock.monotonic_ms() readings (ms since boot), no longer the
+    # wall clock; settings 'liveness_clock' names the clock and boot they belong to (clock.CLOCK_ID).
+    # The older files' wall-clock times are marked as from another clock: the first process that
+    # opens the file expires them (adopt_clock). Older sqlog versions refuse this schema.
+    """
+    INSERT OR REPLACE INTO settings(key, value) VALUES ('liveness_clock', 'wall');
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings
+LIVENESS_CLOCK = "liveness_clock"  # the settings key naming the clock of the stored liveness times
+EXPIRED_MS = -(2**62)  # a liveness time before every deadline: the member or lock has expired
 
 # A record's size as retention and the byte counts see it (the producer's len(key + value + headers)).
 RECORD_BYTES = "coalesce(length(key), 0) + coalesce(length(value), 0) + coalesce(length(headers), 0)"
@@ -223,6 +237,8 @@ def connect(path: str, *, busy_timeout_ms: int, synchronous: str, query_only: bo
             conn.execute(f"PRAGMA synchronous={synchronous}")
             if query_only:
                 conn.execute("PRAGMA query_only=1")
+            elif SCHEMA_VERSION >= CLOCK_SCHEMA:
+                adopt_clock(conn)
         except BaseException:
             conn.close()
             raise
@@ -306,6 +322,50 @@ def _migrate(conn: apsw.Connection, path: str) -> None:
                 conn.execute(ddl)
         conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _clock_is_ours(conn: apsw.Connection) -> bool:
+    """Whether the file says its liveness times are readings of our clock in this boot."""
+    row = conn.execute("SELECT value FROM settings WHERE key = ?", (LIVENESS_CLOCK,)).fetchone()
+    return row is not None and row[0] == clock.CLOCK_ID
+
+
+def _times_ahead(conn: apsw.Connection, now: int) -> bool:
+    """Whether stored liveness times lie ahead of ``now``, which only a clock that restarted (a
+    reboot, where no boot id tells boots apart) leaves behind: a heartbeat is stamped before its
+    transaction commits, a lock ends at most MAX_INT32 ms after it was taken. Exact only when
+    ``now`` is read under the write lock."""
+    return bool(conn.execute(
+        "SELECT EXISTS(SELECT 1 FROM group_members WHERE heartbeat_ms > ?1)"
+        " OR EXISTS(SELECT 1 FROM share_records WHERE state < 2 AND state = 1 AND lock_until_ms > ?1 + 2147483647)",
+        (now,),
+    ).fetchone()[0])
+
+
+def adopt_clock(conn: apsw.Connection) -> None:
+    """Make the file's liveness times this boot's: if they belong to another clock or boot, every
+    member and record lock they describe has expired (the processes that wrote them are gone),
+    so mark them so and record `clock.CLOCK_ID`. A cheap read when nothing changed; run by every
+    writable connection, so every write transaction can trust the stored times. A read-only file
+    keeps its times (`clock_now` then reads them as expired)."""
+    if _clock_is_ours(conn) and not _times_ahead(conn, clock.monotonic_ms()):
+        return
+    try:
+        with transaction(conn):
+            if not _clock_is_ours(conn) or _times_ahead(conn, clock.monotonic_ms()):  # final: under the lock
+                conn.execute("UPDATE group_members SET joined_ms = ?1, heartbeat_ms = ?1", (EXPIRED_MS,))
+                conn.execute("UPDATE share_records SET lock_until_ms = ? WHERE state = 1", (EXPIRED_MS,))
+                conn.execute("INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)",
+                             (LIVENESS_CLOCK, clock.CLOCK_ID))
+    except apsw.ReadOnlyError:
+        pass
+
+
+def clock_now(conn: apsw.Connection) -> int:
+    """`clock.monotonic_ms()` to judge stored liveness times against; if the file says they belong
+    to another clock or boot (a read-only file, never adopted), a time past every deadline, so
+    they read as expired."""
+    return clock.monotonic_ms() if _clock_is_ours(conn) else -EXPIRED_MS
 
 
 @contextlib.contextmanager

@@ -147,6 +147,8 @@ class MemberDescription:
     subscription: tuple[str, ...]
     assignment: frozenset[TopicPartition]  # the partitions it owns now
     target_assignment: frozenset[TopicPartition]  # what the group's assignor gives it
+    # Wall-clock ms (since the epoch) measured back from now by the age on sqlog's steady liveness
+    # clock: ages stay right across a wall-clock step, though the times then shift with the step.
     joined_ms: int
     last_heartbeat_ms: int
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import sqlog
-import sqlog.share
+import sqlog.clock
 from sqlog.share import ACKNOWLEDGED, ACQUIRED, ARCHIVED, AVAILABLE
 
 LOCK_MS = 100
@@ -40,8 +40,8 @@ class ShareModel(RuleBasedStateMachine):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="sqlog-model-")
         self.clock = [1_000_000]
-        self._real_now = sqlog.share.now_ms
-        sqlog.share.now_ms = lambda: self.clock[0]  # type: ignore[assignment]
+        self._real_now = sqlog.clock.monotonic_ms
+        sqlog.clock.monotonic_ms = lambda: self.clock[0]  # type: ignore[assignment]
         self.log = sqlog.open(f"{self.dir}/m.db", retention_check_interval_ms=None, wal_checkpoint_interval_ms=None)
         self.log.create_topic("jobs")
         self.log.create_topic("dlq")
@@ -55,7 +55,7 @@ class ShareModel(RuleBasedStateMachine):
         self.names = 0
 
     def teardown(self) -> None:
-        sqlog.share.now_ms = self._real_now  # type: ignore[assignment]
+        sqlog.clock.monotonic_ms = self._real_now  # type: ignore[assignment]
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 

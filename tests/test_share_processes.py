@@ -16,12 +16,14 @@ from typing import Any
 import apsw
 
 import sqlog
+import sqlog.clock
 from sqlog.share import DLQ_DELIVERY_COUNT, DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
 
 WORKER = Path(__file__).resolve().parent / "share_worker.py"
 
 # Logs every change of a share_records row, in commit order (write transactions are serialized),
-# with SQLite's wall clock, which is the clock sqlog's locks use.
+# with SQLite's wall clock; lock deadlines are sqlog.clock.monotonic_ms readings, which
+# _check_audit moves to the wall clock (nothing steps the clock during these tests).
 AUDIT_DDL = """
 CREATE TABLE audit(
     id INTEGER PRIMARY KEY, partition INT, offset INT, event TEXT, member TEXT, dc INT,
@@ -112,6 +114,7 @@ def _check_audit(rows: list[tuple[Any, ...]], acks: dict[tuple[str, int], set[tu
     for row in rows:
         by_record[(row[0], row[1])].append(row)
     acquisitions = 0
+    to_wall = sqlog.clock.wall_offset_ms()
     for (partition, offset), events in by_record.items():
         holder: tuple[str, int, int, int] | None = None  # (member, dc, lock_until, acquired at)
         for _, _, event, member, dc, lock_until, old_lock_until, _, _, t in events:
@@ -124,7 +127,7 @@ def _check_audit(rows: list[tuple[Any, ...]], acks: dict[tuple[str, int], set[tu
                 holder = (member, dc, lock_until, holder[3])
             elif event == "exit":
                 assert holder is not None, f"{partition}@{offset}: an exit without a holder"
-                if t < old_lock_until:  # before the deadline: only the holder's own acknowledgement
+                if t < old_lock_until + to_wall:  # before the deadline: only the holder's own acknowledgement
                     assert (partition, offset, dc) in acks.get(holder[0], set()), (
                         f"{partition}@{offset} delivery {dc} left {holder[0]} at {t} before its deadline "
                         f"{old_lock_until} without its acknowledgement"
