@@ -119,19 +119,22 @@ def poll_workload(files: Files, size: int, n: int) -> Workload:
             if k in state:
                 files.remove(state.pop(k))
 
-    def sqlog_side(want: int) -> float:
-        with sqlog.open(state["sqlog_path"]) as log:
-            consumer = log.consumer(auto_offset_reset="earliest", enable_auto_commit=False)
-            consumer.assign([tp])
-            got = [0]
+    def sqlog_side(check_crcs: bool) -> Callable[[int], float]:
+        def run(want: int) -> float:
+            with sqlog.open(state["sqlog_path"]) as log:
+                consumer = log.consumer(auto_offset_reset="earliest", enable_auto_commit=False, check_crcs=check_crcs)
+                consumer.assign([tp])
+                got = [0]
 
-            def work() -> None:
-                got[0] = sqlog_read(consumer, want, first=0)
+                def work() -> None:
+                    got[0] = sqlog_read(consumer, want, first=0)
 
-            elapsed = timed(work)
-            consumer.close()
-        check_count("sqlog poll", got[0], want)
-        return elapsed
+                elapsed = timed(work)
+                consumer.close()
+            check_count("sqlog poll", got[0], want)
+            return elapsed
+
+        return run
 
     def raw_side(want: int) -> float:
         conn = raw_open(state["raw_path"], "NORMAL")
@@ -150,7 +153,8 @@ def poll_workload(files: Files, size: int, n: int) -> Workload:
 
     return Workload(
         "poll_100b" if size == 100 else f"poll_{size}b", f"poll() {size} B", n,
-        [Side("sqlog", sqlog_side), Side("raw", raw_side)], [("ratio", "sqlog", "raw")],
+        [Side("sqlog", sqlog_side(True)), Side("sqlog_nocrc", sqlog_side(False)), Side("raw", raw_side)],
+        [("ratio", "sqlog", "raw"), ("ratio_nocrc", "sqlog_nocrc", "raw")],
         setup=setup, teardown=teardown, warmup=min(n, 2000),
     )
 
@@ -248,6 +252,9 @@ def results(workloads: list[Workload]) -> list[dict[str, Any]]:
             variants = [("durable_send_1t", "durable send().get(), 1 thread", "sqlog_1t", "ratio_1t"),
                         (f"durable_send_{THREADS}t", f"durable send().get(), {THREADS} threads",
                          f"sqlog_{THREADS}t", f"ratio_{THREADS}t")]
+        elif w.key.startswith("poll"):  # checksums verified (the default) and not
+            variants = [(w.key, w.title, "sqlog", "ratio"),
+                        (f"{w.key}_nocrc", f"{w.title}, check_crcs=False", "sqlog_nocrc", "ratio_nocrc")]
         else:
             variants = [(w.key, w.title, "sqlog", "ratio")]
         for key, title, sq, ratio in variants:

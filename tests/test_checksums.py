@@ -1,7 +1,7 @@
 """Record checksums: a byte flipped on disk is never handed back as good data.
 
-SQLite checksums nothing inside a cell, so each record stores a CRC-32 of its key, value and
-headers with its timestamp folded in. These tests flip bits in the file itself (closed, as a
+SQLite checksums nothing inside a cell, so each record stores a checksum (Adler-32) of its key,
+value and headers with its timestamp folded in. These tests flip bits in the file itself (closed, as a
 failing disk would), in every part of a record, and read it back through the public API.
 """
 
