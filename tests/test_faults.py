@@ -667,6 +667,30 @@ def test_damaged_pages(log_path: str, damage: str) -> None:
     assert _damage_is_reported(outcome), outcome
 
 
+def test_corrupt_file_error_says_to_run_check_and_restore(log_path: str) -> None:
+    """SQLite's bare "database disk image is malformed" leaves a user stuck: the StorageError
+    for a damaged page must say what to do next (run `sqlog check`, restore from a copy)."""
+    _big_log(log_path)
+    size = os.path.getsize(log_path)
+    with open(log_path, "r+b") as f:  # a page in the middle of the partition tables
+        f.seek(size // 4096 // 2 * 4096)
+        f.write(b"\xff" * 4096)
+    log = sqlog.open(log_path, retention_check_interval_ms=None, wal_checkpoint_interval_ms=None)
+    consumer = log.consumer(auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer.assign([TopicPartition("t", 0), TopicPartition("t", 1)])
+
+    def read() -> None:
+        while consumer.poll(max_records=1000):
+            pass
+
+    exc = expect_error(read, sqlog.StorageError)
+    assert isinstance(exc.__cause__, apsw.CorruptError), repr(exc.__cause__)
+    message = str(exc)
+    assert log_path in message and "malformed" in message
+    assert f"sqlog --db {log_path} check" in message and "log.check()" in message
+    assert "restore" in message and "copy" in message
+
+
 @pytest.mark.slow
 def test_damaged_pages_at_many_random_places(tmp_path: Path) -> None:
     """150 copies of a log, each damaged at 1-4 random places (whole pages, or a few bytes): no
