@@ -245,7 +245,7 @@ def truncate_wal(conn: apsw.Connection, wait_ms: int, busy_timeout_ms: int) -> i
     (another connection was checkpointing)."""
     conn.set_busy_timeout(wait_ms)
     try:
-        busy, pages, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        ((busy, pages, _),) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     finally:
         conn.set_busy_handler(busy_handler(busy_timeout_ms))
     return int(pages) if busy else 0
