@@ -48,7 +48,8 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "client_id": "sqlog",  # prefix of the member id, shown by describe_group
     "partition_assignment_strategy": "range",  # or "roundrobin", "sticky", "cooperative-sticky"
     "session_timeout_ms": 45_000,
-    "heartbeat_interval_ms": 3_000,
+    # None: derived from session_timeout_ms (a third of it, at most 3000, Kafka's default and advice).
+    "heartbeat_interval_ms": None,
     "max_poll_interval_ms": 300_000,
 }
 _RESETS = ("earliest", "latest", "none")
@@ -120,6 +121,12 @@ def _ms(config: dict[str, Any], name: str, allow_none: bool = False) -> int | No
     return value
 
 
+def heartbeat_for(session_timeout_ms: int) -> int:
+    """The heartbeat interval when none is given: a third of the session timeout (Kafka's
+    advice), at most Kafka's default of 3000 ms, at least 1 ms."""
+    return max(1, min(session_timeout_ms // 3, 3_000))
+
+
 class Consumer:
     """Reads records from assigned or subscribed partitions; use from one thread, as in Kafka."""
 
@@ -145,8 +152,11 @@ class Consumer:
         timeout = _ms(cfg, "consumer_timeout_ms", allow_none=True)
         self._iter_timeout_ms = None if timeout is None else timeout
         self._meta_age_s = (_ms(cfg, "metadata_max_age_ms") or 0) / 1000
-        for name in ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms"):
+        for name in ("session_timeout_ms", "max_poll_interval_ms"):
             _ms(cfg, name)
+        derived = _ms(cfg, "heartbeat_interval_ms", allow_none=True) is None
+        if derived:
+            cfg["heartbeat_interval_ms"] = heartbeat_for(cfg["session_timeout_ms"])
         if cfg["partition_assignment_strategy"] not in groups.STRATEGIES:
             raise InvalidConfigError(
                 f"partition_assignment_strategy must be one of {groups.STRATEGIES}, "
@@ -154,9 +164,15 @@ class Consumer:
             )
         groups.storable_str(cfg["client_id"], "client_id", 255)
         if self._group is not None and not 0 < cfg["heartbeat_interval_ms"] < cfg["session_timeout_ms"]:
+            if derived:
+                raise InvalidConfigError(
+                    f"session_timeout_ms must be at least 2 ms, not {cfg['session_timeout_ms']}: "
+                    "members heartbeat several times within it"
+                )
             raise InvalidConfigError(
                 "heartbeat_interval_ms must be > 0 and below session_timeout_ms "
-                f"({cfg['heartbeat_interval_ms']} vs {cfg['session_timeout_ms']}); Kafka advises a third of it"
+                f"({cfg['heartbeat_interval_ms']} vs {cfg['session_timeout_ms']}); Kafka advises a third of it, "
+                "which is what leaving heartbeat_interval_ms out gives"
             )
         # Group membership (subscribe() with a group_id): created at the first subscribe().
         self._membership: groups.Membership | None = None

@@ -125,6 +125,12 @@ class InvalidRecordStateError(CommitFailedError):
         return type(self), (self.args[0], self.records)
 
 
+def damaged_advice(path: str) -> str:
+    """What to do about a damaged file: said by every error that reports damage."""
+    return (f"run `sqlog --db {path} check` (or log.check()) to list what is wrong, "
+            "and restore the log from a copy taken before the damage")
+
+
 @contextlib.contextmanager
 def translated(path: str) -> Iterator[None]:
     """Turn apsw's errors into sqlog's, with a message that says what to do."""
@@ -157,9 +163,11 @@ def translated(path: str) -> Iterator[None]:
         raise StorageError(
             f"{path}: cannot open the log; check that the directory exists and is writable"
         ) from exc
-    except (apsw.CorruptError, apsw.IOError) as exc:
+    except apsw.CorruptError as exc:
+        raise StorageError(f"{path}: the file is damaged (SQLite: {exc}); {damaged_advice(path)}") from exc
+    except apsw.IOError as exc:
         raise StorageError(f"{path}: SQLite reported {type(exc).__name__}: {exc}") from exc
     except UnicodeDecodeError as exc:  # TEXT that is not UTF-8: only a damaged cell holds that
-        raise StorageError(f"{path}: damaged text in the file ({exc}); log.check() lists what is wrong") from exc
+        raise StorageError(f"{path}: damaged text in the file ({exc}); {damaged_advice(path)}") from exc
     except apsw.ConnectionClosedError as exc:
         raise LogClosedError(f"{path}: the log is closed") from exc

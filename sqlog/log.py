@@ -21,7 +21,7 @@ from .errors import (
     UnknownTopicOrPartitionError,
     translated,
 )
-from .retention import Upkeep
+from .retention import Upkeep, WalBudget
 from .storage import clock_now, connect, file_sizes, snapshot, transaction
 from .types import (
     CheckReport,
@@ -108,6 +108,7 @@ class Log:
         self.busy_timeout_ms = busy_timeout_ms
         self._journal_size_limit = journal_size_limit
         self._max_db_bytes = max_db_bytes
+        self._wal_budget: WalBudget | None = None  # with max_db_bytes: the WAL's share of the cap
         self._upkeep_options = (retention_check_interval_ms, wal_checkpoint_interval_ms, wal_limit_bytes)
         self.closed = False
         self._meta_epoch = 0  # bumped by every local topic change, so clients drop cached metadata
@@ -130,14 +131,25 @@ class Log:
 
     def _start_upkeep(self) -> Upkeep:
         sweep_ms, checkpoint_ms, wal_limit = self._upkeep_options
+        if self._wal_budget is not None:  # the periodic checkpoint escalates where the commits' does
+            wal_limit = min(wal_limit, self._wal_budget.trigger_bytes)
         return Upkeep(self.path, self._connect, sweep_ms, checkpoint_ms, wal_limit, self.busy_timeout_ms)
 
     def _connect(self) -> apsw.Connection:
         conn = connect(self.path, busy_timeout_ms=self.busy_timeout_ms, synchronous=self.synchronous)
-        conn.execute(f"PRAGMA journal_size_limit={self._journal_size_limit}")
-        if self._max_db_bytes is not None:
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            conn.execute(f"PRAGMA max_page_count={max(1, self._max_db_bytes // page_size)}")
+        try:
+            journal_size_limit = self._journal_size_limit
+            if self._max_db_bytes is not None:
+                if self._wal_budget is None:
+                    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                    self._wal_budget = WalBudget(self.path, self._max_db_bytes, self._upkeep_options[2],
+                                                 page_size, self.busy_timeout_ms)
+                journal_size_limit = min(journal_size_limit, self._wal_budget.trigger_bytes)
+                self._wal_budget.attach(conn)
+            conn.execute(f"PRAGMA journal_size_limit={journal_size_limit}")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _open_connections(self) -> None:
@@ -515,8 +527,15 @@ def open(path: str | os.PathLike[str], **options: Any) -> Log:
     - ``wal_checkpoint_interval_ms`` (1000, None = off) and ``wal_limit_bytes`` (64 MiB): the
       periodic WAL checkpoint, escalated to TRUNCATE past the limit.
     - ``journal_size_limit`` (32 MiB): what SQLite truncates the WAL to after a checkpoint.
-    - ``max_db_bytes`` (None): a cap on the database file; a write past it fails with
-      `DiskFullError` (nothing of it stored) until retention or a sweep frees pages.
+    - ``max_db_bytes`` (None): a cap on the database file plus its WAL; a write past it fails
+      with `DiskFullError` (nothing of it stored) until retention or a sweep frees pages. The WAL
+      gets a quarter of it (at most ``wal_limit_bytes``) and is checkpointed (TRUNCATE) at each
+      commit that fills half of that; the database file gets the rest. A write finding the WAL's
+      share full, because readers held old snapshots past ``busy_timeout_ms``, fails with
+      `DiskFullError` too. A write starts only with the WAL within its share, so the sum exceeds
+      the cap by at most the one transaction being committed (none while checkpoints get through
+      and transactions stay under half the WAL's share); the ``-shm`` index (32 KiB per 4096 WAL
+      pages) is not counted. The cap holds this process's writes (other processes: their own).
     """
     unknown = sorted(set(options) - _OPEN_OPTIONS)
     if unknown:

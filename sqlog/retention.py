@@ -17,8 +17,8 @@ from collections.abc import Callable
 import apsw
 
 from .check import report
-from .errors import SqlogError, translated
-from .storage import RECORD_BYTES, busy_handler, partition_table, snapshot, transaction
+from .errors import DiskFullError, SqlogError, translated
+from .storage import RECORD_BYTES, busy_handler, guard_writes, partition_table, snapshot, transaction
 from .topics import effective
 from .types import CheckReport, PartitionSweep, SweepResult, TopicPartition
 
@@ -235,12 +235,100 @@ def checkpoint(conn: apsw.Connection, path: str, wal_limit_bytes: int, busy_time
     if wal <= wal_limit_bytes:
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         return wal
-    conn.set_busy_timeout(TRUNCATE_WAIT_MS)
+    truncate_wal(conn, TRUNCATE_WAIT_MS, busy_timeout_ms)
+    return wal
+
+
+def truncate_wal(conn: apsw.Connection, wait_ms: int, busy_timeout_ms: int) -> int:
+    """TRUNCATE checkpoint waiting at most ``wait_ms`` for readers, then the connection's busy
+    timeout again. Returns the pages left in the WAL: 0 once it is emptied, -1 when unknown
+    (another connection was checkpointing)."""
+    conn.set_busy_timeout(wait_ms)
     try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        ((busy, pages, _),) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     finally:
         conn.set_busy_handler(busy_handler(busy_timeout_ms))
-    return wal
+    return int(pages) if busy else 0
+
+
+WAL_HEADER_BYTES = 32
+WAL_FRAME_HEADER_BYTES = 24
+AUTOCHECKPOINT_PAGES = 1000  # SQLite's default autocheckpoint, which a WAL hook replaces
+
+
+class WalBudget:
+    """Holds database + WAL within ``max_db_bytes``: SQLite's ``max_page_count`` caps only the
+    database file, and the WAL beside it grows while readers hold old snapshots.
+
+    The WAL gets ``reserve_bytes`` of the cap (a quarter, at most ``wal_limit_bytes``), the
+    database file the rest (`max_page_count`). A WAL hook on each of the log's connections
+    learns the WAL's page count at every commit, for free (no stat()): past half the reserve,
+    that commit ends with a TRUNCATE checkpoint waiting `TRUNCATE_WAIT_MS` for readers. If
+    readers kept it from emptying the WAL and it reached the whole reserve, the next write
+    transaction waits up to the busy timeout for them, then fails with `DiskFullError`
+    (nothing of it stored). Bound: a write starts only with the WAL below its reserve, so
+    database + WAL exceed the cap by at most the WAL frames of the one transaction being
+    committed; not at all while each commit's checkpoint gets through and no transaction writes
+    more than half the reserve. The ``-shm`` index is not counted; writers in other processes
+    are held only by their own ``max_db_bytes``.
+    """
+
+    def __init__(self, path: str, max_db_bytes: int, wal_limit_bytes: int, page_size: int,
+                 busy_timeout_ms: int) -> None:
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        frame = page_size + WAL_FRAME_HEADER_BYTES
+        self.limit_pages = max(2, (min(max_db_bytes // 4, wal_limit_bytes) - WAL_HEADER_BYTES) // frame)
+        self.reserve_bytes = WAL_HEADER_BYTES + self.limit_pages * frame
+        self.trigger_pages = self.limit_pages // 2
+        self.trigger_bytes = WAL_HEADER_BYTES + self.trigger_pages * frame
+        self.max_page_count = max(1, (max_db_bytes - self.reserve_bytes) // page_size)
+        self.pages = 0  # in the WAL, as the last commit (or checkpoint) on any of the log's connections saw it
+
+    def attach(self, conn: apsw.Connection) -> None:
+        """Watch ``conn``'s commits and guard its write transactions; call on every connection that writes."""
+        conn.execute(f"PRAGMA max_page_count={self.max_page_count}")
+        conn.set_wal_hook(self._committed)
+        guard_writes(conn, self._before_write)
+        with translated(self._path):  # the WAL may be large already (e.g. from creating the schema)
+            left = truncate_wal(conn, TRUNCATE_WAIT_MS, self._busy_timeout_ms)
+        self.pages = left if left >= 0 else max(self.pages, self.limit_pages)  # unknown: the next write checks
+
+    def _truncate(self, conn: apsw.Connection, wait_ms: int) -> None:
+        left = truncate_wal(conn, wait_ms, self._busy_timeout_ms)
+        if left >= 0:  # unknown (-1): keep what the last commit saw, so the next write checks again
+            self.pages = left
+
+    def _committed(self, conn: apsw.Connection, _name: str, pages: int) -> int:
+        """The WAL hook: runs after each commit; must not raise (the commit is already done)."""
+        self.pages = pages
+        try:
+            if pages >= self.trigger_pages:
+                self._truncate(conn, TRUNCATE_WAIT_MS)
+            elif pages >= AUTOCHECKPOINT_PAGES:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except Exception:  # noqa: BLE001 - e.g. an I/O error: the next commit or write tries again
+            pass
+        return apsw.SQLITE_OK
+
+    def _before_write(self, conn: apsw.Connection) -> None:
+        """Refuse a write while the WAL fills its whole reserve and readers keep it from emptying."""
+        if self.pages < self.limit_pages:
+            return
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            left = truncate_wal(conn, max(1, int((deadline - time.monotonic()) * 1000)), self._busy_timeout_ms)
+            if left >= 0:
+                self.pages = left
+            if left != -1 or time.monotonic() >= deadline:
+                break
+            time.sleep(0.001)  # another connection was checkpointing: try again once it is done
+        if self.pages >= self.limit_pages:
+            raise DiskFullError(
+                f"{self._path}: max_db_bytes is reached: the WAL fills its share of the cap "
+                f"({self.reserve_bytes // 1024} KiB) and readers holding old snapshots kept it from being "
+                "checkpointed for busy_timeout_ms; end long read transactions and retry"
+            )
 
 
 class Upkeep:

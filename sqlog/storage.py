@@ -7,6 +7,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -368,9 +369,26 @@ def clock_now(conn: apsw.Connection) -> int:
     return clock.monotonic_ms() if _clock_is_ours(conn) else -EXPIRED_MS
 
 
+# Checks run before every write transaction on a connection (e.g. the WAL's share of
+# max_db_bytes): weak keys, so a closed and dropped connection leaves no entry behind.
+_WRITE_GUARDS: weakref.WeakKeyDictionary[apsw.Connection, Callable[[apsw.Connection], None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def guard_writes(conn: apsw.Connection, guard: Callable[[apsw.Connection], None]) -> None:
+    """Have `transaction` call ``guard(conn)`` before each ``BEGIN IMMEDIATE`` on ``conn``;
+    the guard refuses the write by raising (a `SqlogError`)."""
+    _WRITE_GUARDS[conn] = guard
+
+
 @contextlib.contextmanager
 def transaction(conn: apsw.Connection) -> Iterator[apsw.Connection]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``: take the write lock up front so the busy handler applies."""
+    if _WRITE_GUARDS:  # a length check: logs without guards pay no lookup
+        guard = _WRITE_GUARDS.get(conn)
+        if guard is not None:
+            guard(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn

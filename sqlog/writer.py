@@ -26,6 +26,7 @@ from .errors import (
     SqlogTimeoutError,
     StorageError,
     UnknownTopicOrPartitionError,
+    damaged_advice,
     translated,
 )
 from .retention import enforce_size
@@ -184,7 +185,8 @@ def append_rows(conn: apsw.Connection, topic_id: int, partition: int,
     if n > 1:
         conn.executemany(f"INSERT INTO {table}(ts, key, value, headers, crc) VALUES (?1, ?2, ?3, ?4, {STORE})", stored)
         if conn.last_insert_rowid() != base + n - 1:
-            raise StorageError(f"{path}: {table} holds offsets above its high watermark {base}")
+            raise StorageError(f"{path}: {table} holds offsets above its high watermark {base}: the file is "
+                               f"damaged; {damaged_advice(path)}")
     conn.execute(_INDEX, (topic_id, partition, base, base + n - 1, max_ts, nbytes))
     if budget is not None and total > budget:
         # Size retention as the log grows, bounded so one append never deletes a backlog

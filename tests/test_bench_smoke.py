@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_core.py"
-WORKLOADS = {"send_100b", "send_1kib", "poll_100b", "durable_send_1t", "durable_send_8t"}
+WORKLOADS = {"send_100b", "send_1kib", "poll_100b", "poll_100b_nocrc", "durable_send_1t", "durable_send_8t"}
 
 
 def test_bench_core_quick_writes_every_workload(tmp_path: Path) -> None:

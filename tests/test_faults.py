@@ -21,6 +21,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -364,6 +365,124 @@ def test_page_limit_reached_by_an_offset_commit_keeps_the_previous_commit(log_pa
     assert log.check().ok
 
 
+@contextlib.contextmanager
+def peak_db_plus_wal(path: str) -> Iterator[list[int]]:
+    """Sample the database + WAL bytes on disk every half millisecond; yields [peak] (a stat per
+    sample is fine here, in a test thread; the WAL only shrinks by being truncated)."""
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            sizes = [os.stat(path + suffix).st_size if os.path.exists(path + suffix) else 0
+                     for suffix in ("", "-wal")]
+            peak[0] = max(peak[0], sum(sizes))
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def live_reader(log: sqlog.Log, topics: list[str]) -> Iterator[list[int]]:
+    """A consumer polling nonstop in a thread: its snapshots are what keep a WAL from being reset."""
+    read = [0]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        consumer = log.consumer(auto_offset_reset="earliest", enable_auto_commit=False, metadata_max_age_ms=0)
+        consumer.subscribe(topics)
+        try:
+            while not stop.is_set():
+                read[0] += len(consumer.poll(timeout_ms=10, max_records=200))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+        finally:
+            consumer.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield read
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors
+
+
+# One transaction's worth of WAL frames (page + 24-byte header) for the writes below: 20 records
+# of at most 3 KB (see _produce_until_full), plus the index and b-tree pages they touch (19 pages
+# at most, as measured; 24 allowed). The documented bound: database + WAL exceed max_db_bytes by
+# at most the transaction being committed.
+ONE_TRANSACTION = 24 * (4096 + 24)
+
+
+def test_page_limit_caps_database_plus_wal_under_a_live_reader(log_path: str) -> None:
+    """max_db_bytes used to cap only the database file: a nonstop producer beside a polling
+    consumer grew the WAL to 5.5 MB under a 512 KiB cap. Database + WAL must stay within it,
+    at full write speed and when writes fill it up (DiskFullError, nothing acknowledged lost)."""
+    cap = 512 * 1024
+    log = sqlog.open(log_path, max_db_bytes=cap, retention_check_interval_ms=None)
+    log.create_topic("r", partitions=2, retention_bytes=64 * 1024)  # stays under the cap forever
+    log.create_topic("t", partitions=2)
+    with peak_db_plus_wal(log_path) as peak, live_reader(log, ["r", "t"]) as read:
+        producer = log.producer(linger_ms=0, batch_size=8192)
+        value = random.randbytes(200)
+        for i in range(20_000):  # 4 MB through the 512 KiB cap
+            producer.send("r", value)
+            if i % 100 == 99:
+                producer.flush(timeout=30)
+        producer.flush(timeout=30)
+        producer.close()
+        streamed = peak[0]
+        acked, error = _produce_until_full(log, partitions=2)
+    print(f"cap {cap}: db + WAL peak {streamed} streaming, {peak[0]} filling up; read {read[0]}")
+    assert read[0] > 1000, "the reader did not keep up, so it held few snapshots"
+    assert streamed <= cap + ONE_TRANSACTION, f"db + WAL reached {streamed} bytes streaming under a {cap} cap"
+    assert peak[0] <= cap + ONE_TRANSACTION, f"db + WAL reached {peak[0]} bytes under a {cap} cap"
+    assert isinstance(error, sqlog.DiskFullError), f"{type(error).__name__}: {error}"
+    assert log_path in str(error)
+    assert sum(p.high_watermark for p in log.describe_topic("r").partitions) == 20_000
+    _assert_all_there(log, acked, 2, "at the cap")
+    assert log.check().ok
+
+
+def test_page_limit_refuses_writes_while_a_reader_pins_the_wal(log_path: str) -> None:
+    """A reader holding one snapshot keeps the WAL from being reset: once the WAL fills its share
+    of max_db_bytes, writes fail with DiskFullError (after waiting busy_timeout_ms for the reader)
+    instead of growing the WAL past the cap; when the reader ends, writes go through again."""
+    cap = 512 * 1024
+    log = sqlog.open(log_path, max_db_bytes=cap, busy_timeout_ms=200, retention_check_interval_ms=None,
+                     wal_checkpoint_interval_ms=None)
+    log.create_topic("t", partitions=2)
+    with log.producer() as producer:
+        producer.send("t", b"before the reader", partition=0).get(timeout=30)
+    reader = apsw.Connection(log_path)  # another process's long read, say
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM topics").fetchone() == (1,)
+    try:
+        with peak_db_plus_wal(log_path) as peak:
+            acked, error = _produce_until_full(log, partitions=2)
+        assert peak[0] <= cap + ONE_TRANSACTION, f"db + WAL reached {peak[0]} bytes under a {cap} cap"
+        assert isinstance(error, sqlog.DiskFullError), f"{type(error).__name__}: {error}"
+        assert "max_db_bytes" in str(error) and "read" in str(error), error
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    with log.producer() as producer:
+        md = producer.send("t", b"after the reader", partition=1).get(timeout=30)
+    acked.append((md.partition, md.offset, b"after the reader"))
+    acked.append((0, 0, b"before the reader"))
+    _assert_all_there(log, acked, 2, "after the reader ended")
+    assert log.check().ok
+
+
 # -- read-only files and directories --------------------------------------------------------------
 
 
@@ -665,6 +784,30 @@ def test_damaged_pages(log_path: str, damage: str) -> None:
             f.write(bytes(4096) if damage == "zeros" else rng.randbytes(4096))
     outcome = _exercise_damaged(log_path, values)
     assert _damage_is_reported(outcome), outcome
+
+
+def test_corrupt_file_error_says_to_run_check_and_restore(log_path: str) -> None:
+    """SQLite's bare "database disk image is malformed" leaves a user stuck: the StorageError
+    for a damaged page must say what to do next (run `sqlog check`, restore from a copy)."""
+    _big_log(log_path)
+    size = os.path.getsize(log_path)
+    with open(log_path, "r+b") as f:  # a page in the middle of the partition tables
+        f.seek(size // 4096 // 2 * 4096)
+        f.write(b"\xff" * 4096)
+    log = sqlog.open(log_path, retention_check_interval_ms=None, wal_checkpoint_interval_ms=None)
+    consumer = log.consumer(auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer.assign([TopicPartition("t", 0), TopicPartition("t", 1)])
+
+    def read() -> None:
+        while consumer.poll(max_records=1000):
+            pass
+
+    exc = expect_error(read, sqlog.StorageError)
+    assert isinstance(exc.__cause__, apsw.CorruptError), repr(exc.__cause__)
+    message = str(exc)
+    assert log_path in message and "malformed" in message
+    assert f"sqlog --db {log_path} check" in message and "log.check()" in message
+    assert "restore" in message and "copy" in message
 
 
 @pytest.mark.slow

@@ -88,6 +88,45 @@ def test_unknown_strategy_is_refused(log: sqlog.Log) -> None:
         log.consumer(group_id="g", session_timeout_ms=100, heartbeat_interval_ms=100)
 
 
+def test_heartbeat_interval_is_derived_from_a_short_session_timeout(log: sqlog.Log) -> None:
+    """session_timeout_ms alone (below the 3000 ms default heartbeat) must work: the heartbeat
+    interval becomes a third of it, and the member stays in the group past the timeout."""
+    assert log.consumer(group_id="g").config["heartbeat_interval_ms"] == 3000  # Kafka's default
+    assert log.consumer(group_id="g", session_timeout_ms=6000).config["heartbeat_interval_ms"] == 2000
+    log.create_topic("t", partitions=2)
+    fill(log, "t", 10, 2)
+    first = log.consumer(group_id="g", auto_offset_reset="earliest", enable_auto_commit=False,
+                         session_timeout_ms=1000)
+    assert first.config["heartbeat_interval_ms"] == 333
+    first.subscribe(["t"])
+    got: list[int] = []
+    deadline = time.monotonic() + 10
+    while len(got) < 10:
+        assert time.monotonic() < deadline, got
+        got.extend(r.offset for r in first.poll(timeout_ms=50))
+    assert parts(first) == {0, 1}
+    end = time.monotonic() + 2.5  # more than twice the session timeout, heartbeats keep it alive
+    while time.monotonic() < end:
+        first.poll(timeout_ms=100)
+        assert parts(first) == {0, 1}
+    (described,) = log.describe_group("g").members
+    assert described.member_id.startswith("sqlog")
+    assert time.time() * 1000 - described.last_heartbeat_ms < 1000
+    first.commit()
+    assert first.committed(TP("t", 0)) == 5
+
+
+def test_contradictory_heartbeat_and_session_timeout_are_refused(log: sqlog.Log) -> None:
+    with pytest.raises(sqlog.InvalidConfigError, match="heartbeat_interval_ms must be > 0 and below"):
+        log.consumer(group_id="g", session_timeout_ms=1000, heartbeat_interval_ms=1000)
+    with pytest.raises(sqlog.InvalidConfigError, match="heartbeat_interval_ms must be > 0 and below"):
+        log.consumer(group_id="g", session_timeout_ms=1000, heartbeat_interval_ms=0)
+    with pytest.raises(sqlog.InvalidConfigError, match="session_timeout_ms must be at least 2"):
+        log.consumer(group_id="g", session_timeout_ms=1)
+    log.consumer(group_id="g", session_timeout_ms=2).close()
+    assert log.consumer(group_id="g", heartbeat_interval_ms=None).config["heartbeat_interval_ms"] == 3000
+
+
 # -- members in one process ----------------------------------------------------------------
 def test_three_members_split_six_partitions(log: sqlog.Log) -> None:
     log.create_topic("t", partitions=6)
