@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import apsw
 
@@ -25,13 +25,12 @@ from .errors import (
     UnknownTopicOrPartitionError,
     translated,
 )
-from .producer import MAX_INT32, check_config
+from .config import MAX_INT32, check_bool, check_config, check_int, check_offset
+from .engine import Engine
 from .serde import decode_headers, serde_function
-from .storage import connect, data_version, wait_for_commit
+from .storage import data_version, wait_for_commit
 from .types import ConsumerGroupMetadata, OffsetAndMetadata, OffsetAndTimestamp, Record, TopicPartition
 
-if TYPE_CHECKING:
-    from .log import Log
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "group_id": None,
@@ -102,23 +101,8 @@ def _iterable(items: object, call: str, what: str) -> list[Any]:
     return list(items)
 
 
-MAX_OFFSET = 2**63 - 1  # SQLite's INTEGER
-
-
-def _check_offset(value: object, what: str) -> None:
-    if type(value) is not int or not 0 <= value <= MAX_OFFSET:
-        raise InvalidConfigError(f"{what} must be an int from 0 to 2**63-1, not {value!r}")
-
-
 def _ms(config: dict[str, Any], name: str, allow_none: bool = False) -> int | None:
-    value = config[name]
-    if value is None and allow_none:
-        return None
-    if type(value) is not int or not 0 <= value <= MAX_INT32:
-        raise InvalidConfigError(
-            f"{name} must be an int from 0 to {MAX_INT32}{' or None' if allow_none else ''}, not {value!r}"
-        )
-    return value
+    return check_int(name, config[name], 0, MAX_INT32, allow_none)  # type: ignore[no-any-return]
 
 
 def heartbeat_for(session_timeout_ms: int) -> int:
@@ -130,25 +114,19 @@ def heartbeat_for(session_timeout_ms: int) -> int:
 class Consumer:
     """Reads records from assigned or subscribed partitions; use from one thread, as in Kafka."""
 
-    def __init__(self, log: Log, **config: Any) -> None:
+    def __init__(self, engine: Engine, **config: Any) -> None:
         cfg = check_config(config, CONSUMER_DEFAULTS, "consumer")
         self.config = cfg
         self._group = None if cfg["group_id"] is None else groups.validate_group_id(cfg["group_id"])
         if cfg["auto_offset_reset"] not in _RESETS:
             raise InvalidConfigError(f"auto_offset_reset must be one of {_RESETS}, not {cfg['auto_offset_reset']!r}")
         self._reset = cfg["auto_offset_reset"]
-        if type(cfg["enable_auto_commit"]) is not bool:
-            raise InvalidConfigError(f"enable_auto_commit must be True or False, not {cfg['enable_auto_commit']!r}")
-        self._auto_commit = cfg["enable_auto_commit"] and self._group is not None
+        self._auto_commit = check_bool("enable_auto_commit", cfg["enable_auto_commit"]) and self._group is not None
         self._auto_commit_s = (_ms(cfg, "auto_commit_interval_ms") or 0) / 1000
         self._key_de: Callable[[bytes], Any] | None = serde_function(cfg["key_deserializer"], "key_deserializer", "deserialize")
         self._value_de: Callable[[bytes], Any] | None = serde_function(cfg["value_deserializer"], "value_deserializer", "deserialize")
-        self._max_records = cfg["max_poll_records"]
-        if type(cfg["check_crcs"]) is not bool:
-            raise InvalidConfigError(f"check_crcs must be True or False, not {cfg['check_crcs']!r}")
-        self._check_crcs = cfg["check_crcs"]
-        if type(self._max_records) is not int or not 1 <= self._max_records <= MAX_INT32:
-            raise InvalidConfigError(f"max_poll_records must be an int from 1 to {MAX_INT32}, not {self._max_records!r}")
+        self._max_records = check_int("max_poll_records", cfg["max_poll_records"], 1)
+        self._check_crcs = check_bool("check_crcs", cfg["check_crcs"])
         timeout = _ms(cfg, "consumer_timeout_ms", allow_none=True)
         self._iter_timeout_ms = None if timeout is None else timeout
         self._meta_age_s = (_ms(cfg, "metadata_max_age_ms") or 0) / 1000
@@ -179,11 +157,10 @@ class Consumer:
         self._seen_gen: int | None = None  # the group generation this member last converged on
         self._joined_sub: tuple[str, ...] = ()
         self._sub_key: tuple[str, ...] = ()
-        self._log = log
-        self._path = log.path
-        self._conn: apsw.Connection = connect(
-            log.path, busy_timeout_ms=log.busy_timeout_ms, synchronous=log.synchronous, query_only=True
-        )
+        engine.check_open()
+        self._engine = engine
+        self._path = engine.path
+        self._conn: apsw.Connection = engine.reader()
         self._parts: dict[TopicPartition, _Partition] = {}
         self._subscription: set[str] | None = None
         self._listener: ConsumerRebalanceListener | None = None
@@ -194,7 +171,7 @@ class Consumer:
         self._buffer: collections.deque[Record] = collections.deque()
         self._rr = 0
         self._closed = False
-        log._track(self)
+        engine.track(self)
 
     # -- assignment ------------------------------------------------------------------------
     def subscribe(self, topics: Iterable[str], listener: ConsumerRebalanceListener | None = None) -> None:
@@ -218,7 +195,7 @@ class Consumer:
         if self._group is not None and self._membership is None:
             cfg = self.config
             self._membership = groups.Membership(
-                self._log._write, self._group, cfg["client_id"], cfg["partition_assignment_strategy"],
+                self._engine.write, self._group, cfg["client_id"], cfg["partition_assignment_strategy"],
                 cfg["session_timeout_ms"], cfg["heartbeat_interval_ms"], cfg["max_poll_interval_ms"],
             )
 
@@ -284,21 +261,21 @@ class Consumer:
                 self._joined_sub = subscription
                 self._seen_gen = None
                 self._refresh_at = now + self._meta_age_s
-                self._meta_epoch = self._log._meta_epoch
+                self._meta_epoch = self._engine.meta_epoch
             elif subscription != self._joined_sub:
-                with self._log._write() as conn:
+                with self._engine.write() as conn:
                     ok = groups.resubscribe(conn, self._group, m.member_id, subscription)  # type: ignore[arg-type]
                 self._joined_sub = subscription
                 if not ok:
                     m.mark_lost(m.member_id, "member expired")
                     return self._coordinate()  # drop the partitions now and rejoin
-            elif now >= self._refresh_at or self._meta_epoch != self._log._meta_epoch:
+            elif now >= self._refresh_at or self._meta_epoch != self._engine.meta_epoch:
                 # Topics created, grown or deleted: recompute the target if it no longer matches.
                 self._refresh_at = now + self._meta_age_s
-                self._meta_epoch = self._log._meta_epoch
+                self._meta_epoch = self._engine.meta_epoch
                 previous, target = groups.compute_target(self._conn, self._group)  # type: ignore[arg-type]
                 if previous != target:
-                    with self._log._write() as conn:
+                    with self._engine.write() as conn:
                         groups.rebalance(conn, self._group, always=False)  # type: ignore[arg-type]
             gen = groups.generation(self._conn, self._group)  # type: ignore[arg-type]
             if gen == self._seen_gen:
@@ -328,7 +305,7 @@ class Consumer:
         if self._listener is not None:
             self._listener.on_revoked(set(revoked))
         keys = [(self._parts[tp].topic_id, tp.partition) for tp in revoked]
-        with self._log._write() as conn:
+        with self._engine.write() as conn:
             groups.release(conn, self._group, member_id, keys)  # type: ignore[arg-type]
         for tp in revoked:
             del self._parts[tp]
@@ -338,7 +315,7 @@ class Consumer:
         """Claim the free partitions of this member's target; False if it is no longer a member."""
         m = self._membership
         assert m is not None
-        with self._log._write() as conn:
+        with self._engine.write() as conn:
             got = groups.claim(conn, self._group, member_id)  # type: ignore[arg-type]
         if got is None:
             m.mark_lost(member_id, "member expired")
@@ -376,7 +353,7 @@ class Consumer:
             if m.take_lost() is not None:
                 self._lose()
             elif self._parts:
-                if self._auto_commit and not self._log.closed:
+                if self._auto_commit and not self._engine.closed:
                     try:
                         self._commit_positions()
                     except (CommitFailedError, UnknownTopicOrPartitionError):
@@ -386,7 +363,7 @@ class Consumer:
         finally:
             self._parts = {}
             self._seen_gen = None
-            if not self._log.closed:
+            if not self._engine.closed:
                 m.leave()
 
     def _refresh(self, force: bool = False) -> None:
@@ -394,9 +371,9 @@ class Consumer:
         if self._subscription is None:
             return
         now = time.monotonic()
-        if not force and now < self._refresh_at and self._meta_epoch == self._log._meta_epoch:
+        if not force and now < self._refresh_at and self._meta_epoch == self._engine.meta_epoch:
             return
-        self._meta_epoch = self._log._meta_epoch
+        self._meta_epoch = self._engine.meta_epoch
         self._refresh_at = now + self._meta_age_s
         wanted: dict[TopicPartition, int] = {}
         with translated(self._path):
@@ -465,7 +442,7 @@ class Consumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Read ``tp`` from ``offset`` at the next poll (checked against the log then)."""
         self._check_open()
-        _check_offset(offset, "offset")
+        check_offset(offset, "offset")
         self._part(tp).position = offset
         self._buffer.clear()
 
@@ -509,7 +486,7 @@ class Consumer:
             raise InvalidConfigError("offsets_for_times() takes a dict {TopicPartition: timestamp_ms}")
         out: dict[TopicPartition, OffsetAndTimestamp | None] = {}
         for tp, ts in timestamps.items():
-            _check_offset(ts, f"timestamp for {tp!r}")
+            check_offset(ts, f"timestamp for {tp!r}")
             meta = self._existing(tp)
             with translated(self._path):
                 out[tp] = self._offset_for_time(meta.topic_id, tp.partition, ts)
@@ -553,7 +530,7 @@ class Consumer:
         if self._subscription is None and not self._manual:
             raise IllegalStateError("poll() before subscribe() or assign()")
         deadline = time.monotonic() + timeout_s
-        log = self._log
+        signal = self._engine.signal
         grouped = self._membership is not None and self._subscription is not None
         if grouped:
             self._coordinate()
@@ -564,7 +541,7 @@ class Consumer:
                 pass  # as in Kafka, a failed auto-commit is not the caller's error; the next poll rejoins
         first = True
         while True:
-            seq = log._commit_seq
+            seq = signal.seq
             if grouped and not first:
                 self._coordinate()
             first = False
@@ -578,7 +555,7 @@ class Consumer:
             if records or time.monotonic() >= deadline:
                 return records
             # Nothing new: sleep until this process commits, checking every few ms for others.
-            wait_for_commit(log, self._conn, self._path, seq, version, deadline, lambda: self._wake_early(grouped))
+            wait_for_commit(signal, self._conn, self._path, seq, version, deadline, lambda: self._wake_early(grouped))
 
     def _wake_early(self, grouped: bool) -> bool:
         """Stop a blocked poll's wait: closed meanwhile (raises), subscribed topics due for a look,
@@ -706,11 +683,12 @@ class Consumer:
                 om = OffsetAndMetadata(om)
             if not isinstance(om, OffsetAndMetadata):
                 raise InvalidConfigError(f"commit offset for {tp!r} must be an int >= 0 or OffsetAndMetadata, not {om!r}")
-            _check_offset(om.offset, f"commit offset for {tp!r}")
+            check_offset(om.offset, f"commit offset for {tp!r}")
             groups.storable_str(om.metadata, f"commit metadata for {tp!r}")
             meta = self._existing(tp)
             rows.append((tp, meta.topic_id, om.offset, om.metadata))
-        self._log._commit_offsets(self._group, rows, self._fence())
+        with self._engine.write() as conn:
+            groups.commit(conn, self._group, rows, self._fence())
 
     def _commit_positions(self, only: Iterable[TopicPartition] | None = None) -> None:
         parts = self._parts if only is None else {tp: self._parts[tp] for tp in only}
@@ -719,7 +697,8 @@ class Consumer:
             self._next_commit = time.monotonic() + self._auto_commit_s
         if rows:
             # A position sought past the end is not committed until a fetch has validated it.
-            self._log._commit_offsets(self._group, rows, self._fence(), skip_beyond_end=True)  # type: ignore[arg-type]
+            with self._engine.write() as conn:
+                groups.commit(conn, self._group, rows, self._fence(), skip_beyond_end=True)  # type: ignore[arg-type]
 
     def _fence(self) -> groups.Fence:
         """Commits of a group member are fenced by ownership and claim generation. A consumer outside
@@ -771,7 +750,7 @@ class Consumer:
     def _check_open(self) -> None:
         if self._closed:
             raise LogClosedError("the consumer is closed")
-        if self._log.closed:
+        if self._engine.closed:
             raise LogClosedError("the log this consumer reads is closed")
 
     def close(self, autocommit: bool = True) -> None:
@@ -787,13 +766,13 @@ class Consumer:
                     self._auto_commit = auto
                     self._membership.close()
             else:
-                if autocommit and self._auto_commit and not self._log.closed:
+                if autocommit and self._auto_commit and not self._engine.closed:
                     self._commit_positions()
                 if self._listener is not None and self._parts:
                     self._listener.on_revoked(set(self._parts))
         finally:
             self._closed = True
-            self._log._untrack(self)
+            self._engine.untrack(self)
             self._conn.close()
 
     def __enter__(self) -> Consumer:

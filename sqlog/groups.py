@@ -34,7 +34,7 @@ from typing import Any
 import apsw
 import attrs
 
-from . import clock
+from . import clock, topics
 from .errors import (
     CommitFailedError,
     GroupIdNotFoundError,
@@ -43,7 +43,9 @@ from .errors import (
     InvalidConfigError,
     LogClosedError,
     SqlogError,
+    UnknownTopicOrPartitionError,
 )
+from .partitions import bounds as read_bounds
 from .storage import clock_now
 from .types import GroupDescription, GroupPartitionDescription, MemberDescription, TopicPartition
 
@@ -687,3 +689,91 @@ def delete(conn: apsw.Connection, group_id: str) -> None:
         raise GroupIdNotFoundError(f"no consumer group {group_id!r}; log.list_groups() lists them")
     for table in ("committed_offsets", "partition_owners", "group_targets", "group_members", "consumer_groups"):
         conn.execute(f"DELETE FROM {table} WHERE group_id = ?", (group_id,))
+
+
+# -- committed offsets: commit, alter, reset -------------------------------------------------
+def commit(conn: apsw.Connection, group_id: str, rows: list[tuple[TopicPartition, int, int, str]],
+           fence: Fence | None = None, skip_beyond_end: bool = False) -> None:
+    """Store ``(tp, topic_id, offset, metadata)`` rows inside the caller's write transaction; an
+    offset beyond the high watermark is refused (CommitFailedError), or left out with
+    ``skip_beyond_end`` (auto-commit). With a ``fence``, only if the committer owns every
+    partition, checked in the same transaction."""
+    if fence is not None:
+        check_fence(conn, group_id, fence, [(tp, t) for tp, t, _, _ in rows])
+    keep = []
+    for row in rows:
+        tp, topic_id, offset, _ = row
+        found = conn.execute(
+            "SELECT next_offset FROM partitions WHERE topic_id = ? AND partition = ?", (topic_id, tp.partition)
+        ).fetchone()
+        if found is None:
+            if skip_beyond_end:
+                continue
+            raise CommitFailedError(f"cannot commit {tp}: the topic no longer exists")
+        if offset > found[0]:
+            if skip_beyond_end:
+                continue
+            raise CommitFailedError(f"cannot commit offset {offset} for {tp}: beyond its high watermark {found[0]}")
+        keep.append(row)
+    store(conn, group_id, [(t, tp.partition, o, m) for tp, t, o, m in keep])
+
+
+def alter_offsets(conn: apsw.Connection, group_id: str, offsets: Iterable[tuple[TopicPartition, int, str]]) -> None:
+    """Set ``(tp, offset, metadata)`` committed offsets of a group with no live members; each
+    within ``[log_start_offset, high_watermark]`` of its partition."""
+    require_empty(conn, group_id, "alter offsets of")
+    stored = []
+    for tp, offset, metadata in offsets:
+        topic_id, start, end = _partition_bounds(conn, tp)
+        if not start <= offset <= end:
+            raise InvalidConfigError(f"offset {offset} for {tp.topic}-{tp.partition} is outside its log [{start}, {end}]")
+        stored.append((topic_id, tp.partition, offset, metadata))
+    store(conn, group_id, stored)
+
+
+def reset_offsets(conn: apsw.Connection, group_id: str, to: str | int,
+                  partitions: Iterable[TopicPartition | str] | None) -> dict[TopicPartition, int]:
+    """Move a group's committed offsets (of a group with no live members) to "earliest", "latest"
+    or the first record at or after a timestamp (else the end); returns the new offsets."""
+    require_empty(conn, group_id, "reset offsets of")
+    if partitions is None:
+        names = dict(conn.execute("SELECT topic_id, name FROM topics"))
+        wanted = [TopicPartition(names[t], p) for t, p in conn.execute(
+            "SELECT topic_id, partition FROM committed_offsets WHERE group_id = ? ORDER BY 1, 2", (group_id,)
+        ) if t in names]
+    else:
+        wanted = []
+        for item in partitions:
+            if isinstance(item, TopicPartition):
+                wanted.append(item)
+            else:
+                meta = topics.require(conn, item)
+                wanted.extend(TopicPartition(meta.name, p) for p in range(meta.partitions))
+    out: dict[TopicPartition, int] = {}
+    stored = []
+    for tp in wanted:
+        topic_id, start, end = _partition_bounds(conn, tp)
+        if to == "earliest":
+            offset = start
+        elif to == "latest":
+            offset = end
+        else:
+            hit = topics.offset_for_time(conn, topic_id, tp.partition, to)  # type: ignore[arg-type]
+            offset = end if hit is None else hit[0]
+        out[tp] = offset
+        stored.append((topic_id, tp.partition, offset, ""))
+    store(conn, group_id, stored)
+    return out
+
+
+def _partition_bounds(conn: apsw.Connection, tp: TopicPartition) -> tuple[int, int, int]:
+    """``(topic_id, log start, high watermark)`` of an existing partition."""
+    if not isinstance(tp, TopicPartition):
+        raise InvalidConfigError(f"expected a TopicPartition, not {tp!r}")
+    meta = topics.require(conn, tp.topic)
+    if type(tp.partition) is not int or not 0 <= tp.partition < meta.partitions:
+        raise UnknownTopicOrPartitionError(
+            f"topic {tp.topic!r} has partitions 0..{meta.partitions - 1}, not {tp.partition!r}"
+        )
+    start, end = read_bounds(conn, meta.topic_id, tp.partition, f"{tp.topic}-{tp.partition}")
+    return meta.topic_id, start, end

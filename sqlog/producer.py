@@ -7,10 +7,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .clock import wall_ms
+from .config import MAX_INT32, MAX_INT64, check_config, check_int, check_timeout
 from .errors import (
-    InvalidConfigError,
     InvalidTopicError,
     LogClosedError,
     RecordTooLarge,
@@ -21,10 +22,7 @@ from .errors import (
 from .partitioner import partition_for_key
 from .serde import encode_headers, serde_function, to_bytes
 from .topics import TopicMeta
-from .writer import Batch, BatchFuture, Chunk, RecordFuture, check_timeout
-
-if TYPE_CHECKING:
-    from .log import Log
+from .writer import Batch, BatchFuture, Chunk, RecordFuture, Writer
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "value_serializer": None,
@@ -36,40 +34,24 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 
 
-MAX_INT32 = 2**31 - 1  # Kafka's int configs (ms, counts); as ms also any wait a thread can take (24.8 days)
-
-
-def _positive_int(config: dict[str, Any], name: str, minimum: int, maximum: int | None = None) -> int:
-    value = config[name]
-    if type(value) is not int or value < minimum or maximum is not None and value > maximum:
-        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        raise InvalidConfigError(f"{name} must be an int {bounds}, not {value!r}")
-    return value
-
-
-def check_config(given: dict[str, Any], defaults: dict[str, Any], what: str) -> dict[str, Any]:
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise InvalidConfigError(f"unknown {what} config {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
-    return {**defaults, **given}
-
 
 class Producer:
     """Sends records to topics; thread-safe, one per application is usually enough (as in Kafka)."""
 
-    def __init__(self, log: Log, **config: Any) -> None:
+    def __init__(self, writer: Writer, **config: Any) -> None:
         cfg = check_config(config, PRODUCER_DEFAULTS, "producer")
         self.config = cfg
         self._value_ser: Callable[[Any], bytes] | None = serde_function(cfg["value_serializer"], "value_serializer", "serialize")
         self._key_ser: Callable[[Any], bytes] | None = serde_function(cfg["key_serializer"], "key_serializer", "serialize")
-        self._linger = _positive_int(cfg, "linger_ms", 0, MAX_INT32) / 1000
-        self._batch_size = _positive_int(cfg, "batch_size", 1)
-        self._max_record = _positive_int(cfg, "max_record_bytes", 1)
-        self._meta_age_ms = _positive_int(cfg, "metadata_max_age_ms", 0, MAX_INT32)
-        self._log = log
-        self._writer = log._writer_for_producers()
+        self._linger = check_int("linger_ms", cfg["linger_ms"], 0, MAX_INT32) / 1000
+        self._batch_size = check_int("batch_size", cfg["batch_size"], 1, None)
+        self._max_record = check_int("max_record_bytes", cfg["max_record_bytes"], 1, None)
+        self._meta_age_ms = check_int("metadata_max_age_ms", cfg["metadata_max_age_ms"], 0, MAX_INT32)
+        writer.engine.check_open()
+        self._engine = writer.engine
+        self._writer = writer
         self._lock = threading.Lock()
-        self._batch = Batch(self)
+        self._batch = Batch(self, self._writer)
         self._last_chunk = Chunk("", -1, -1, self._batch)  # the chunk the last send went to
         self._error: SqlogError | None = None  # of a failed write, until flush() reports it
         self._topics: dict[str, TopicMeta] = {}
@@ -90,14 +72,14 @@ class Producer:
         timestamp_ms: int | None = None,
     ) -> RecordFuture:
         """Queue one record; the returned future's ``get()`` waits until it is durable."""
-        if self._closed or self._log.closed:
+        if self._closed or self._engine.closed:
             raise LogClosedError("the producer (or its log) is closed")
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = wall_ms()
         try:
             meta = self._topics.get(topic)
         except TypeError:  # unhashable: not a name at all
             raise InvalidTopicError(f"a topic name must be a str, not {type(topic).__name__}") from None
-        if meta is None or now_ms >= self._meta_expiry or self._meta_epoch != self._log._meta_epoch:
+        if meta is None or now_ms >= self._meta_expiry or self._meta_epoch != self._engine.meta_epoch:
             meta = self._meta(topic, now_ms)
         v = value if type(value) is bytes and self._value_ser is None else to_bytes(value, self._value_ser, "value")
         k = key if key is None or type(key) is bytes and self._key_ser is None else to_bytes(key, self._key_ser, "key")
@@ -110,7 +92,7 @@ class Producer:
             )
         if timestamp_ms is None:
             timestamp_ms = now_ms
-        elif type(timestamp_ms) is not int or not 0 <= timestamp_ms < 2**63:
+        elif type(timestamp_ms) is not int or not 0 <= timestamp_ms <= MAX_INT64:
             raise SerializationError(f"timestamp_ms must be a non-negative int (ms since the epoch), not {timestamp_ms!r}")
         if partition is not None and (type(partition) is not int or not 0 <= partition < meta.partitions):
             raise UnknownTopicOrPartitionError(f"topic {topic!r} has partitions 0..{meta.partitions - 1}, not {partition!r}")
@@ -158,14 +140,14 @@ class Producer:
         one transaction with whatever else is waiting; the future's ``get()`` returns one
         `RecordMetadata` per record. For keyed records use ``send()``, which partitions by key.
         """
-        if self._closed or self._log.closed:
+        if self._closed or self._engine.closed:
             raise LogClosedError("the producer (or its log) is closed")
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = wall_ms()
         try:
             meta = self._topics.get(topic)
         except TypeError:
             raise InvalidTopicError(f"a topic name must be a str, not {type(topic).__name__}") from None
-        if meta is None or now_ms >= self._meta_expiry or self._meta_epoch != self._log._meta_epoch:
+        if meta is None or now_ms >= self._meta_expiry or self._meta_epoch != self._engine.meta_epoch:
             meta = self._meta(topic, now_ms)
         try:
             vals = list(values)
@@ -182,7 +164,7 @@ class Producer:
         size = sum(present)
         if timestamp_ms is None:
             timestamp_ms = now_ms
-        elif type(timestamp_ms) is not int or not 0 <= timestamp_ms < 2**63:
+        elif type(timestamp_ms) is not int or not 0 <= timestamp_ms <= MAX_INT64:
             raise SerializationError(f"timestamp_ms must be a non-negative int (ms since the epoch), not {timestamp_ms!r}")
         if partition is not None and (type(partition) is not int or not 0 <= partition < meta.partitions):
             raise UnknownTopicOrPartitionError(f"topic {topic!r} has partitions 0..{meta.partitions - 1}, not {partition!r}")
@@ -231,32 +213,39 @@ class Producer:
         return choice
 
     def _meta(self, topic: str, now_ms: int) -> TopicMeta:
-        if now_ms >= self._meta_expiry or self._meta_epoch != self._log._meta_epoch:
+        if now_ms >= self._meta_expiry or self._meta_epoch != self._engine.meta_epoch:
             # Expired or changed locally: forget all, so grown or deleted topics are seen.
             self._topics.clear()
-            self._meta_epoch = self._log._meta_epoch
+            self._meta_epoch = self._engine.meta_epoch
             self._meta_expiry = now_ms + self._meta_age_ms
         meta = self._topics.get(topic)
         if meta is None:
-            meta = self._topics[topic] = self._log._topic_meta(topic)
+            meta = self._topics[topic] = self._engine.topic_meta(topic)
         return meta
 
-    # -- the writer's side -----------------------------------------------------------------
-    def _take_batch(self) -> Batch | None:
+    # -- the writer's side (writer.BatchSource) ---------------------------------------------
+    def take_batch(self) -> Batch | None:
+        """Seal the open batch for the writer (None when empty); a new one opens."""
         with self._lock:
             batch = self._batch
             if not batch.chunks:
                 return None
-            self._batch = Batch(self)
+            self._batch = Batch(self, self._writer)
             return batch
 
-    def _after_fork(self) -> None:
-        self._lock = threading.Lock()
-        self._batch = Batch(self)
+    def pending_rows(self) -> int:
+        return sum(len(c.rows) for c in self._batch.chunks.values())
 
-    def _due(self) -> float | None:
+    def due(self) -> float | None:
         batch = self._batch
         return batch.created + self._linger if batch.chunks else None
+
+    def failed(self, error: SqlogError) -> None:
+        self._error = error
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._batch = Batch(self, self._writer)
 
     # -- lifecycle -------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> None:

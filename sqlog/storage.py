@@ -9,7 +9,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Protocol
 
 import apsw
 
@@ -427,28 +426,41 @@ def data_version(conn: apsw.Connection) -> int:
 WAKE_CHECK_S = 0.003  # how often a blocked poll looks for other processes' commits (~2% of a core)
 
 
-class CommitSignal(Protocol):
-    """What a blocked poll waits on: the log's count of local commits and its condition."""
+class CommitSignal:
+    """This process's commits of records, counted: a blocked poll waits for the count to move.
 
-    _appended: threading.Condition
-    _commit_seq: int
+    Other processes' commits are seen through ``PRAGMA data_version`` (`wait_for_commit`)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.seq = 0
+
+    def notify(self) -> None:
+        """A commit that may have brought readers something new: wake every blocked poll."""
+        with self._cond:
+            self.seq += 1
+            self._cond.notify_all()
+
+    def wait(self, seq: int, timeout: float) -> None:
+        """Until the count moves past ``seq`` or ``timeout`` seconds pass."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.seq != seq, timeout)
 
 
 def wait_for_commit(signal: CommitSignal, conn: apsw.Connection, path: str, seq: int, version: int,
                     deadline: float, stop: Callable[[], bool] | None = None) -> None:
     """Block until a commit may have brought something new, without busy-spinning a core.
 
-    Returns when this process commits (``signal._commit_seq`` moves past ``seq``: at once),
-    another process commits (``conn``'s data_version leaves ``version``: checked every
-    `WAKE_CHECK_S`), ``stop()`` turns true (checked as often; it may also raise, e.g. closed),
-    or the monotonic ``deadline`` passes. Shared by the consumer and the share consumer.
+    Returns when this process commits (``signal.seq`` moves past ``seq``: at once), another
+    process commits (``conn``'s data_version leaves ``version``: checked every `WAKE_CHECK_S`),
+    ``stop()`` turns true (checked as often; it may also raise, e.g. closed), or the monotonic
+    ``deadline`` passes. Shared by the consumer and the share consumer.
     """
     while (remaining := deadline - time.monotonic()) > 0:
-        with signal._appended:
-            signal._appended.wait_for(lambda: signal._commit_seq != seq, min(remaining, WAKE_CHECK_S))
+        signal.wait(seq, min(remaining, WAKE_CHECK_S))
         if stop is not None and stop():
             return
-        if signal._commit_seq != seq:
+        if signal.seq != seq:
             return
         with translated(path):
             if data_version(conn) != version:

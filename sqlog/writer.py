@@ -9,18 +9,17 @@ under one mutex, so batches reach the table in the order they were sealed.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import apsw
 
 from .checksum import STORE, crcs
+from .config import check_timeout
+from .engine import Engine
 from .errors import (
-    InvalidConfigError,
     LogClosedError,
     SqlogError,
     SqlogTimeoutError,
@@ -34,8 +33,24 @@ from .storage import partition_table, transaction
 from .topics import effective
 from .types import RecordMetadata
 
-if TYPE_CHECKING:
-    from .producer import Producer
+
+class BatchSource(Protocol):
+    """What the writer asks of a producer: its open batch, when it is due, and where to report."""
+
+    def take_batch(self) -> Batch | None:
+        """Seal and return the open batch (None when empty); a new one opens."""
+
+    def pending_rows(self) -> int:
+        """Records in the open batch."""
+
+    def due(self) -> float | None:
+        """When the open batch's linger ends (monotonic seconds), None when it is empty."""
+
+    def failed(self, error: SqlogError) -> None:
+        """A batch of this source failed: report it at the next flush."""
+
+    def after_fork(self) -> None:
+        """In a forked child: drop the parent's unwritten batch."""
 
 
 class Chunk:
@@ -58,23 +73,16 @@ class Chunk:
 class Batch:
     """One producer's records between two writes; done once committed (or failed)."""
 
-    __slots__ = ("producer", "chunks", "bytes", "created", "done", "error")
+    __slots__ = ("source", "writer", "chunks", "bytes", "created", "done", "error")
 
-    def __init__(self, producer: Producer) -> None:
-        self.producer = producer
+    def __init__(self, source: BatchSource, writer: Writer) -> None:
+        self.source = source
+        self.writer = writer
         self.chunks: dict[tuple[int, int], Chunk] = {}
         self.bytes = 0
         self.created = time.monotonic()
         self.done = False
         self.error: SqlogError | None = None
-
-
-def check_timeout(timeout: object) -> None:
-    """A wait's ``timeout``: None (no limit) or a finite number of seconds >= 0."""
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout < math.inf
-    ):
-        raise InvalidConfigError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
 
 
 class _ChunkFuture:
@@ -93,7 +101,7 @@ class _ChunkFuture:
         check_timeout(timeout)
         chunk = self._chunk
         if not chunk.batch.done:
-            chunk.batch.producer._writer.write_through(chunk.batch, timeout)
+            chunk.batch.writer.write_through(chunk.batch, timeout)
         error = chunk.error or chunk.batch.error
         if error is not None:
             raise error
@@ -198,13 +206,10 @@ def append_rows(conn: apsw.Connection, topic_id: int, partition: int,
 class Writer:
     """The log's single writer connection, shared by all its producers (one per Log)."""
 
-    def __init__(self, conn: apsw.Connection, path: str, mutex: threading.Lock,
-                 on_commit: Callable[[], None]) -> None:
-        self._conn = conn
-        self._path = path
-        self.mutex = mutex  # also guards admin use of the connection
-        self._on_commit = on_commit
-        self._producers: weakref.WeakSet[Producer] = weakref.WeakSet()
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine  # its connection and mutex (which also guards admin use of the connection)
+        self._path = engine.path
+        self._producers: weakref.WeakSet[BatchSource] = weakref.WeakSet()
         self._cond = threading.Condition()  # wakes the linger thread
         self._written = threading.Condition()  # notified after every write through the mutex
         self._writes = 0
@@ -212,9 +217,11 @@ class Writer:
         self._last_seconds = 0.0
         self._closed = False
         self._thread: threading.Thread | None = None
+        engine.at_fork(self.after_fork)
+        engine.at_close(self.close)
 
     # -- producers -------------------------------------------------------------------------
-    def register(self, producer: Producer) -> None:
+    def register(self, producer: BatchSource) -> None:
         with self._cond:
             if self._closed:
                 raise LogClosedError(f"{self._path}: the log is closed")
@@ -223,7 +230,7 @@ class Writer:
                 self._thread = threading.Thread(target=self._linger_loop, name="sqlog-linger", daemon=True)
                 self._thread.start()
 
-    def unregister(self, producer: Producer) -> None:
+    def unregister(self, producer: BatchSource) -> None:
         with self._cond:
             self._producers.discard(producer)
 
@@ -243,15 +250,16 @@ class Writer:
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         while batch is None or not batch.done:
             seen = self._writes
-            if self.mutex.acquire(blocking=batch is None, timeout=-1 if deadline is None or batch is not None
+            mutex = self.engine.mutex
+            if mutex.acquire(blocking=batch is None, timeout=-1 if deadline is None or batch is not None
                                   else max(deadline - time.monotonic(), 0.0)):
                 try:
                     if batch is None or not batch.done:
                         if batch is not None:
                             self._gather()
-                        self._write([b for p in list(self._producers) if (b := p._take_batch()) is not None])
+                        self._write([b for p in list(self._producers) if (b := p.take_batch()) is not None])
                 finally:
-                    self.mutex.release()
+                    mutex.release()
                     with self._written:
                         self._writes += 1
                         self._written.notify_all()
@@ -279,7 +287,7 @@ class Writer:
         until = time.monotonic() + min(self._last_seconds, 0.002)
         producers = list(self._producers)
         while time.monotonic() < until:
-            if sum(len(c.rows) for p in producers for c in p._batch.chunks.values()) >= target:
+            if sum(p.pending_rows() for p in producers) >= target:
                 return
             time.sleep(0)  # let the other threads take the GIL and send
 
@@ -287,7 +295,7 @@ class Writer:
         """Commit ``batches`` in one transaction; the caller holds ``mutex``."""
         if not batches:
             return
-        conn = self._conn
+        conn = self.engine.conn
         error: SqlogError | None = None
         began = time.monotonic()
         try:
@@ -305,9 +313,9 @@ class Writer:
             batch.error = error
             batch.done = True
             if error is not None:
-                batch.producer._error = error
+                batch.source.failed(error)
         if error is None:
-            self._on_commit()
+            self.engine.signal.notify()
 
     def _append(self, conn: apsw.Connection, chunk: Chunk) -> None:
         base = append_rows(conn, chunk.topic_id, chunk.partition, chunk.rows, chunk.bytes, chunk.max_ts, self._path)
@@ -340,19 +348,17 @@ class Writer:
     def _next_due(self) -> float | None:
         due = None
         for p in list(self._producers):
-            t = p._due()
+            t = p.due()
             if t is not None and (due is None or t < due):
                 due = t
         return due
 
-    def after_fork(self, conn: apsw.Connection, mutex: threading.Lock) -> None:
-        """Continue in a forked child on its own connection, dropping the parent's unwritten batches."""
-        self._conn = conn
-        self.mutex = mutex
+    def after_fork(self) -> None:
+        """Continue in a forked child (on the engine's new connection), dropping the parent's unwritten batches."""
         self._cond = threading.Condition()
         self._thread = None
         for producer in list(self._producers):
-            producer._after_fork()
+            producer.after_fork()
         if self._producers:
             self._thread = threading.Thread(target=self._linger_loop, name="sqlog-linger", daemon=True)
             self._thread.start()
