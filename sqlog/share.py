@@ -38,7 +38,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import apsw
 
@@ -58,14 +58,13 @@ from .errors import (
 )
 from .groups import validate_group_id
 from .partitions import select_from
-from .producer import MAX_INT32, check_config
+from .config import MAX_INT32, check_config
+from .engine import Engine
 from .serde import decode_headers, encode_headers, serde_function
-from .storage import connect, data_version, partition_table, wait_for_commit
+from .storage import data_version, partition_table, wait_for_commit
 from .types import SharePartitionState, ShareGroupDescription, ShareRecord, TopicPartition
 from .writer import append_rows
 
-if TYPE_CHECKING:
-    from .log import Log
 
 # Kafka's RecordState codes.
 AVAILABLE, ACQUIRED, ACKNOWLEDGED, ARCHIVED = 0, 1, 2, 4
@@ -226,7 +225,7 @@ class ShareConsumer:
     this consumer's and still needs its final acknowledgement.
     """
 
-    def __init__(self, log: Log, group_id: str, **config: Any) -> None:
+    def __init__(self, engine: Engine, group_id: str, **config: Any) -> None:
         cfg = check_config(config, SHARE_CONSUMER_DEFAULTS, "share consumer")
         self.config = cfg
         self.group_id = validate_group_id(group_id)
@@ -261,10 +260,11 @@ class ShareConsumer:
             raise InvalidConfigError("acknowledgement_commit_callback must be callable or None")
         self._callback: Callable[[dict[TopicPartition, set[int]], SqlogError | None], None] | None = callback
         self._dlq: str | None = cfg["dead_letter_topic"]
-        self._log = log
-        self._path = log.path
+        engine.check_open()
+        self._engine = engine
+        self._path = engine.path
         if self._dlq is not None:
-            log._topic_meta(self._dlq)  # the dead-letter topic must exist (UnknownTopicOrPartitionError)
+            engine.topic_meta(self._dlq)  # the dead-letter topic must exist (UnknownTopicOrPartitionError)
         self.member_id = uuid.uuid4().hex
         self._subscription: tuple[str, ...] = ()
         self._subscription_json = "[]"
@@ -274,10 +274,8 @@ class ShareConsumer:
         self._next_expiry_ms: int | None = None
         self._closed = False
         # A read connection for a blocked poll: data_version and a cheap look before taking the write lock.
-        self._conn: apsw.Connection = connect(
-            log.path, busy_timeout_ms=log.busy_timeout_ms, synchronous=log.synchronous, query_only=True
-        )
-        log._track(self)  # type: ignore[arg-type]  # closed with the log
+        self._conn: apsw.Connection = engine.reader()
+        engine.track(self)  # closed with the log
 
     # -- subscription ----------------------------------------------------------------------
     def subscribe(self, topics_: Iterable[str]) -> None:
@@ -364,10 +362,10 @@ class ShareConsumer:
         ones only after a cheap read-only look finds something to take, so idle consumers do not
         contend for the write lock.
         """
-        log = self._log
+        signal = self._engine.signal
         first = True
         while True:
-            seq = log._commit_seq
+            seq = signal.seq
             with translated(self._path):
                 version = data_version(self._conn)
                 if first or self._maybe_available():
@@ -379,7 +377,7 @@ class ShareConsumer:
             if time.monotonic() >= deadline:
                 return
             # Nothing to take: sleep until a commit here or in another process, or a lock's deadline.
-            wait_for_commit(log, self._conn, self._path, seq, version, deadline, self._lock_expired)
+            wait_for_commit(signal, self._conn, self._path, seq, version, deadline, self._lock_expired)
 
     def _lock_expired(self) -> bool:
         """A blocked poll also wakes when some consumer's lock comes due (no commit marks that)."""
@@ -524,8 +522,7 @@ class ShareConsumer:
         pending = [(key, d) for key, d in self._delivered.items() if d.ack is not None]
         buffered = list(self._buffer) if release_buffer else []
         out = _Outcome()
-        log = self._log
-        with log._write() as conn:
+        with self._engine.write() as conn:
             now = clock.monotonic_ms()
             state = _TxState(conn, self, now)
             if pending:
@@ -550,14 +547,14 @@ class ShareConsumer:
         self._buffer.extend(out.acquired)
         self._next_expiry_ms = out.next_expiry_ms
         if out.changed:
-            log._notify_commit()  # wakes this process's blocked polls (others see data_version)
+            self._engine.signal.notify()  # wakes this process's blocked polls (others see data_version)
         return out
 
     # -- lifecycle -------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
             raise LogClosedError("the share consumer is closed")
-        if self._log.closed:
+        if self._engine.closed:
             raise LogClosedError("the log this share consumer reads is closed")
 
     def close(self) -> None:
@@ -566,14 +563,14 @@ class ShareConsumer:
         if self._closed:
             return
         try:
-            if not self._log.closed:
+            if not self._engine.closed:
                 self._settle_implicit()
                 self._report(self._transact(acquire=0, release_all=True))
         finally:
             self._closed = True
             self._buffer.clear()
             self._delivered.clear()
-            self._log._untrack(self)  # type: ignore[arg-type]
+            self._engine.untrack(self)
             self._conn.close()
 
     def __enter__(self) -> ShareConsumer:

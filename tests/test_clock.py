@@ -136,11 +136,11 @@ def test_wall_clock_times_of_an_older_file_have_expired(log_path: str, monkeypat
     _fill(old, "t", 1, 1)
     a = _member(old, session_timeout_ms=60_000, heartbeat_interval_ms=20_000)
     _settle([a], lambda: len(a.assignment()) == 1, timeout=5)
-    with old._write() as conn:  # as sqlog before schema 5 stamped them: the wall clock
+    with old.engine.write() as conn:  # as sqlog before schema 5 stamped them: the wall clock
         conn.execute("UPDATE group_members SET joined_ms = ?1, heartbeat_ms = ?1", (time.time_ns() // 1_000_000,))
     monkeypatch.undo()
     log = _open(log_path)
-    assert log._conn.execute("PRAGMA user_version").fetchone()[0] == storage.SCHEMA_VERSION
+    assert log.engine.conn.execute("PRAGMA user_version").fetchone()[0] == storage.SCHEMA_VERSION
     assert log.describe_group("g").members == ()  # not "alive" until the clock since boot reaches 2070
 
 
@@ -187,7 +187,7 @@ def test_liveness_clock_is_steady_and_recorded(log_path: str, monkeypatch: pytes
     step_wall_clock(monkeypatch, -HOURS_3)
     assert 0 <= sqlog.clock.monotonic_ms() - first < 1_000
     log = _open(log_path)
-    row = log._conn.execute("SELECT value FROM settings WHERE key = 'liveness_clock'").fetchone()
+    row = log.engine.conn.execute("SELECT value FROM settings WHERE key = 'liveness_clock'").fetchone()
     assert row == (sqlog.clock.CLOCK_ID,)
     if sys.platform.startswith("linux"):  # the boot the pid check already compares
         assert sqlog.clock.CLOCK_ID == "boottime:" + Path("/proc/sys/kernel/random/boot_id").read_text().strip()

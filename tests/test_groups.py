@@ -292,7 +292,7 @@ def test_fence_checks_the_claim_generation(log: sqlog.Log) -> None:
     a = member(log)
     a.poll(timeout_ms=10)
     gen = a._parts[TP("t", 0)].generation
-    with log._write() as conn:
+    with log.engine.write() as conn:
         meta = conn.execute("SELECT topic_id FROM topics WHERE name = 't'").fetchone()
         groups.check_fence(conn, "g", groups.Fence(a.group_metadata().member_id, {(meta[0], 0): gen}),
                            [(TP("t", 0), meta[0])])
@@ -500,7 +500,7 @@ def test_dead_members_do_not_block_admin(log: sqlog.Log) -> None:
     a = member(log)
     a.poll(timeout_ms=10)
     a._membership._stop.set()  # type: ignore[union-attr]
-    with log._write() as conn:  # as if its last heartbeat were long ago
+    with log.engine.write() as conn:  # as if its last heartbeat were long ago
         conn.execute("UPDATE group_members SET heartbeat_ms = heartbeat_ms - 10000")
     assert log.describe_group("g").members == ()
     log.alter_group_offsets("g", {TP("t", 0): 0})  # expires the dead member, then applies
@@ -510,7 +510,7 @@ def test_schema_1_file_is_migrated(log_path: str, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(storage, "MIGRATIONS", storage.MIGRATIONS[:1])
     monkeypatch.setattr(storage, "SCHEMA_VERSION", 1)
     old = sqlog.open(log_path)
-    with old._write() as conn:  # not create_topic(): its description reads later schemas' columns
+    with old.engine.write() as conn:  # not create_topic(): its description reads later schemas' columns
         topics.create(conn, "t", 1, None, None)
     with old.producer() as producer:
         producer.send("t", b"kept").get()

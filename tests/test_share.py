@@ -37,7 +37,7 @@ def _share(log: sqlog.Log, topics: tuple[str, ...] = ("jobs",), group: str = "wo
 
 
 def _rows(log: sqlog.Log) -> int:
-    return log._conn.execute("SELECT count(*) FROM share_records").fetchone()[0]
+    return log.engine.conn.execute("SELECT count(*) FROM share_records").fetchone()[0]
 
 
 def _dead(log: sqlog.Log, topic: str = "jobs.dlq") -> list[sqlog.Record]:
@@ -221,7 +221,7 @@ def test_expiry_at_the_limit_archives_to_the_dead_letter_topic(log: sqlog.Log) -
         counts.extend(r.delivery_count for r in consumer.poll(timeout_ms=200))
         time.sleep(0.06)
         consumer._closed = True  # vanish without releasing, like a crash
-        log._untrack(consumer)
+        log.engine.untrack(consumer)
     assert counts == [1, 2]
     probe = _share(log, delivery_count_limit=2, dead_letter_topic="jobs.dlq")
     assert probe.poll(timeout_ms=0) == []
@@ -507,13 +507,13 @@ def test_an_idle_blocked_poll_takes_no_write_lock(log: sqlog.Log) -> None:
     other = log.producer(linger_ms=0)
     log.create_topic("noise")
     writes = []
-    original = log._write
+    original = log.engine.write
 
     def counting() -> Any:
         writes.append(1)
         return original()
 
-    log._write = counting  # type: ignore[method-assign]
+    log.engine.write = counting  # type: ignore[method-assign]
     thread = threading.Thread(target=lambda: consumer.poll(timeout_ms=600))
     thread.start()
     time.sleep(0.05)
@@ -521,7 +521,7 @@ def test_an_idle_blocked_poll_takes_no_write_lock(log: sqlog.Log) -> None:
         other.send("noise", b"n").get()
         time.sleep(0.01)
     thread.join()
-    del log._write
+    del log.engine.write
     assert len(writes) <= 2, len(writes)
 
 
@@ -595,7 +595,7 @@ def test_deleting_a_topic_deletes_its_share_state(log: sqlog.Log) -> None:
     assert len(held) == 3
     log.delete_topic("jobs")
     assert _rows(log) == 0
-    assert log._conn.execute("SELECT count(*) FROM share_partitions").fetchone()[0] == 0
+    assert log.engine.conn.execute("SELECT count(*) FROM share_partitions").fetchone()[0] == 0
     for r in held:
         consumer.acknowledge(r)
     with pytest.raises(sqlog.InvalidRecordStateError):
@@ -696,7 +696,7 @@ def test_a_schema_1_file_is_migrated(log_path: str) -> None:
         assert log.describe_topic("old").retention_policy == "limits"
         _fill(log, 2, topic="old", create=False)
         assert len(_share(log, topics=("old",)).poll(timeout_ms=100)) == 2
-        assert log._conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert log.engine.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
 def test_check_finds_broken_share_state(log: sqlog.Log) -> None:
@@ -704,7 +704,7 @@ def test_check_finds_broken_share_state(log: sqlog.Log) -> None:
     consumer = _share(log)
     consumer.poll(timeout_ms=100)
     assert log.check().ok
-    with log._write() as conn:
+    with log.engine.write() as conn:
         conn.execute("DELETE FROM share_records WHERE offset = 1")
         conn.execute("UPDATE share_partitions SET end_offset = 9")
     violations = log.check().violations

@@ -200,7 +200,7 @@ class ShareModel(RuleBasedStateMachine):
     # -- the file equals the model ----------------------------------------------------------
     @invariant()
     def same_state(self) -> None:
-        conn = self.log._conn
+        conn = self.log.engine.conn
         members = {c["sc"].member_id: name for name, c in self.consumers.items()}
         part = conn.execute("SELECT start_offset, end_offset FROM share_partitions").fetchall()
         if not part:

@@ -167,7 +167,7 @@ def test_workers_accept_every_record_exactly_once(tmp_path: Path) -> None:
     with sqlog.open(path) as log:
         desc = log.describe_share_group("workers")
         assert desc.lag == 0 and all(p.start_offset == p.high_watermark == m // 3 for p in desc.partitions)
-        assert log._conn.execute("SELECT count(*) FROM share_records").fetchone()[0] == 0
+        assert log.engine.conn.execute("SELECT count(*) FROM share_records").fetchone()[0] == 0
         assert log.check().ok
 
 
