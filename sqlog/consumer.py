@@ -14,6 +14,8 @@ import apsw
 
 from . import groups, partitions, topics
 from .checksum import mismatches
+from .config import MAX_INT32, check_bool, check_config, check_int, check_offset
+from .engine import Engine
 from .errors import (
     CommitFailedError,
     CorruptRecordError,
@@ -25,12 +27,9 @@ from .errors import (
     UnknownTopicOrPartitionError,
     translated,
 )
-from .config import MAX_INT32, check_bool, check_config, check_int, check_offset
-from .engine import Engine
 from .serde import decode_headers, serde_function
 from .storage import data_version, wait_for_commit
 from .types import ConsumerGroupMetadata, OffsetAndMetadata, OffsetAndTimestamp, Record, TopicPartition
-
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "group_id": None,
@@ -493,7 +492,7 @@ class Consumer:
         return out
 
     def _offset_for_time(self, topic_id: int, partition: int, ts: int) -> OffsetAndTimestamp | None:
-        hit = topics.offset_for_time(self._conn, topic_id, partition, ts)
+        hit = partitions.offset_for_time(self._conn, topic_id, partition, ts)
         return None if hit is None else OffsetAndTimestamp(*hit)
 
     def pause(self, *partitions: TopicPartition) -> None:

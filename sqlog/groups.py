@@ -46,6 +46,7 @@ from .errors import (
     UnknownTopicOrPartitionError,
 )
 from .partitions import bounds as read_bounds
+from .partitions import offset_for_time
 from .storage import clock_now
 from .types import GroupDescription, GroupPartitionDescription, MemberDescription, TopicPartition
 
@@ -758,7 +759,7 @@ def reset_offsets(conn: apsw.Connection, group_id: str, to: str | int,
         elif to == "latest":
             offset = end
         else:
-            hit = topics.offset_for_time(conn, topic_id, tp.partition, to)  # type: ignore[arg-type]
+            hit = offset_for_time(conn, topic_id, tp.partition, to)  # type: ignore[arg-type]
             offset = end if hit is None else hit[0]
         out[tp] = offset
         stored.append((topic_id, tp.partition, offset, ""))

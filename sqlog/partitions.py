@@ -1,4 +1,5 @@
-"""Reading a partition's records: a range and the partition's bounds seen in one snapshot.
+"""A partition's records: appending them, and reading a range with the partition's bounds
+seen in one snapshot; offsets for times.
 
 Retention moves a partition's log start between any two statements of a reader, so a reader
 can tell "removed by retention" (below the log start) from "damaged" (missing above it) only
@@ -10,13 +11,13 @@ read transaction with the bounds only when they do not.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import apsw
 
-from .checksum import CHECK_COLUMN
-from .errors import StorageError, UnknownTopicOrPartitionError
-from .storage import partition_table, snapshot
+from .checksum import CHECK_COLUMN, STORE, crcs
+from .errors import StorageError, UnknownTopicOrPartitionError, damaged_advice
+from .storage import effective, partition_table, snapshot
 
 _BOUNDS = "SELECT log_start_offset, next_offset FROM partitions WHERE topic_id = ? AND partition = ?"
 
@@ -75,3 +76,77 @@ def _missing(where: str, first: int, last: int) -> StorageError:
         f"{where}: records missing between offsets {first} and {last}: the file is damaged; "
         "log.check() (or `sqlog check`) lists what is wrong"
     )
+
+
+# -- appending ------------------------------------------------------------------------------
+class Appended(NamedTuple):
+    """Where an append went: its first offset, and the partition's log start, bytes and
+    retention budget (``retention_bytes`` in force, None = none) after it."""
+
+    base_offset: int
+    log_start_offset: int
+    bytes: int
+    retention_bytes: int | None
+
+
+_UPDATE = (
+    "UPDATE partitions SET next_offset = next_offset + ?1, bytes = bytes + ?2"
+    " WHERE topic_id = ?3 AND partition = ?4 RETURNING next_offset - ?1, log_start_offset, bytes,"
+    f" (SELECT {effective('retention_bytes')} FROM topics t WHERE t.topic_id = ?3)"
+)
+_INDEX = "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def append(conn: apsw.Connection, topic_id: int, partition: int,
+           rows: list[tuple[int, bytes | None, bytes | None, bytes | None]], nbytes: int, max_ts: int,
+           path: str = "") -> Appended | None:
+    """Append ``(timestamp_ms, key, value, headers)`` rows to one partition inside the caller's
+    write transaction: offsets, checksums, batch index and byte count, in the same transaction
+    as the partition's watermark. ``nbytes`` is the rows' size as retention counts it.
+
+    Returns where they went and the partition's size after them (for size retention), or None
+    when the partition does not exist.
+    """
+    n = len(rows)
+    found = conn.execute(_UPDATE, (n, nbytes, topic_id, partition)).fetchone()
+    if found is None:
+        return None
+    base = found[0]
+    table = partition_table(topic_id, partition)
+    stamps, keys, values, headers = zip(*rows)
+    stored = zip(stamps, keys, values, headers, crcs(keys, values, headers))
+    # The first row takes its offset explicitly; the rest get max(offset) + 1 from SQLite,
+    # which is the next offset because nothing above ``base`` exists in this transaction.
+    conn.execute(f"INSERT INTO {table}(ts, key, value, headers, crc, offset) VALUES (?1, ?2, ?3, ?4, {STORE}, ?6)",
+                 (*next(stored), base))
+    if n > 1:
+        conn.executemany(f"INSERT INTO {table}(ts, key, value, headers, crc) VALUES (?1, ?2, ?3, ?4, {STORE})", stored)
+        if conn.last_insert_rowid() != base + n - 1:
+            raise StorageError(f"{path}: {table} holds offsets above its high watermark {base}: the file is "
+                               f"damaged; {damaged_advice(path)}")
+    conn.execute(_INDEX, (topic_id, partition, base, base + n - 1, max_ts, nbytes))
+    return Appended(*found)
+
+
+# -- offsets for times --------------------------------------------------------------------
+def offset_for_time(conn: apsw.Connection, topic_id: int, partition: int, ts: int) -> tuple[int, int] | None:
+    """``(offset, timestamp)`` of the earliest stored record whose timestamp is >= ``ts``, or None."""
+    # The batch index holds each batch's max timestamp, so only batches reaching ``ts`` are
+    # read; usually the first holds the answer, but a batch trimmed by retention may keep the
+    # max of records already deleted, so go on to the next one.
+    batches = conn.execute(
+        "SELECT max(b.base_offset, p.log_start_offset), b.last_offset FROM batches b"
+        " JOIN partitions p USING (topic_id, partition)"
+        " WHERE b.topic_id = ? AND b.partition = ? AND b.max_timestamp >= ?"
+        " AND b.last_offset >= p.log_start_offset ORDER BY b.base_offset",
+        (topic_id, partition, ts),
+    ).fetchall()
+    for first, last in batches:
+        hit = conn.execute(
+            f"SELECT offset, ts FROM {partition_table(topic_id, partition)}"
+            " WHERE offset BETWEEN ? AND ? AND ts >= ? ORDER BY offset LIMIT 1",
+            (first, last, ts),
+        ).fetchone()
+        if hit is not None:
+            return hit[0], hit[1]
+    return None

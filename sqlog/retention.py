@@ -18,8 +18,8 @@ import apsw
 
 from .check import report
 from .errors import DiskFullError, SqlogError, translated
-from .storage import RECORD_BYTES, busy_handler, guard_writes, partition_table, snapshot, transaction
-from .topics import effective
+from .partitions import append
+from .storage import RECORD_BYTES, busy_handler, effective, guard_writes, partition_table, snapshot, transaction
 from .types import CheckReport, PartitionSweep, SweepResult, TopicPartition
 
 SWEEP_CHUNK_RECORDS = 20_000  # records deleted per transaction: producers get the lock in between
@@ -136,6 +136,22 @@ def interest_cap(conn: apsw.Connection, topic_id: int, partition: int) -> int | 
         return None
     needed = [o for o in row[1:] if o is not None]
     return min(needed) if needed else None
+
+
+def append_rows(conn: apsw.Connection, topic_id: int, partition: int,
+                rows: list[tuple[int, bytes | None, bytes | None, bytes | None]], nbytes: int, max_ts: int,
+                path: str = "") -> int | None:
+    """`partitions.append`, then size retention as the log grows, in the same transaction:
+    the append path of producers' batches and of dead-letter records. Returns the first
+    offset, or None when the partition does not exist."""
+    done = append(conn, topic_id, partition, rows, nbytes, max_ts, path)
+    if done is None:
+        return None
+    if done.retention_bytes is not None and done.bytes > done.retention_bytes:
+        # Bounded so one append never deletes a backlog (the sweeper does that in chunks).
+        enforce_size(conn, topic_id, partition, done.log_start_offset, done.bytes, done.retention_bytes,
+                     max(4 * len(rows), 1000))
+    return done.base_offset
 
 
 def enforce_size(conn: apsw.Connection, topic_id: int, partition: int, start: int, nbytes: int, budget: int,

@@ -22,7 +22,7 @@ the consumer's pending acknowledgements, (2) makes expired locks of the group av
 (lowest offset first, ``UPDATE ... RETURNING``), then new ones from ``end_offset``, each locked
 for ``record_lock_duration_ms`` with its delivery count raised, (4) advances start offsets past
 finished records, and (5) copies archived records to the dead-letter topic, if the consumer has
-one, through the producers' append path (`writer.append_rows`), all in that one transaction.
+one, through the producers' append path (`retention.append_rows`), all in that one transaction.
 An acknowledgement applies only while the record is still the consumer's delivery (same
 delivery count, not delivered to anyone since), so a lock that expired and was handed to another
 consumer makes it fail (`InvalidRecordStateError`, a `CommitFailedError`), never apply twice.
@@ -44,6 +44,8 @@ import apsw
 
 from . import clock, topics
 from .checksum import CHECK_COLUMN, matches
+from .config import MAX_INT32, check_config
+from .engine import Engine
 from .errors import (
     CorruptRecordError,
     GroupIdNotFoundError,
@@ -58,13 +60,10 @@ from .errors import (
 )
 from .groups import validate_group_id
 from .partitions import select_from
-from .config import MAX_INT32, check_config
-from .engine import Engine
+from .retention import append_rows
 from .serde import decode_headers, encode_headers, serde_function
 from .storage import data_version, partition_table, wait_for_commit
-from .types import SharePartitionState, ShareGroupDescription, ShareRecord, TopicPartition
-from .writer import append_rows
-
+from .types import ShareGroupDescription, SharePartitionState, ShareRecord, TopicPartition
 
 # Kafka's RecordState codes.
 AVAILABLE, ACQUIRED, ACKNOWLEDGED, ARCHIVED = 0, 1, 2, 4

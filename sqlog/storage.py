@@ -206,6 +206,12 @@ EXPIRED_MS = -(2**62)  # a liveness time before every deadline: the member or lo
 RECORD_BYTES = "coalesce(length(key), 0) + coalesce(length(value), 0) + coalesce(length(headers), 0)"
 
 
+def effective(column: str) -> str:
+    """SQL for a topic's (``t``) retention in force: its own, else the log default; NULL = forever."""
+    assert column in ("retention_ms", "retention_bytes")
+    return f"nullif(coalesce(t.{column}, (SELECT value FROM settings WHERE key = '{column}')), -1)"
+
+
 def partition_table(topic_id: int, partition: int) -> str:
     """The table of one partition; built from integers only, never from user text."""
     return f"p{int(topic_id)}_{int(partition)}"

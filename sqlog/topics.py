@@ -16,7 +16,7 @@ from .errors import (
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
-from .storage import partition_ddl, partition_table
+from .storage import effective, partition_ddl, partition_table
 from .types import PartitionDescription, TopicDescription
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -81,12 +81,6 @@ def check_policy(value: object) -> str:
     if value not in RETENTION_POLICIES or not isinstance(value, str):
         raise InvalidConfigError(f"retention_policy must be 'limits' or 'interest', not {value!r}")
     return value
-
-
-def effective(column: str) -> str:
-    """SQL for a topic's retention in force: its own, else the log default; NULL = forever."""
-    assert column in ("retention_ms", "retention_bytes")
-    return f"nullif(coalesce(t.{column}, (SELECT value FROM settings WHERE key = '{column}')), -1)"
 
 
 def lookup(conn: apsw.Connection, name: str) -> TopicMeta | None:
@@ -203,26 +197,3 @@ def delete(conn: apsw.Connection, name: str) -> None:
     )
     for table in ("partitions", "batches", "committed_offsets", "group_targets", "partition_owners", "topics"):
         conn.execute(f"DELETE FROM {table} WHERE topic_id = ?", (meta.topic_id,))
-
-
-def offset_for_time(conn: apsw.Connection, topic_id: int, partition: int, ts: int) -> tuple[int, int] | None:
-    """``(offset, timestamp)`` of the earliest stored record whose timestamp is >= ``ts``, or None."""
-    # The batch index holds each batch's max timestamp, so only batches reaching ``ts`` are
-    # read; usually the first holds the answer, but a batch trimmed by retention may keep the
-    # max of records already deleted, so go on to the next one.
-    batches = conn.execute(
-        "SELECT max(b.base_offset, p.log_start_offset), b.last_offset FROM batches b"
-        " JOIN partitions p USING (topic_id, partition)"
-        " WHERE b.topic_id = ? AND b.partition = ? AND b.max_timestamp >= ?"
-        " AND b.last_offset >= p.log_start_offset ORDER BY b.base_offset",
-        (topic_id, partition, ts),
-    ).fetchall()
-    for first, last in batches:
-        hit = conn.execute(
-            f"SELECT offset, ts FROM {partition_table(topic_id, partition)}"
-            " WHERE offset BETWEEN ? AND ? AND ts >= ? ORDER BY offset LIMIT 1",
-            (first, last, ts),
-        ).fetchone()
-        if hit is not None:
-            return hit[0], hit[1]
-    return None

@@ -16,21 +16,17 @@ from typing import Protocol
 
 import apsw
 
-from .checksum import STORE, crcs
 from .config import check_timeout
 from .engine import Engine
 from .errors import (
     LogClosedError,
     SqlogError,
     SqlogTimeoutError,
-    StorageError,
     UnknownTopicOrPartitionError,
-    damaged_advice,
     translated,
 )
-from .retention import enforce_size
-from .storage import partition_table, transaction
-from .topics import effective
+from .retention import append_rows
+from .storage import transaction
 from .types import RecordMetadata
 
 
@@ -159,50 +155,7 @@ class BatchFuture(_ChunkFuture):
         ]
 
 
-_UPDATE = (
-    "UPDATE partitions SET next_offset = next_offset + ?1, bytes = bytes + ?2"
-    " WHERE topic_id = ?3 AND partition = ?4 RETURNING next_offset - ?1, log_start_offset, bytes,"
-    f" (SELECT {effective('retention_bytes')} FROM topics t WHERE t.topic_id = ?3)"
-)
 _RETRY_S = 0.005  # how long a get() waits on a busy mutex before trying it again
-_INDEX = "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)"
-
-
-def append_rows(conn: apsw.Connection, topic_id: int, partition: int,
-                rows: list[tuple[int, bytes | None, bytes | None, bytes | None]], nbytes: int, max_ts: int,
-                path: str = "") -> int | None:
-    """Append ``(timestamp_ms, key, value, headers)`` rows to one partition inside the caller's
-    write transaction: offsets, batch index, byte count and size retention, exactly as a
-    producer's batch. ``nbytes`` is the rows' size as retention counts it (key + value + headers).
-
-    Returns the offset of the first row, or None when the partition does not exist. Used by the
-    writer for producers' batches and by share groups for dead-letter records.
-    """
-    n = len(rows)
-    found = conn.execute(_UPDATE, (n, nbytes, topic_id, partition)).fetchone()
-    if found is None:
-        return None
-    base, start, total, budget = found
-    table = partition_table(topic_id, partition)
-    stamps, keys, values, headers = zip(*rows)
-    stored = zip(stamps, keys, values, headers, crcs(keys, values, headers))
-    # The first row takes its offset explicitly; the rest get max(offset) + 1 from SQLite,
-    # which is the next offset because nothing above ``base`` exists in this transaction.
-    conn.execute(f"INSERT INTO {table}(ts, key, value, headers, crc, offset) VALUES (?1, ?2, ?3, ?4, {STORE}, ?6)",
-                 (*next(stored), base))
-    if n > 1:
-        conn.executemany(f"INSERT INTO {table}(ts, key, value, headers, crc) VALUES (?1, ?2, ?3, ?4, {STORE})", stored)
-        if conn.last_insert_rowid() != base + n - 1:
-            raise StorageError(f"{path}: {table} holds offsets above its high watermark {base}: the file is "
-                               f"damaged; {damaged_advice(path)}")
-    conn.execute(_INDEX, (topic_id, partition, base, base + n - 1, max_ts, nbytes))
-    if budget is not None and total > budget:
-        # Size retention as the log grows, bounded so one append never deletes a backlog
-        # (the sweeper does that in chunks).
-        enforce_size(conn, topic_id, partition, start, total, budget, max(4 * n, 1000))
-    return base
-
-
 class Writer:
     """The log's single writer connection, shared by all its producers (one per Log)."""
 
