@@ -136,12 +136,31 @@ def _open_log(args: argparse.Namespace, create: bool = False) -> Iterator[sqlog.
         log.close()
 
 
-def _describe(log: sqlog.Log, topic: str) -> sqlog.TopicDescription:
-    """The topic's description; an unknown topic gets a message that names the CLI's fix."""
+def _describe(log: sqlog.Log, topic: str, partitions: Iterable[int | None] = ()) -> sqlog.TopicDescription:
+    """The topic's description, after checking that each partition named exists (None: none named).
+
+    An unknown topic or partition gets a message that names the fix, before anything is done.
+    """
     try:
-        return log.describe_topic(topic)
+        d = log.describe_topic(topic)
     except sqlog.UnknownTopicOrPartitionError:
         raise CliError(f"unknown topic {topic!r}: create it with 'sqlog topics create {topic}'") from None
+    count = len(d.partitions)
+    for partition in partitions:
+        if partition is not None and partition >= count:
+            raise CliError(f"topic {topic!r} has partitions 0..{count - 1}, not {partition}")
+    return d
+
+
+def _describe_all(log: sqlog.Log) -> list[sqlog.TopicDescription]:
+    """Every topic's description, by name; a topic deleted by another process meanwhile is left out."""
+    descriptions = []
+    for name in log.list_topics():
+        try:
+            descriptions.append(log.describe_topic(name))
+        except sqlog.UnknownTopicOrPartitionError:
+            continue
+    return descriptions
 
 
 # -- output helpers ----------------------------------------------------------------------------
@@ -174,10 +193,14 @@ def _human_ms(ms: int | None) -> str:
     return str(ms)
 
 
+def _or_forever(limit: int | None) -> int | str:
+    """A retention limit as shown to people: None (no limit) is "forever"."""
+    return "forever" if limit is None else limit
+
+
 def _retention_text(description: sqlog.TopicDescription) -> str:
-    nbytes = description.retention_bytes
     return (f"retention.ms={_human_ms(description.retention_ms)}  "
-            f"retention.bytes={'forever' if nbytes is None else nbytes}")
+            f"retention.bytes={_or_forever(description.retention_bytes)}")
 
 
 def _topic_json(d: sqlog.TopicDescription) -> dict[str, Any]:
@@ -206,18 +229,12 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 
 def cmd_topics_list(args: argparse.Namespace) -> int:
     with _open_log(args) as log:
-        descriptions = []
-        for name in log.list_topics():
-            try:
-                descriptions.append(log.describe_topic(name))
-            except sqlog.UnknownTopicOrPartitionError:
-                continue  # deleted by another process meanwhile
+        topics = [_topic_json(d) for d in _describe_all(log)]
     if args.format == "json":
-        _print_json([_topic_json(d) for d in descriptions])
-    elif descriptions:
-        rows = [[d.name, len(d.partitions), sum(p.records for p in d.partitions), sum(p.bytes for p in d.partitions),
-                 "forever" if d.retention_ms is None else d.retention_ms,
-                 "forever" if d.retention_bytes is None else d.retention_bytes] for d in descriptions]
+        _print_json(topics)
+    elif topics:
+        rows = [[t["name"], len(t["partitions"]), t["records"], t["bytes"], _or_forever(t["retention_ms"]),
+                 _or_forever(t["retention_bytes"])] for t in topics]
         print(_table(["TOPIC", "PARTITIONS", "RECORDS", "BYTES", "RETENTION-MS", "RETENTION-BYTES"], rows))
     return 0
 
@@ -263,9 +280,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         separator = args.key_separator.encode("utf-8", "surrogateescape")
     headers = args.header or None
     with _open_log(args) as log:
-        d = _describe(log, args.topic)
-        if args.partition is not None and args.partition >= len(d.partitions):
-            raise CliError(f"topic {args.topic!r} has partitions 0..{len(d.partitions) - 1}, not {args.partition}")
+        _describe(log, args.topic, [args.partition])
         producer = log.producer()
         sent = 0
         try:
@@ -334,9 +349,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     else:
         render = lambda r: _text_line(r, args.print_key)  # noqa: E731
     with _open_log(args) as log:
-        d = _describe(log, args.topic)
-        if args.partition is not None and args.partition >= len(d.partitions):
-            raise CliError(f"topic {args.topic!r} has partitions 0..{len(d.partitions) - 1}, not {args.partition}")
+        _describe(log, args.topic, [args.partition])
         config: dict[str, Any] = {
             "auto_offset_reset": "earliest" if args.from_beginning else "latest",
             "enable_auto_commit": False,
@@ -587,68 +600,84 @@ def _refuse_active(group_id: str, members: int) -> CliError:
                     "stop its consumers first (as in Kafka, only an inactive group's offsets can be reset)")
 
 
-def _plan_offsets(args: argparse.Namespace, log: sqlog.Log, group: sqlog.GroupDescription | None,
-                  tps: list[sqlog.TopicPartition],
-                  bounds: dict[int, tuple[int, int]]) -> dict[sqlog.TopicPartition, int]:
-    """The new offset of each partition, as ``kafka-consumer-groups --reset-offsets`` computes it."""
-    def clamp(tp: sqlog.TopicPartition, offset: int) -> int:
-        start, end = bounds[tp.partition]
-        return min(max(offset, start), end)
-
+def _reset_to(args: argparse.Namespace) -> str | int | None:
+    """The ``to`` of `sqlog.Log.reset_group_offsets` that the mode names: "earliest", "latest" or a
+    time in ms; None for --to-offset and --shift-by, which that call does not take."""
     if args.to_earliest:
-        return {tp: bounds[tp.partition][0] for tp in tps}
+        return "earliest"
     if args.to_latest:
+        return "latest"
+    if args.to_datetime is not None:
+        return max(args.to_datetime, 0)
+    return None
+
+
+def _preview_reset(log: sqlog.Log, to: str | int, tps: list[sqlog.TopicPartition],
+                   bounds: dict[int, tuple[int, int]]) -> dict[sqlog.TopicPartition, int]:
+    """The offsets ``log.reset_group_offsets(group, to, tps)`` would store, for the dry run.
+
+    The Log API has no dry run, so this restates its rule over public reads: earliest is the log
+    start, latest the log end, a time the first record at or after it (else the log end).
+    """
+    if to == "earliest":
+        return {tp: bounds[tp.partition][0] for tp in tps}
+    if to == "latest":
         return {tp: bounds[tp.partition][1] for tp in tps}
-    if args.to_offset is not None:
-        return {tp: clamp(tp, args.to_offset) for tp in tps}
-    if args.shift_by is not None:
-        committed = {} if group is None else {
-            sqlog.TopicPartition(p.topic, p.partition): p.committed_offset
-            for p in group.partitions if p.committed_offset is not None}
-        if not args.partition:  # the whole topic: shift what the group has committed on it
-            tps = [tp for tp in tps if tp in committed]
-        missing = [tp for tp in tps if tp not in committed]
-        if missing or not tps:
-            where = f"{missing[0].topic}-{missing[0].partition}" if missing else f"topic {args.topic!r}"
-            raise CliError(f"cannot shift: group {args.group!r} has no committed offset on {where} "
-                           "(use --to-earliest, --to-latest, --to-offset or --to-datetime)")
-        return {tp: clamp(tp, committed[tp] + args.shift_by) for tp in tps}
-    # --to-datetime: the first record at or after it (offsets_for_times), past the end -> log end
     consumer = log.consumer()
     try:
-        hits = consumer.offsets_for_times({tp: max(args.to_datetime, 0) for tp in tps})
+        hits = consumer.offsets_for_times({tp: to for tp in tps})
     finally:
         consumer.close()
     return {tp: bounds[tp.partition][1] if hit is None else hit.offset for tp, hit in hits.items()}
 
 
+def _moved_offsets(args: argparse.Namespace, group: sqlog.GroupDescription | None,
+                   tps: list[sqlog.TopicPartition],
+                   bounds: dict[int, tuple[int, int]]) -> dict[sqlog.TopicPartition, int]:
+    """--to-offset and --shift-by, as ``kafka-consumer-groups`` computes them: clamped to each
+    partition's [log start, log end]."""
+    def clamp(tp: sqlog.TopicPartition, offset: int) -> int:
+        start, end = bounds[tp.partition]
+        return min(max(offset, start), end)
+
+    if args.to_offset is not None:
+        return {tp: clamp(tp, args.to_offset) for tp in tps}
+    committed = {} if group is None else {
+        sqlog.TopicPartition(p.topic, p.partition): p.committed_offset
+        for p in group.partitions if p.committed_offset is not None}
+    if not args.partition:  # the whole topic: shift what the group has committed on it
+        tps = [tp for tp in tps if tp in committed]
+    missing = [tp for tp in tps if tp not in committed]
+    if missing or not tps:
+        where = f"{missing[0].topic}-{missing[0].partition}" if missing else f"topic {args.topic!r}"
+        raise CliError(f"cannot shift: group {args.group!r} has no committed offset on {where} "
+                       "(use --to-earliest, --to-latest, --to-offset or --to-datetime)")
+    return {tp: clamp(tp, committed[tp] + args.shift_by) for tp in tps}
+
+
 def cmd_groups_reset_offsets(args: argparse.Namespace) -> int:
     with _open_log(args) as log:
-        d = _describe(log, args.topic)
-        count = len(d.partitions)
-        for partition in args.partition or ():
-            if partition >= count:
-                raise CliError(f"topic {args.topic!r} has partitions 0..{count - 1}, not {partition}")
-        tps = [sqlog.TopicPartition(d.name, p) for p in sorted(set(args.partition or range(count)))]
-        try:
-            group = log.describe_group(args.group)
-        except sqlog.GroupIdNotFoundError:
-            group = None  # as in Kafka, resetting a group that does not exist yet creates it
-            if _share_group(log, args.group) is not None:  # ... but not beside a share group of that id
-                raise CliError(f"{args.group!r} is a share group, not a consumer group: reset-offsets moves only "
-                               "consumer groups' committed offsets") from None
+        d = _describe(log, args.topic, args.partition or ())
+        tps = [sqlog.TopicPartition(d.name, p) for p in sorted(set(args.partition or range(len(d.partitions))))]
+        # As in Kafka, resetting a consumer group that does not exist yet creates it, but not
+        # beside a share group of that id.
+        group = _consumer_group(log, args.group)
+        if group is None and _share_group(log, args.group) is not None:
+            raise CliError(f"{args.group!r} is a share group, not a consumer group: reset-offsets moves only "
+                           "consumer groups' committed offsets")
         if group is not None and group.members:
             raise _refuse_active(args.group, len(group.members))
         bounds = {p.partition: (p.log_start_offset, p.high_watermark) for p in d.partitions}
-        if args.execute and args.shift_by is None and args.to_offset is None:
-            # One transaction that checks the group is empty, computes and stores the offsets.
-            to: str | int = ("earliest" if args.to_earliest else "latest" if args.to_latest
-                             else max(args.to_datetime, 0))
-            new = log.reset_group_offsets(args.group, to, partitions=tps)
-        else:
-            new = _plan_offsets(args, log, group, tps, bounds)
+        to = _reset_to(args)
+        if to is None:
+            new = _moved_offsets(args, group, tps, bounds)
             if args.execute:
                 log.alter_group_offsets(args.group, new)
+        elif args.execute:
+            # One transaction that checks the group is empty, computes and stores the offsets.
+            new = log.reset_group_offsets(args.group, to, partitions=tps)
+        else:
+            new = _preview_reset(log, to, tps, bounds)
     ordered = sorted(new.items())
     if args.format == "json":
         _print_json({"group": args.group, "executed": bool(args.execute),
@@ -709,12 +738,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     path = _db_path(args)
     with _open_log(args) as log:
         stats = log.stats()
-        descriptions = []
-        for name in log.list_topics():
-            try:
-                descriptions.append(log.describe_topic(name))
-            except sqlog.UnknownTopicOrPartitionError:
-                continue
+        descriptions = _describe_all(log)
     freelist_bytes = stats["freelist_count"] * stats["page_size"]
     data = {
         "file": os.path.abspath(path),
@@ -786,9 +810,10 @@ class _SubcommandFormatter(argparse.HelpFormatter):
             self._action_max_length = max(self._action_max_length, width)
 
 
-def _format_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", choices=("text", "json"), default="text",
-                        help="text (default): aligned for people; json: one document for scripts")
+def _format_option(parser: argparse.ArgumentParser,
+                   summary: str = "text (default): aligned for people; json: one document for scripts") -> None:
+    """The --format option of every command that prints: text or json."""
+    parser.add_argument("--format", choices=("text", "json"), default="text", help=summary)
 
 
 def _retention_options(parser: argparse.ArgumentParser) -> None:
@@ -859,8 +884,7 @@ def _add_consume(subparsers: Any) -> None:
     p.add_argument("--max-messages", type=_positive_int, metavar="N", help="exit after printing N records")
     p.add_argument("--timeout-ms", type=_non_negative_int, metavar="MS",
                    help="exit after MS milliseconds without a new record (default: follow forever)")
-    p.add_argument("--format", choices=("text", "json"), default="text",
-                   help="text (default) or json (one object per line)")
+    _format_option(p, "text (default) or json (one object per line)")
     p.add_argument("--print-key", action="store_true", help="text format: print key<TAB>value")
 
 
