@@ -612,25 +612,6 @@ def _reset_to(args: argparse.Namespace) -> str | int | None:
     return None
 
 
-def _preview_reset(log: sqlog.Log, to: str | int, tps: list[sqlog.TopicPartition],
-                   bounds: dict[int, tuple[int, int]]) -> dict[sqlog.TopicPartition, int]:
-    """The offsets ``log.reset_group_offsets(group, to, tps)`` would store, for the dry run.
-
-    The Log API has no dry run, so this restates its rule over public reads: earliest is the log
-    start, latest the log end, a time the first record at or after it (else the log end).
-    """
-    if to == "earliest":
-        return {tp: bounds[tp.partition][0] for tp in tps}
-    if to == "latest":
-        return {tp: bounds[tp.partition][1] for tp in tps}
-    consumer = log.consumer()
-    try:
-        hits = consumer.offsets_for_times({tp: to for tp in tps})
-    finally:
-        consumer.close()
-    return {tp: bounds[tp.partition][1] if hit is None else hit.offset for tp, hit in hits.items()}
-
-
 def _moved_offsets(args: argparse.Namespace, group: sqlog.GroupDescription | None,
                    tps: list[sqlog.TopicPartition],
                    bounds: dict[int, tuple[int, int]]) -> dict[sqlog.TopicPartition, int]:
@@ -673,11 +654,9 @@ def cmd_groups_reset_offsets(args: argparse.Namespace) -> int:
             new = _moved_offsets(args, group, tps, bounds)
             if args.execute:
                 log.alter_group_offsets(args.group, new)
-        elif args.execute:
-            # One transaction that checks the group is empty, computes and stores the offsets.
-            new = log.reset_group_offsets(args.group, to, partitions=tps)
         else:
-            new = _preview_reset(log, to, tps, bounds)
+            # One transaction that checks the group is empty, computes and (with --execute) stores them.
+            new = log.reset_group_offsets(args.group, to, partitions=tps, dry_run=not args.execute)
     ordered = sorted(new.items())
     if args.format == "json":
         _print_json({"group": args.group, "executed": bool(args.execute),

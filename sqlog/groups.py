@@ -733,9 +733,10 @@ def alter_offsets(conn: apsw.Connection, group_id: str, offsets: Iterable[tuple[
 
 
 def reset_offsets(conn: apsw.Connection, group_id: str, to: str | int,
-                  partitions: Iterable[TopicPartition | str] | None) -> dict[TopicPartition, int]:
+                  partitions: Iterable[TopicPartition | str] | None, dry_run: bool = False) -> dict[TopicPartition, int]:
     """Move a group's committed offsets (of a group with no live members) to "earliest", "latest"
-    or the first record at or after a timestamp (else the end); returns the new offsets."""
+    or the first record at or after a timestamp (else the end); returns the new offsets
+    (``dry_run``: only computes them)."""
     require_empty(conn, group_id, "reset offsets of")
     if partitions is None:
         names = dict(conn.execute("SELECT topic_id, name FROM topics"))
@@ -763,7 +764,8 @@ def reset_offsets(conn: apsw.Connection, group_id: str, to: str | int,
             offset = end if hit is None else hit[0]
         out[tp] = offset
         stored.append((topic_id, tp.partition, offset, ""))
-    store(conn, group_id, stored)
+    if not dry_run:
+        store(conn, group_id, stored)
     return out
 
 

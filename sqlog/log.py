@@ -165,13 +165,15 @@ class Log:
             groups.alter_offsets(conn, group_id, [(tp, om.offset, om.metadata) for tp, om in rows])
 
     def reset_group_offsets(self, group_id: str, to: str | int = "earliest",
-                            partitions: Iterable[TopicPartition | str] | None = None) -> dict[TopicPartition, int]:
+                            partitions: Iterable[TopicPartition | str] | None = None,
+                            dry_run: bool = False) -> dict[TopicPartition, int]:
         """Move the group's committed offsets to ``"earliest"``, ``"latest"`` or a timestamp (ms: the
         first record at or after it, else the end), like ``kafka-consumer-groups --reset-offsets``.
 
         ``partitions``: TopicPartitions and/or topic names (all their partitions); default: every
         partition the group has committed. Refused (GroupNotEmptyError) while it has live members.
-        Returns the new offsets.
+        Returns the new offsets; ``dry_run=True`` computes them (same checks, one snapshot) and
+        stores nothing.
         """
         if to not in ("earliest", "latest") and (type(to) is not int or not 0 <= to <= MAX_INT64):
             raise InvalidConfigError(
@@ -181,8 +183,10 @@ class Log:
             raise InvalidConfigError(
                 f"partitions must be a list of TopicPartitions and/or topic names, not {partitions!r}"
             )
-        with self.engine.write() as conn:
-            return groups.reset_offsets(conn, group_id, to, partitions)
+        if type(dry_run) is not bool:
+            raise InvalidConfigError(f"dry_run must be True or False, not {dry_run!r}")
+        with self.engine.read() if dry_run else self.engine.write() as conn:
+            return groups.reset_offsets(conn, group_id, to, partitions, dry_run)
 
     # -- share groups (queue mode, Kafka's KIP-932; see share.py) -----------------------------
     def share_consumer(self, group_id: str, **config: Any) -> ShareConsumer:

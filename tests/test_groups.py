@@ -522,3 +522,19 @@ def test_schema_1_file_is_migrated(log_path: str, monkeypatch: pytest.MonkeyPatc
     conn = apsw.Connection(log_path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == storage.SCHEMA_VERSION >= 2
     conn.close()
+
+
+def test_reset_group_offsets_dry_run_stores_nothing(log: sqlog.Log) -> None:
+    log.create_topic("t", partitions=2)
+    with log.producer() as producer:
+        for i in range(10):
+            producer.send("t", b"x", partition=i % 2, timestamp_ms=1_000 + i)
+    log.alter_group_offsets("g", {TP("t", 0): 1, TP("t", 1): 2})
+    planned = log.reset_group_offsets("g", "latest", dry_run=True)
+    assert planned == {TP("t", 0): 5, TP("t", 1): 5}
+    assert {p.partition: p.committed_offset for p in log.describe_group("g").partitions} == {0: 1, 1: 2}
+    assert log.reset_group_offsets("g", 1_004, dry_run=True) == {TP("t", 0): 2, TP("t", 1): 2}
+    assert log.reset_group_offsets("g", "latest") == planned
+    assert {p.partition: p.committed_offset for p in log.describe_group("g").partitions} == {0: 5, 1: 5}
+    with pytest.raises(sqlog.InvalidConfigError, match="dry_run"):
+        log.reset_group_offsets("g", "latest", dry_run="yes")  # type: ignore[arg-type]
