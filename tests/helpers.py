@@ -65,6 +65,16 @@ def raises_sqlog_error(call: Callable[[], Any], expected: type[sqlog.SqlogError]
     pytest.fail(f"no error raised (expected {expected.__name__})")
 
 
+def success_or_sqlog_error(call: Callable[[], Any]) -> tuple[bool, Any]:
+    """``(True, result)`` or ``(False, the SqlogError)``; any other exception fails the test."""
+    try:
+        return True, call()
+    except sqlog.SqlogError as exc:
+        return False, exc
+    except BaseException as exc:  # noqa: BLE001
+        pytest.fail(f"raised {type(exc).__module__}.{type(exc).__name__} instead of a SqlogError: {exc!r}")
+
+
 # -- consumer-group members in one process ---------------------------------------------------
 
 FAST = {"session_timeout_ms": 1500, "heartbeat_interval_ms": 100}

@@ -32,22 +32,13 @@ import pytest
 
 import sqlog
 from sqlog import TopicPartition
-from helpers import raises_sqlog_error
+from helpers import raises_sqlog_error, success_or_sqlog_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "procs"))
 from rel_harness import Child, read_all, value_for  # noqa: E402
 
 TP0 = TopicPartition("t", 0)
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def success_or_sqlog_error(call: Callable[[], Any]) -> tuple[bool, Any]:
-    try:
-        return True, call()
-    except sqlog.SqlogError as exc:
-        return False, exc
-    except BaseException as exc:  # noqa: BLE001
-        pytest.fail(f"raised {type(exc).__module__}.{type(exc).__name__} instead of a SqlogError: {exc!r}")
 
 
 def _remove_log(path: str) -> None:
