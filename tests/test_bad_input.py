@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import sqlog
 from sqlog import OffsetAndMetadata, TopicPartition
+from helpers import raises_sqlog_error
 
 KEEP = TopicPartition("keep", 0)
 KEEP_VALUES = [b"k0", b"k1", b"k2"]
@@ -83,19 +84,6 @@ def assert_healthy(log: sqlog.Log) -> None:
     assert [r.value for r in got[:3]] == KEEP_VALUES
     assert [r.offset for r in got] == list(range(md.offset + 1))
     assert got[-1].value.startswith(b"probe-")
-
-
-def raises_sqlog_error(call: Callable[[], Any], expected: type[sqlog.SqlogError] = sqlog.SqlogError) -> sqlog.SqlogError:
-    """``call`` must raise ``expected`` (a SqlogError); anything else (a raw apsw error, TypeError...) fails."""
-    try:
-        call()
-    except sqlog.SqlogError as exc:
-        assert isinstance(exc, expected), f"{type(exc).__name__} is not {expected.__name__}: {exc}"
-        assert str(exc), "the error has no message"
-        return exc
-    except BaseException as exc:  # noqa: BLE001
-        pytest.fail(f"raised {type(exc).__module__}.{type(exc).__name__} instead of a SqlogError: {exc!r}")
-    pytest.fail("no error raised")
 
 
 # -- topic names --------------------------------------------------------------------------

@@ -5,15 +5,7 @@ from __future__ import annotations
 import pytest
 
 import sqlog
-from sqlog import TopicPartition
-
-
-def _read(log: sqlog.Log, partition: int) -> list[sqlog.Record]:
-    consumer = log.consumer(auto_offset_reset="earliest", enable_auto_commit=False)
-    consumer.assign([TopicPartition("t", partition)])
-    out = consumer.poll(max_records=10_000)
-    consumer.close()
-    return out
+from helpers import read_all
 
 
 def test_send_batch_appends_in_order_with_dense_offsets(log: sqlog.Log) -> None:
@@ -27,7 +19,7 @@ def test_send_batch_appends_in_order_with_dense_offsets(log: sqlog.Log) -> None:
     metas = future.get(timeout=5)
     assert [(m.partition, m.offset, m.timestamp_ms) for m in metas] == [(1, i, 42) for i in range(10)]
     assert [m.offset for m in later.get(timeout=5)] == list(range(11, 3_001))
-    records = _read(log, 1)
+    records = read_all(log, "t", 1)
     assert [r.offset for r in records] == list(range(3_001))
     assert [r.value for r in records] == values[:10] + [b"single"] + values[10:]
     assert log.check().ok
@@ -37,7 +29,7 @@ def test_send_batch_serializes_and_keeps_tombstones(log: sqlog.Log) -> None:
     log.create_topic("t")
     producer = log.producer(value_serializer=sqlog.JSON)
     producer.send_batch("t", [{"a": 1}, None, [2]]).get(timeout=5)
-    assert [r.value for r in _read(log, 0)] == [b'{"a":1}', None, b"[2]"]
+    assert [r.value for r in read_all(log, "t", 0)] == [b'{"a":1}', None, b"[2]"]
     assert log.describe_topic("t").partitions[0].bytes == len(b'{"a":1}') + len(b"[2]")
 
 

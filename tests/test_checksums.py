@@ -16,6 +16,7 @@ import apsw
 import pytest
 
 import sqlog
+from helpers import read_all
 
 TP = sqlog.TopicPartition("t", 0)
 N = 40
@@ -80,13 +81,7 @@ def _regions(path: Path, data: bytes, i: int) -> dict[str, range]:
 
 def _read_all(path: Path, **config: object) -> list[sqlog.Record]:
     with sqlog.open(path) as log:
-        consumer = log.consumer(auto_offset_reset="earliest", enable_auto_commit=False, **config)
-        consumer.assign([TP])
-        out: list[sqlog.Record] = []
-        while batch := consumer.poll(max_records=1000):
-            out.extend(batch)
-        consumer.close()
-        return out
+        return read_all(log, TP.topic, TP.partition, **config)
 
 
 def test_records_round_trip_with_checks_on(tmp_path: Path) -> None:

@@ -11,9 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,6 +19,7 @@ import sqlog
 import sqlog.clock
 import sqlog.storage as storage
 from sqlog import TopicPartition as TP
+from helpers import fill, member, open_log, settle
 
 HOURS_3 = 3 * 3_600
 
@@ -33,40 +32,19 @@ def step_wall_clock(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
 
 
 def _open(path: str) -> sqlog.Log:
-    return sqlog.open(path, retention_check_interval_ms=None, wal_checkpoint_interval_ms=None)
-
-
-def _member(log: sqlog.Log, **cfg: Any) -> sqlog.Consumer:
-    consumer = log.consumer(group_id="g", auto_offset_reset="earliest", enable_auto_commit=False, **cfg)
-    consumer.subscribe(["t"])
-    return consumer
-
-
-def _settle(consumers: list[sqlog.Consumer], check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, [c.assignment() for c in consumers]
-        for c in consumers:
-            c.poll(timeout_ms=5)
-
-
-def _fill(log: sqlog.Log, topic: str, n: int, partitions: int) -> None:
-    log.create_topic(topic, partitions=partitions)
-    with log.producer() as producer:
-        for i in range(n):
-            producer.send(topic, b"%d" % i, partition=i % partitions)
+    return open_log(path, wal_checkpoint_interval_ms=None)
 
 
 # -- consumer groups -------------------------------------------------------------------------
 def test_forward_wall_clock_step_does_not_expire_live_members(log_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     log = _open(log_path)
-    _fill(log, "t", 4, 2)
+    fill(log, "t", 4, 2, create=True)
     # Heartbeats every 10 s: none falls inside the test, so the member's last one predates the step.
-    a = _member(log, session_timeout_ms=30_000, heartbeat_interval_ms=10_000)
-    _settle([a], lambda: {tp.partition for tp in a.assignment()} == {0, 1}, timeout=5)
+    a = member(log, enable_auto_commit=False, session_timeout_ms=30_000, heartbeat_interval_ms=10_000)
+    settle([a], lambda: {tp.partition for tp in a.assignment()} == {0, 1}, timeout=5)
     a_id = a.group_metadata().member_id
     step_wall_clock(monkeypatch, HOURS_3)
-    b = _member(log, session_timeout_ms=30_000, heartbeat_interval_ms=10_000)
+    b = member(log, enable_auto_commit=False, session_timeout_ms=30_000, heartbeat_interval_ms=10_000)
     b.poll(timeout_ms=0)  # joins, expiring dead members first: a is not one
     members = {m.member_id: m for m in log.describe_group("g").members}
     assert a_id in members and len(members) == 2
@@ -94,7 +72,7 @@ def test_backward_wall_clock_step_still_expires_a_hung_member_on_time(
     log_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = _open(log_path)
-    _fill(log, "t", 4, 2)
+    fill(log, "t", 4, 2, create=True)
     child = subprocess.Popen([sys.executable, "-c", _HUNG_MEMBER, log_path], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
@@ -102,8 +80,8 @@ def test_backward_wall_clock_step_still_expires_a_hung_member_on_time(
         child.send_signal(signal.SIGSTOP)
         step_wall_clock(monkeypatch, -HOURS_3)
         began = time.monotonic()
-        b = _member(log, session_timeout_ms=1000, heartbeat_interval_ms=100)
-        _settle([b], lambda: {tp.partition for tp in b.assignment()} == {0, 1}, timeout=6)
+        b = member(log, enable_auto_commit=False, session_timeout_ms=1000, heartbeat_interval_ms=100)
+        settle([b], lambda: {tp.partition for tp in b.assignment()} == {0, 1}, timeout=6)
         assert time.monotonic() - began < 4  # the 1 s session timeout, plus a heartbeat and a poll
         assert [m.member_id for m in log.describe_group("g").members] == [b.group_metadata().member_id]
     finally:
@@ -114,9 +92,9 @@ def test_backward_wall_clock_step_still_expires_a_hung_member_on_time(
 def test_members_of_a_previous_boot_have_expired(log_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sqlog.clock, "CLOCK_ID", "boottime:a-previous-boot")
     before = _open(log_path)  # its liveness times are stamped as the previous boot's
-    _fill(before, "t", 2, 1)
-    a = _member(before, session_timeout_ms=60_000, heartbeat_interval_ms=20_000)
-    _settle([a], lambda: len(a.assignment()) == 1, timeout=5)
+    fill(before, "t", 2, 1, create=True)
+    a = member(before, enable_auto_commit=False, session_timeout_ms=60_000, heartbeat_interval_ms=20_000)
+    settle([a], lambda: len(a.assignment()) == 1, timeout=5)
     held = before.share_consumer("workers", record_lock_duration_ms=60_000)
     held.subscribe(["t"])
     assert [r.offset for r in held.poll(timeout_ms=1000, max_records=1)] == [0]
@@ -133,9 +111,9 @@ def test_wall_clock_times_of_an_older_file_have_expired(log_path: str, monkeypat
     monkeypatch.setattr(storage, "MIGRATIONS", storage.MIGRATIONS[:3])
     monkeypatch.setattr(storage, "SCHEMA_VERSION", 3)
     old = _open(log_path)
-    _fill(old, "t", 1, 1)
-    a = _member(old, session_timeout_ms=60_000, heartbeat_interval_ms=20_000)
-    _settle([a], lambda: len(a.assignment()) == 1, timeout=5)
+    fill(old, "t", 1, 1, create=True)
+    a = member(old, enable_auto_commit=False, session_timeout_ms=60_000, heartbeat_interval_ms=20_000)
+    settle([a], lambda: len(a.assignment()) == 1, timeout=5)
     with old.engine.write() as conn:  # as sqlog before schema 5 stamped them: the wall clock
         conn.execute("UPDATE group_members SET joined_ms = ?1, heartbeat_ms = ?1", (time.time_ns() // 1_000_000,))
     monkeypatch.undo()
@@ -147,7 +125,7 @@ def test_wall_clock_times_of_an_older_file_have_expired(log_path: str, monkeypat
 # -- share groups ------------------------------------------------------------------------------
 def test_forward_wall_clock_step_does_not_expire_record_locks(log_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     log = _open(log_path)
-    _fill(log, "t", 1, 1)
+    fill(log, "t", 1, 1, create=True)
     holder = log.share_consumer("workers", record_lock_duration_ms=30_000)
     holder.subscribe(["t"])
     (record,) = holder.poll(timeout_ms=1000)
@@ -165,7 +143,7 @@ def test_backward_wall_clock_step_still_expires_record_locks_on_time(
     log_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = _open(log_path)
-    _fill(log, "t", 1, 1)
+    fill(log, "t", 1, 1, create=True)
     holder = log.share_consumer("workers", record_lock_duration_ms=1000)
     holder.subscribe(["t"])
     (record,) = holder.poll(timeout_ms=1000)

@@ -2,7 +2,7 @@
 
 Default run: 4 trials (the joining member killed while it joins and claims; an old owner
 killed while it revokes for the joiner), at random moments. `pytest -m slow` runs 24.
-Members are `group_worker.py` processes with audit files (see test_groups_processes.py):
+Members are `procs/group_worker.py` processes with audit files (see test_groups_processes.py):
 after each trial no partition was ever owned twice, every record was processed, and the
 file passes `log.check()`.
 """

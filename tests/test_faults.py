@@ -32,34 +32,13 @@ import pytest
 
 import sqlog
 from sqlog import TopicPartition
+from helpers import raises_sqlog_error, success_or_sqlog_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "procs"))
 from rel_harness import Child, read_all, value_for  # noqa: E402
 
 TP0 = TopicPartition("t", 0)
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def expect_error(call: Callable[[], Any], expected: type[sqlog.SqlogError] = sqlog.SqlogError) -> sqlog.SqlogError:
-    """``call`` must raise ``expected``; a raw apsw error (or any non-SqlogError) fails the test."""
-    try:
-        call()
-    except sqlog.SqlogError as exc:
-        assert isinstance(exc, expected), f"{type(exc).__name__} is not {expected.__name__}: {exc}"
-        assert str(exc)
-        return exc
-    except BaseException as exc:  # noqa: BLE001
-        pytest.fail(f"raised {type(exc).__module__}.{type(exc).__name__} instead of a SqlogError: {exc!r}")
-    pytest.fail(f"no error raised (expected {expected.__name__})")
-
-
-def success_or_sqlog_error(call: Callable[[], Any]) -> tuple[bool, Any]:
-    try:
-        return True, call()
-    except sqlog.SqlogError as exc:
-        return False, exc
-    except BaseException as exc:  # noqa: BLE001
-        pytest.fail(f"raised {type(exc).__module__}.{type(exc).__name__} instead of a SqlogError: {exc!r}")
 
 
 def _remove_log(path: str) -> None:
@@ -225,9 +204,9 @@ def test_full_tmpfs_gives_disk_full_keeps_acknowledged_records_and_recovers(tmp_
 
         # still full: every other write fails cleanly, every read works
         producer = log.producer(linger_ms=0)
-        expect_error(lambda: producer.send("t", b"x" * 200_000, partition=0).get(timeout=30), sqlog.DiskFullError)
-        expect_error(producer.flush, sqlog.DiskFullError)  # flush() reports the failed write once more
-        expect_error(lambda: log.create_topic("new-topic", partitions=50), sqlog.DiskFullError)
+        raises_sqlog_error(lambda: producer.send("t", b"x" * 200_000, partition=0).get(timeout=30), sqlog.DiskFullError)
+        raises_sqlog_error(producer.flush, sqlog.DiskFullError)  # flush() reports the failed write once more
+        raises_sqlog_error(lambda: log.create_topic("new-topic", partitions=50), sqlog.DiskFullError)
         assert "new-topic" not in log.list_topics()
         ok, _ = success_or_sqlog_error(log.checkpoint)
         report = log.check()
@@ -298,9 +277,9 @@ def test_page_limit_gives_disk_full_keeps_acknowledged_records_and_recovers_afte
     assert "disk is full" in str(error) and log_path in str(error)
     assert log.check().ok
     _assert_all_there(log, acked, 2, "at the page limit")
-    expect_error(lambda: log.create_topic("more", partitions=200), sqlog.DiskFullError)
+    raises_sqlog_error(lambda: log.create_topic("more", partitions=200), sqlog.DiskFullError)
     assert "more" not in log.list_topics()
-    expect_error(lambda: log.producer().send("t", b"x" * 100_000).get(timeout=30), sqlog.DiskFullError)
+    raises_sqlog_error(lambda: log.producer().send("t", b"x" * 100_000).get(timeout=30), sqlog.DiskFullError)
 
     # a fresh open with the same limit reads everything
     with sqlog.open(log_path, max_db_bytes=256 * 1024, retention_check_interval_ms=None) as other:
@@ -360,7 +339,7 @@ def test_page_limit_reached_by_an_offset_commit_keeps_the_previous_commit(log_pa
             c.close()
     assert isinstance(failed, sqlog.DiskFullError), failed
     assert consumer.committed(TP0) == 1
-    expect_error(lambda: consumer.commit({TP0: sqlog.OffsetAndMetadata(0, "z" * 50_000)}), sqlog.DiskFullError)
+    raises_sqlog_error(lambda: consumer.commit({TP0: sqlog.OffsetAndMetadata(0, "z" * 50_000)}), sqlog.DiskFullError)
     assert consumer.committed(TP0) == 1
     assert log.check().ok
 
@@ -511,7 +490,7 @@ def _assert_read_only_log_behaves(path: str, values: list[bytes], committed: int
             lambda: log.delete_topic("t"),
             lambda: consumer.commit({TP0: 4}),
         ):
-            exc = expect_error(call, sqlog.ReadOnlyError)
+            exc = raises_sqlog_error(call, sqlog.ReadOnlyError)
             assert "read-only" in str(exc)
         success_or_sqlog_error(lambda: log.sweep(now_ms=2**62))
         report = log.check()
@@ -596,7 +575,7 @@ def test_database_locked_by_another_process(tmp_path: Path, log_path: str, locki
         timeout_ms = 300
         if locking_mode == "exclusive":  # nobody else may even read: open itself times out
             started = time.monotonic()
-            exc = expect_error(lambda: sqlog.open(log_path, busy_timeout_ms=timeout_ms), sqlog.DatabaseLockedError)
+            exc = raises_sqlog_error(lambda: sqlog.open(log_path, busy_timeout_ms=timeout_ms), sqlog.DatabaseLockedError)
             assert time.monotonic() - started >= 0.25
             assert "busy_timeout_ms" in str(exc)
         else:
@@ -610,7 +589,7 @@ def test_database_locked_by_another_process(tmp_path: Path, log_path: str, locki
                 lambda: log.alter_topic("t", retention_ms=5000),
             ):
                 started = time.monotonic()
-                exc = expect_error(call, sqlog.DatabaseLockedError)
+                exc = raises_sqlog_error(call, sqlog.DatabaseLockedError)
                 waited = time.monotonic() - started
                 assert 0.25 <= waited < 10, f"waited {waited:.2f} s with busy_timeout_ms={timeout_ms}"
                 assert "busy_timeout_ms" in str(exc)
@@ -767,7 +746,7 @@ def test_truncated_log(log_path: str, cut: str) -> None:
 def test_truncated_log_error_message(log_path: str) -> None:
     _big_log(log_path)
     os.truncate(log_path, os.path.getsize(log_path) // 2)
-    exc = expect_error(lambda: sqlog.open(log_path), sqlog.StorageError)
+    exc = raises_sqlog_error(lambda: sqlog.open(log_path), sqlog.StorageError)
     assert log_path in str(exc)
 
 
@@ -802,7 +781,7 @@ def test_corrupt_file_error_says_to_run_check_and_restore(log_path: str) -> None
         while consumer.poll(max_records=1000):
             pass
 
-    exc = expect_error(read, sqlog.StorageError)
+    exc = raises_sqlog_error(read, sqlog.StorageError)
     assert isinstance(exc.__cause__, apsw.CorruptError), repr(exc.__cause__)
     message = str(exc)
     assert log_path in message and "malformed" in message
@@ -925,7 +904,7 @@ def test_garbage_files_are_not_opened_nor_touched(tmp_path: Path, kind: str) -> 
     path = str(tmp_path / "garbage.db")
     Path(path).write_bytes(GARBAGE[kind]())
     before = _sha(path)
-    exc = expect_error(lambda: sqlog.open(path), sqlog.NotASqlogLogError)
+    exc = raises_sqlog_error(lambda: sqlog.open(path), sqlog.NotASqlogLogError)
     assert path in str(exc)
     assert _sha(path) == before, "a failed open changed the file"
 
@@ -935,7 +914,7 @@ def test_one_byte_file_is_not_overwritten(tmp_path: Path) -> None:
     overwrote it with a new log); fixed in ce60316."""
     path = tmp_path / "notes.txt"
     path.write_bytes(b"\n")
-    expect_error(lambda: sqlog.open(str(path)).close(), sqlog.NotASqlogLogError)
+    raises_sqlog_error(lambda: sqlog.open(str(path)).close(), sqlog.NotASqlogLogError)
     assert path.read_bytes() == b"\n"
 
 
@@ -978,7 +957,7 @@ def test_newer_schema_is_refused_untouched_with_any_options(log_path: str, optio
     values = _make_log(log_path)
     version = _bump_user_version(log_path, by=7)
     before = _sha(log_path)
-    exc = expect_error(lambda: sqlog.open(log_path, **options), sqlog.SchemaTooNewError)
+    exc = raises_sqlog_error(lambda: sqlog.open(log_path, **options), sqlog.SchemaTooNewError)
     assert "upgrade" in str(exc) and log_path in str(exc)
     assert _sha(log_path) == before, "the refused open changed the file"
     conn = apsw.Connection(log_path)
@@ -995,7 +974,7 @@ def test_newer_schema_written_while_a_log_is_open(log_path: str) -> None:
     log.create_topic("t")
     values = _fill(log, "t", 20)
     _bump_user_version(log_path)
-    expect_error(lambda: sqlog.open(log_path), sqlog.SchemaTooNewError)
+    raises_sqlog_error(lambda: sqlog.open(log_path), sqlog.SchemaTooNewError)
     ok, consumer = success_or_sqlog_error(lambda: log.consumer(auto_offset_reset="earliest"))
     if not ok:
         assert isinstance(consumer, sqlog.SchemaTooNewError), consumer

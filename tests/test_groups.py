@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 import apsw
 import pytest
@@ -15,33 +13,11 @@ import sqlog.groups as groups
 import sqlog.storage as storage
 import sqlog.topics as topics
 from sqlog import TopicPartition as TP
-
-FAST = {"session_timeout_ms": 1500, "heartbeat_interval_ms": 100}
-
-
-def member(log: sqlog.Log, topics: list[str] | None = None, listener: Any = None, **cfg: Any) -> sqlog.Consumer:
-    config = {"group_id": "g", "auto_offset_reset": "earliest", **FAST, **cfg}
-    consumer = log.consumer(**config)
-    consumer.subscribe(topics or ["t"], listener=listener)
-    return consumer
-
-
-def settle(consumers: list[sqlog.Consumer], check: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, [c.assignment() for c in consumers]
-        for c in consumers:
-            c.poll(timeout_ms=5)
+from helpers import fill, member, settle
 
 
 def parts(consumer: sqlog.Consumer) -> set[int]:
     return {tp.partition for tp in consumer.assignment()}
-
-
-def fill(log: sqlog.Log, topic: str, n: int, partitions: int) -> None:
-    with log.producer() as producer:
-        for i in range(n):
-            producer.send(topic, b"%d" % i, partition=i % partitions)
 
 
 # -- assignors -----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Consumer groups across real OS processes: balance, failover on SIGKILL, fencing, handover, lag.
 
-Each member is a `group_worker.py` process that appends an audit line per event (assigned,
+Each member is a `procs/group_worker.py` process that appends an audit line per event (assigned,
 processed, committed, revoked, lost) with wall-clock times and ownership generations; the
 audit is checked for overlapping ownership and for records never processed.
 """
@@ -22,7 +22,7 @@ import pytest
 
 import sqlog
 
-WORKER = Path(__file__).with_name("group_worker.py")
+WORKER = Path(__file__).resolve().parent / "procs" / "group_worker.py"
 SESSION_MS = 1500
 HEARTBEAT_MS = 200
 TOPIC = "jobs"

@@ -8,13 +8,10 @@ import pytest
 
 import sqlog
 from sqlog import TopicPartition
+from helpers import open_log
 
 TP = TopicPartition("t", 0)
 LATER = int(time.time() * 1000) + 3_600_000  # a sweep "an hour from now": every record is past retention_ms
-
-
-def _open(path: str) -> sqlog.Log:
-    return sqlog.open(path, retention_check_interval_ms=None)
 
 
 def _send(log: sqlog.Log, n: int, size: int = 10) -> None:
@@ -36,7 +33,7 @@ def _accept(consumer: sqlog.ShareConsumer, n: int) -> None:
 
 
 def test_time_retention_waits_for_share_and_consumer_groups(log_path: str) -> None:
-    log = _open(log_path)
+    log = open_log(log_path)
     log.create_topic("t", retention_ms=1000, retention_policy="interest")
     assert log.describe_topic("t").retention_policy == "interest"
     _send(log, 10)
@@ -59,7 +56,7 @@ def test_time_retention_waits_for_share_and_consumer_groups(log_path: str) -> No
 
 
 def test_limits_policy_cuts_regardless_and_the_share_group_follows(log_path: str) -> None:
-    log = _open(log_path)
+    log = open_log(log_path)
     log.create_topic("t", retention_ms=1000)
     assert log.describe_topic("t").retention_policy == "limits"
     _send(log, 10)
@@ -73,7 +70,7 @@ def test_limits_policy_cuts_regardless_and_the_share_group_follows(log_path: str
 
 
 def test_size_retention_on_append_respects_interest(log_path: str) -> None:
-    log = _open(log_path)
+    log = open_log(log_path)
     log.create_topic("t", retention_bytes=100, retention_policy="interest")
     share = log.share_consumer("jobs")
     share.subscribe(["t"])
@@ -90,7 +87,7 @@ def test_size_retention_on_append_respects_interest(log_path: str) -> None:
 
 
 def test_nobody_reading_means_plain_retention(log_path: str) -> None:
-    log = _open(log_path)
+    log = open_log(log_path)
     log.create_topic("t", retention_ms=1000, retention_policy="interest")
     _send(log, 5)
     log.sweep(LATER)
@@ -98,7 +95,7 @@ def test_nobody_reading_means_plain_retention(log_path: str) -> None:
 
 
 def test_alter_and_delete_share_group_release_the_cap(log_path: str) -> None:
-    log = _open(log_path)
+    log = open_log(log_path)
     log.create_topic("t", retention_ms=1000)
     with pytest.raises(sqlog.InvalidConfigError):
         log.alter_topic("t", retention_policy="forever")

@@ -13,20 +13,9 @@ from hypothesis import strategies as st
 
 import sqlog
 from sqlog import TopicPartition
+from helpers import read_all
 
 MiB = 1 << 20
-
-
-def read_all(log: sqlog.Log, topic: str, partition: int = 0, **config: Any) -> list[sqlog.Record]:
-    consumer = log.consumer(auto_offset_reset="earliest", enable_auto_commit=False, **config)
-    try:
-        consumer.assign([TopicPartition(topic, partition)])
-        out: list[sqlog.Record] = []
-        while batch := consumer.poll(timeout_ms=50):
-            out.extend(batch)
-        return out
-    finally:
-        consumer.close()
 
 
 def high_watermarks(log: sqlog.Log, topic: str) -> list[int]:

@@ -10,23 +10,13 @@ import pytest
 
 import sqlog
 from sqlog import TopicPartition
+from helpers import open_log, read_all
 
 TP0 = TopicPartition("t", 0)
 
 
-def _open(path: str, **options: object) -> sqlog.Log:
-    options.setdefault("retention_check_interval_ms", None)  # sweeps only when a test asks
-    return sqlog.open(path, **options)
-
-
 def _offsets(log: sqlog.Log, topic: str = "t", partition: int = 0) -> list[int]:
-    consumer = log.consumer(auto_offset_reset="earliest", enable_auto_commit=False)
-    consumer.assign([TopicPartition(topic, partition)])
-    out: list[int] = []
-    while batch := consumer.poll(max_records=10_000):
-        out.extend(r.offset for r in batch)
-    consumer.close()
-    return out
+    return [r.offset for r in read_all(log, topic, partition)]
 
 
 def _disk_bytes(path: str) -> int:
@@ -36,7 +26,7 @@ def _disk_bytes(path: str) -> int:
 def test_size_retention_keeps_budget_and_disk_bounded(log_path: str) -> None:
     budget = 64 * 1024
     batch = 8 * 1024
-    log = _open(log_path, journal_size_limit=256 * 1024, wal_limit_bytes=512 * 1024)
+    log = open_log(log_path, journal_size_limit=256 * 1024, wal_limit_bytes=512 * 1024)
     log.create_topic("t", retention_bytes=budget)
     value = os.urandom(200)
     producer = log.producer(batch_size=batch, linger_ms=0)
@@ -63,7 +53,7 @@ def test_size_retention_keeps_budget_and_disk_bounded(log_path: str) -> None:
 
 
 def test_size_retention_is_enforced_on_append_without_sweeps(log_path: str) -> None:
-    log = _open(log_path)
+    log = open_log(log_path)
     log.create_topic("t", retention_bytes=10_000)
     producer = log.producer(batch_size=2_000)
     for i in range(5_000):
@@ -76,7 +66,7 @@ def test_size_retention_is_enforced_on_append_without_sweeps(log_path: str) -> N
 
 
 def test_one_batch_larger_than_the_budget_is_cut_inside(log_path: str) -> None:
-    log = _open(log_path)
+    log = open_log(log_path)
     log.create_topic("t", retention_bytes=1_000)
     producer = log.producer(batch_size=10**9, linger_ms=60_000)
     for _ in range(100):
@@ -88,7 +78,7 @@ def test_one_batch_larger_than_the_budget_is_cut_inside(log_path: str) -> None:
 
 
 def test_time_retention_deletes_exactly_the_expired_prefix(log_path: str) -> None:
-    log = _open(log_path)
+    log = open_log(log_path)
     log.create_topic("t", retention_ms=1_000)
     producer = log.producer(batch_size=10**9, linger_ms=60_000)
     # Timestamps out of order within batches: the prefix ends at the first unexpired record.
@@ -111,14 +101,14 @@ def test_time_retention_deletes_exactly_the_expired_prefix(log_path: str) -> Non
 
 
 def test_emptied_partition_continues_at_the_old_high_watermark_after_reopen(log_path: str) -> None:
-    log = _open(log_path)
+    log = open_log(log_path)
     log.create_topic("t", retention_ms=1_000)
     with log.producer() as producer:
         for i in range(10):
             producer.send("t", b"x", timestamp_ms=i)
     assert log.sweep(now_ms=1_000_000).records == 10
     log.close()
-    log = _open(log_path)
+    log = open_log(log_path)
     part = log.describe_topic("t").partitions[0]
     assert (part.log_start_offset, part.high_watermark, part.records) == (10, 10, 0)
     with log.producer() as producer:
@@ -128,7 +118,7 @@ def test_emptied_partition_continues_at_the_old_high_watermark_after_reopen(log_
 
 
 def test_sweep_gives_pages_back_to_the_disk(log_path: str) -> None:
-    log = _open(log_path)
+    log = open_log(log_path)
     log.create_topic("t", retention_ms=1_000)
     with log.producer() as producer:
         for _ in range(2_000):
@@ -143,11 +133,11 @@ def test_sweep_gives_pages_back_to_the_disk(log_path: str) -> None:
 
 
 def test_log_wide_defaults_are_stored_in_the_file(log_path: str) -> None:
-    log = _open(log_path, retention_bytes=500)
+    log = open_log(log_path, retention_bytes=500)
     log.create_topic("t")
     log.create_topic("forever", retention_bytes=-1)
     log.close()
-    log = _open(log_path)  # no options: the stored default still applies
+    log = open_log(log_path)  # no options: the stored default still applies
     assert log.describe_topic("t").retention_bytes == 500
     assert log.describe_topic("forever").retention_bytes is None
     with log.producer() as producer:
@@ -157,7 +147,7 @@ def test_log_wide_defaults_are_stored_in_the_file(log_path: str) -> None:
     assert log.describe_topic("t").partitions[0].bytes <= 500
     assert log.describe_topic("forever").partitions[0].bytes == 2_000
     log.close()
-    log = _open(log_path, retention_bytes=-1)  # clears the default
+    log = open_log(log_path, retention_bytes=-1)  # clears the default
     assert log.describe_topic("t").retention_bytes is None
 
 
@@ -175,7 +165,7 @@ def test_alter_topic_changes_retention(log: sqlog.Log) -> None:
 
 @pytest.mark.parametrize("reset", ["earliest", "latest", "none"])
 def test_consumer_below_log_start_follows_auto_offset_reset(log_path: str, reset: str) -> None:
-    log = _open(log_path)
+    log = open_log(log_path)
     log.create_topic("t", retention_ms=1_000)
     with log.producer() as producer:
         for i in range(10):

@@ -14,11 +14,7 @@ import pytest
 import sqlog
 from sqlog import ShareRecord, TopicPartition
 from sqlog.share import DLQ_DELIVERY_COUNT, DLQ_GROUP, DLQ_MESSAGE, DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC
-
-
-def _open(path: str, **options: Any) -> sqlog.Log:
-    options.setdefault("retention_check_interval_ms", None)
-    return sqlog.open(path, **options)
+from helpers import open_log
 
 
 def _fill(log: sqlog.Log, n: int, topic: str = "jobs", partitions: int = 1, create: bool = True) -> None:
@@ -54,7 +50,7 @@ def _ids(records: list[ShareRecord]) -> list[tuple[int, int, int]]:
 
 @pytest.fixture
 def log(log_path: str) -> sqlog.Log:
-    return _open(log_path)
+    return open_log(log_path)
 
 
 # -- delivery and acknowledgement ------------------------------------------------------------
@@ -326,14 +322,14 @@ def test_close_releases_what_it_holds(log: sqlog.Log) -> None:
 
 
 def test_log_close_closes_share_consumers_and_releases(log_path: str) -> None:
-    log = _open(log_path)
+    log = open_log(log_path)
     _fill(log, 2)
     consumer = _share(log)
     assert len(consumer.poll(timeout_ms=100)) == 2
     log.close()
     with pytest.raises(sqlog.LogClosedError):
         consumer.poll()
-    with _open(log_path) as again:
+    with open_log(log_path) as again:
         assert _ids(_share(again).poll(timeout_ms=100)) == [(0, 0, 2), (0, 1, 2)]
 
 
@@ -692,7 +688,7 @@ def test_a_schema_1_file_is_migrated(log_path: str) -> None:
         f"PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version=1;"
     )
     conn.close()
-    with _open(log_path) as log:
+    with open_log(log_path) as log:
         assert log.describe_topic("old").retention_policy == "limits"
         _fill(log, 2, topic="old", create=False)
         assert len(_share(log, topics=("old",)).poll(timeout_ms=100)) == 2
@@ -712,7 +708,7 @@ def test_check_finds_broken_share_state(log: sqlog.Log) -> None:
 
 
 def test_a_locked_file_waits_busy_timeout_ms_then_fails(log_path: str) -> None:
-    log = _open(log_path, busy_timeout_ms=300)
+    log = open_log(log_path, busy_timeout_ms=300)
     log.create_topic("jobs")
     holder = apsw.Connection(log_path)
     holder.execute("BEGIN IMMEDIATE")  # another process's write lock, held

@@ -19,7 +19,7 @@ import sqlog
 import sqlog.clock
 from sqlog.share import DLQ_DELIVERY_COUNT, DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
 
-WORKER = Path(__file__).resolve().parent / "share_worker.py"
+WORKER = Path(__file__).resolve().parent / "procs" / "share_worker.py"
 
 # Logs every change of a share_records row, in commit order (write transactions are serialized),
 # with SQLite's wall clock; lock deadlines are sqlog.clock.monotonic_ms readings, which

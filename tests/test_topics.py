@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import sqlog
 from sqlog import TopicPartition
+from helpers import read_all
 
 VALID_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -20,18 +21,6 @@ def send_all(log: sqlog.Log, topic: str, values: list[bytes], **kwargs: object) 
         futures = [producer.send(topic, v) for v in values]
         producer.flush()
         return [f.get(timeout=5) for f in futures]
-
-
-def read_all(log: sqlog.Log, topic: str, partition: int = 0) -> list[sqlog.Record]:
-    consumer = log.consumer(auto_offset_reset="earliest", enable_auto_commit=False)
-    try:
-        consumer.assign([TopicPartition(topic, partition)])
-        out: list[sqlog.Record] = []
-        while batch := consumer.poll(timeout_ms=50):
-            out.extend(batch)
-        return out
-    finally:
-        consumer.close()
 
 
 # -- create_topic -------------------------------------------------------------------------

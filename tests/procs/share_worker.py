@@ -1,6 +1,6 @@
 """A share-group worker run as a real OS process by tests/test_share_processes.py.
 
-    python tests/share_worker.py '{"path": ..., "out": ..., "mode": "drain", ...}'
+    python tests/procs/share_worker.py '{"path": ..., "out": ..., "mode": "drain", ...}'
 
 Writes one JSON line per event to ``out`` (flushed at once, so a SIGKILL loses nothing written):
 ``{"e": "start", "member": ...}``, ``{"e": "got", "p": partition, "o": offset, "dc": count}``,

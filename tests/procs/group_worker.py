@@ -1,6 +1,6 @@
 """A consumer-group member run as its own OS process by the group tests (not a test module).
 
-    python group_worker.py '<json config>'
+    python tests/procs/group_worker.py '<json config>'
 
 It subscribes, processes (records) every record, commits after each batch and in on_revoked,
 and appends one JSON line per event to its audit file, with wall-clock times and the
@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
 
 import sqlog  # noqa: E402
 import sqlog.groups  # noqa: E402
