@@ -414,26 +414,26 @@ class Log:
 
     def list_share_groups(self) -> list[str]:
         """The ids of all share groups, sorted."""
-        from . import share
+        from . import share_groups
 
         with self._read() as conn:
-            return share.list_groups(conn)
+            return share_groups.list_groups(conn)
 
     def describe_share_group(self, group_id: str) -> ShareGroupDescription:
         """Per partition: start offset, in-flight window, acquired / available / acknowledged /
         archived counts and lag; state "Dead" for a group that does not exist."""
-        from . import share
+        from . import share_groups
 
         with self._read() as conn:
-            return share.describe(conn, group_id, clock_now(conn))
+            return share_groups.describe(conn, group_id, clock_now(conn))
 
     def delete_share_group(self, group_id: str) -> None:
         """Forget a share group's state (e.g. so interest retention stops waiting for it); refused
         (GroupNotEmptyError) while a consumer holds one of its records, GroupIdNotFoundError if none."""
-        from . import share
+        from . import share_groups
 
         with self._write() as conn:
-            share.delete(conn, group_id, clock.monotonic_ms())
+            share_groups.delete(conn, group_id, clock.monotonic_ms())
 
     # -- upkeep ----------------------------------------------------------------------------
     def sweep(self, now_ms: int | None = None) -> SweepResult:

@@ -13,7 +13,15 @@ import pytest
 
 import sqlog
 from sqlog import ShareRecord, TopicPartition
-from sqlog.share import DLQ_DELIVERY_COUNT, DLQ_GROUP, DLQ_MESSAGE, DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC
+from sqlog.share_groups import (
+    DLQ_DELIVERY_COUNT,
+    DLQ_GROUP,
+    DLQ_MESSAGE,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_REASON,
+    DLQ_TOPIC,
+)
 
 
 def _open(path: str, **options: Any) -> sqlog.Log:
