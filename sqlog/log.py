@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import clock, groups, share, topics
+from . import clock, groups, share_groups, topics
 from .config import MAX_INT64
 from .consumer import Consumer
 from .engine import Engine
@@ -196,19 +196,19 @@ class Log:
     def list_share_groups(self) -> list[str]:
         """The ids of all share groups, sorted."""
         with self.engine.read() as conn:
-            return share.list_groups(conn)
+            return share_groups.list_groups(conn)
 
     def describe_share_group(self, group_id: str) -> ShareGroupDescription:
         """Per partition: start offset, in-flight window, acquired / available / acknowledged /
         archived counts and lag; state "Dead" for a group that does not exist."""
         with self.engine.read() as conn:
-            return share.describe(conn, group_id, clock_now(conn))
+            return share_groups.describe(conn, group_id, clock_now(conn))
 
     def delete_share_group(self, group_id: str) -> None:
         """Forget a share group's state (e.g. so interest retention stops waiting for it); refused
         (GroupNotEmptyError) while a consumer holds one of its records, GroupIdNotFoundError if none."""
         with self.engine.write() as conn:
-            share.delete(conn, group_id, clock.monotonic_ms())
+            share_groups.delete(conn, group_id, clock.monotonic_ms())
 
     # -- upkeep ----------------------------------------------------------------------------
     def sweep(self, now_ms: int | None = None) -> SweepResult:

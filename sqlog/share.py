@@ -1,33 +1,16 @@
-"""Queue mode: share groups and the share consumer, as Kafka's KIP-932 ("Queues for Kafka").
+"""Queue mode's client: `ShareConsumer`, a member of a share group (Kafka's KIP-932, "Queues for
+Kafka").
 
 Any number of share consumers, in any number of threads and processes, take records from
 every partition of the topics they subscribe to; each record is held by one consumer at a
 time, under a lock that expires, and finished one by one with an acknowledgement.
 
-State, per share group and partition (tables in storage.MIGRATIONS):
-
-- ``share_partitions``: ``start_offset`` (Kafka's share-partition start offset: everything
-  below is done) and ``end_offset`` (the next offset never delivered yet).
-- ``share_records``: one row per offset of the in-flight window ``[start_offset, end_offset)``
-  with its state (Kafka's RecordState: AVAILABLE 0, ACQUIRED 1, ACKNOWLEDGED 2, ARCHIVED 4),
-  delivery count, holder and lock deadline. When the lowest records of the window are done,
-  the start offset advances past them and their rows are deleted: a drained queue of millions
-  of records keeps a handful of rows. The window is capped at ``partition_max_record_locks``
-  records per partition (Kafka's ``group.share.partition.max.record.locks``).
-
-Protocol: every state change is one ``BEGIN IMMEDIATE`` transaction on the log's writer
-connection, so it is serialized against every other process. A poll's transaction (1) applies
-the consumer's pending acknowledgements, (2) makes expired locks of the group available again
-(or archives them at the delivery-count limit), (3) acquires records: available ones first
-(lowest offset first, ``UPDATE ... RETURNING``), then new ones from ``end_offset``, each locked
-for ``record_lock_duration_ms`` with its delivery count raised, (4) advances start offsets past
-finished records, and (5) copies archived records to the dead-letter topic, if the consumer has
-one, through the producers' append path (`retention.append_rows`), all in that one transaction.
-An acknowledgement applies only while the record is still the consumer's delivery (same
-delivery count, not delivered to anyone since), so a lock that expired and was handed to another
-consumer makes it fail (`InvalidRecordStateError`, a `CommitFailedError`), never apply twice.
-Lock time is `clock.monotonic_ms`, shared by every process on the machine and never stepped, so a
-wall-clock step neither expires held locks early nor keeps expired ones.
+This module owns the client side: config checks, the buffer of acquired records not yet
+returned, the records delivered and their pending acknowledgements, and poll / acknowledge /
+commit / close. The share group's state in the file and the work of each share transaction are
+`share_groups`; a consumer runs one `share_groups.ShareTransaction` per poll, commit or close in
+one ``BEGIN IMMEDIATE`` transaction on the log's writer connection, appending dead-letter records
+through the producers' append path (`retention.append_rows`) in that same transaction.
 """
 
 from __future__ import annotations
@@ -42,14 +25,12 @@ from typing import Any
 
 import apsw
 
-from . import clock, topics
-from .checksum import CHECK_COLUMN, matches
+from . import clock, share_groups, topics
+from .checksum import matches
 from .config import MAX_INT32, check_config
 from .engine import Engine
 from .errors import (
     CorruptRecordError,
-    GroupIdNotFoundError,
-    GroupNotEmptyError,
     IllegalStateError,
     InvalidConfigError,
     InvalidRecordStateError,
@@ -59,15 +40,11 @@ from .errors import (
     translated,
 )
 from .groups import validate_group_id
-from .partitions import select_from
 from .retention import append_rows
-from .serde import decode_headers, encode_headers, serde_function
-from .storage import data_version, partition_table, wait_for_commit
-from .types import ShareGroupDescription, SharePartitionState, ShareRecord, TopicPartition
-
-# Kafka's RecordState codes.
-AVAILABLE, ACQUIRED, ACKNOWLEDGED, ARCHIVED = 0, 1, 2, 4
-ACKNOWLEDGE_TYPES = ("accept", "release", "reject", "renew")
+from .serde import decode_headers, serde_function
+from .share_groups import ACKNOWLEDGE_TYPES, Acknowledgement, ShareOutcome, ShareSettings, ShareTransaction
+from .storage import data_version, wait_for_commit
+from .types import ShareRecord, TopicPartition
 
 SHARE_CONSUMER_DEFAULTS: dict[str, Any] = {
     # Where a share group starts reading a partition it has never read: "earliest" (a job
@@ -90,99 +67,6 @@ SHARE_CONSUMER_DEFAULTS: dict[str, Any] = {
     "acknowledgement_commit_callback": None,
 }
 
-# Dead-letter headers, as Kafka's share groups write them (KIP-1191), plus a machine-readable reason.
-DLQ_TOPIC = "__dlq.errors.topic"
-DLQ_PARTITION = "__dlq.errors.partition"
-DLQ_OFFSET = "__dlq.errors.offset"
-DLQ_GROUP = "__dlq.errors.group"
-DLQ_DELIVERY_COUNT = "__dlq.errors.delivery.count"
-DLQ_REASON = "__dlq.errors.reason"
-DLQ_MESSAGE = "__dlq.errors.message"
-REJECTED = "rejected"
-DELIVERY_COUNT_EXCEEDED = "delivery_count_exceeded"
-_MESSAGES = {
-    REJECTED: "Offset rejected by client.",
-    DELIVERY_COUNT_EXCEEDED: "Offset delivery count exceeded the threshold.",
-}
-
-# -- SQL (parameters bound; table names only from integers) -----------------------------------
-_GROUP_ID = "SELECT share_group_id FROM share_groups WHERE group_id = ?"
-_GROUP_CREATE = "INSERT INTO share_groups(group_id, created_ms) VALUES (?, ?) ON CONFLICT(group_id) DO NOTHING"
-# The subscribed partitions (topic names as one JSON list) with the group's state of each.
-# Correlated subqueries rather than joins: SQLite sets up a join (a Bloom filter) on every run,
-# which costs several times these few index lookups.
-_SUBSCRIBED_IDS = "SELECT topic_id FROM topics WHERE name IN (SELECT value FROM json_each(?2))"
-_STATE_OF = (
-    "FROM share_partitions s WHERE s.share_group_id = ?1 AND s.topic_id = p.topic_id AND s.partition = p.partition"
-)
-_SUBSCRIBED = (
-    "SELECT (SELECT name FROM topics t WHERE t.topic_id = p.topic_id), p.topic_id, p.partition,"
-    f" p.log_start_offset, p.next_offset, (SELECT s.start_offset {_STATE_OF}), (SELECT s.end_offset {_STATE_OF})"
-    f" FROM partitions p WHERE p.topic_id IN ({_SUBSCRIBED_IDS}) ORDER BY 1, 3"
-)
-_PARTITION_CREATE = (
-    "INSERT INTO share_partitions(share_group_id, topic_id, partition, start_offset, end_offset)"
-    " VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT DO NOTHING"
-)
-_KEY = "share_group_id = ?1 AND topic_id = ?2 AND partition = ?3 AND offset = ?4"
-# An acknowledgement applies while the record is still this delivery: acquired by this member,
-# or made available by lock expiry and not delivered again since (the count would have moved).
-_MINE = f"{_KEY} AND delivery_count = ?5 AND state < 2 AND (state = 0 OR member_id = ?6)"
-_RETURNING = "RETURNING topic_id, partition, offset, state"
-_ACCEPT = f"UPDATE share_records SET state = 2, member_id = NULL, lock_until_ms = NULL WHERE {_MINE} {_RETURNING}"
-_RELEASE = (
-    "UPDATE share_records SET state = CASE WHEN delivery_count >= ?7 THEN 4 ELSE 0 END,"
-    f" member_id = NULL, lock_until_ms = NULL WHERE {_MINE} {_RETURNING}"
-)
-_REJECT = f"UPDATE share_records SET state = 4, member_id = NULL, lock_until_ms = NULL WHERE {_MINE} {_RETURNING}"
-_RENEW = f"UPDATE share_records SET state = 1, member_id = ?6, lock_until_ms = ?7 WHERE {_MINE} {_RETURNING}"
-_ACKS = {"accept": _ACCEPT, "release": _RELEASE, "reject": _REJECT, "renew": _RENEW}
-_EXPIRE = (
-    "UPDATE share_records INDEXED BY share_records_open"
-    " SET state = CASE WHEN delivery_count >= ?2 THEN 4 ELSE 0 END, member_id = NULL, lock_until_ms = NULL"
-    " WHERE share_group_id = ?1 AND state < 2 AND state = 1 AND lock_until_ms <= ?3"
-    " RETURNING topic_id, partition, offset, state, delivery_count"
-)
-_RELEASE_MEMBER = (
-    "UPDATE share_records INDEXED BY share_records_open"
-    " SET state = CASE WHEN delivery_count >= ?2 THEN 4 ELSE 0 END, member_id = NULL, lock_until_ms = NULL"
-    " WHERE share_group_id = ?1 AND state < 2 AND state = 1 AND member_id = ?3"
-    " RETURNING topic_id, partition, offset, state, delivery_count"
-)
-# Records available again (released, or their lock expired), lowest offset first: found through
-# the open-records index, then each taken with UPDATE ... RETURNING (the write lock is held).
-_AVAILABLE = (
-    "SELECT offset FROM share_records INDEXED BY share_records_open"
-    " WHERE share_group_id = ?1 AND topic_id = ?2 AND partition = ?3 AND state < 2 AND state = 0"
-    " ORDER BY offset LIMIT ?4"
-)
-_ACQUIRE_AVAILABLE = (
-    "UPDATE share_records SET state = 1, member_id = ?5, lock_until_ms = ?6, delivery_count = delivery_count + 1"
-    f" WHERE {_KEY} AND state = 0 RETURNING offset, delivery_count"
-)
-_INSERT_ACQUIRED = "INSERT INTO share_records VALUES (?, ?, ?, ?, 1, 1, ?, ?)"
-# A partition's window and its lowest record not done yet (where the start offset can move to).
-_WINDOW = (
-    "SELECT start_offset, end_offset, (SELECT min(offset) FROM share_records INDEXED BY share_records_open"
-    "  WHERE share_group_id = ?1 AND topic_id = ?2 AND partition = ?3 AND state < 2)"
-    " FROM share_partitions WHERE share_group_id = ?1 AND topic_id = ?2 AND partition = ?3"
-)
-# The next lock deadline still ahead in the subscribed partitions: a blocked poll wakes then.
-_NEXT_EXPIRY = (
-    "SELECT min(lock_until_ms) FROM share_records INDEXED BY share_records_open"
-    " WHERE share_group_id = ?1 AND state < 2 AND state = 1"
-    f" AND lock_until_ms > ?3 AND topic_id IN ({_SUBSCRIBED_IDS})"
-)
-# Something a poll could take now (for a blocked poll's cheap look on its read connection):
-# a subscribed partition with unread records and room in its window, or one never read yet,
-# or a record available again (released, or its lock expired).
-_MAYBE_AVAILABLE = (
-    "SELECT EXISTS(SELECT 1 FROM partitions p WHERE p.topic_id IN (" + _SUBSCRIBED_IDS + ")"
-    "  AND (SELECT p.next_offset > s.end_offset AND s.end_offset - s.start_offset < ?3 " + _STATE_OF + ") IS NOT 0)"
-    " OR EXISTS(SELECT 1 FROM share_records INDEXED BY share_records_open WHERE share_group_id = ?1 AND state < 2"
-    f"  AND (state = 0 OR lock_until_ms <= ?4) AND topic_id IN ({_SUBSCRIBED_IDS}))"
-)
-
 
 class _Delivered:
     """A record this consumer returned and has not finished: its acquisition and pending acknowledgement."""
@@ -193,19 +77,6 @@ class _Delivered:
         self.topic_id = topic_id
         self.delivery_count = delivery_count
         self.ack = ack  # None, or one of ACKNOWLEDGE_TYPES, applied at the next poll/commit/close
-
-
-class _Outcome:
-    """What one share transaction did."""
-
-    __slots__ = ("acquired", "failed", "done", "changed", "next_expiry_ms")
-
-    def __init__(self) -> None:
-        self.acquired: list[tuple[Any, ...]] = []  # (topic, topic_id, partition, offset, dc, ts, key, value, headers, check)
-        self.failed: list[tuple[str, int, int]] = []
-        self.done: list[tuple[str, int, int]] = []
-        self.changed = False  # something may have become available to others (or was dead-lettered)
-        self.next_expiry_ms: int | None = None
 
 
 def _positive(config: dict[str, Any], name: str, minimum: int = 1) -> int:
@@ -237,13 +108,13 @@ class ShareConsumer:
                 f"acknowledgement_mode must be 'explicit' or 'implicit', not {cfg['acknowledgement_mode']!r}"
             )
         self._implicit = cfg["acknowledgement_mode"] == "implicit"
-        self._lock_ms = _positive(cfg, "record_lock_duration_ms")
-        self._limit = _positive(cfg, "delivery_count_limit")
+        lock_ms = _positive(cfg, "record_lock_duration_ms")
+        limit = _positive(cfg, "delivery_count_limit")
         self._max_records = _positive(cfg, "max_poll_records")
         if type(cfg["check_crcs"]) is not bool:
             raise InvalidConfigError(f"check_crcs must be True or False, not {cfg['check_crcs']!r}")
         self._check_crcs = cfg["check_crcs"]
-        self._max_locks = _positive(cfg, "partition_max_record_locks")
+        max_locks = _positive(cfg, "partition_max_record_locks")
         timeout = cfg["consumer_timeout_ms"]
         if timeout is not None and (type(timeout) is not int or not 0 <= timeout <= MAX_INT32):
             raise InvalidConfigError(f"consumer_timeout_ms must be an int from 0 to {MAX_INT32} or None, not {timeout!r}")
@@ -258,12 +129,20 @@ class ShareConsumer:
         if callback is not None and not callable(callback):
             raise InvalidConfigError("acknowledgement_commit_callback must be callable or None")
         self._callback: Callable[[dict[TopicPartition, set[int]], SqlogError | None], None] | None = callback
-        self._dlq: str | None = cfg["dead_letter_topic"]
+        dlq: str | None = cfg["dead_letter_topic"]
         engine.check_open()
         self._engine = engine
         self._path = engine.path
-        if self._dlq is not None:
-            engine.topic_meta(self._dlq)  # the dead-letter topic must exist (UnknownTopicOrPartitionError)
+        if dlq is not None:
+            engine.topic_meta(dlq)  # the dead-letter topic must exist (UnknownTopicOrPartitionError)
+        self._settings = ShareSettings(
+            group_id=self.group_id,
+            delivery_count_limit=limit,
+            record_lock_duration_ms=lock_ms,
+            partition_max_record_locks=max_locks,
+            auto_offset_reset=cfg["auto_offset_reset"],
+            dead_letter_topic=dlq,
+        )
         self.member_id = uuid.uuid4().hex
         self._subscription: tuple[str, ...] = ()
         self._subscription_json = "[]"
@@ -385,15 +264,13 @@ class ShareConsumer:
 
     def _maybe_available(self) -> bool:
         """A read-only look (no write lock) at whether a poll's transaction could take anything."""
-        now = clock.monotonic_ms()
-        row = self._conn.execute(_GROUP_ID, (self.group_id,)).fetchone()
-        if row is None:
-            return True
-        args = (row[0], self._subscription_json, self._max_locks, now)
-        if self._conn.execute(_MAYBE_AVAILABLE, args).fetchone()[0]:
-            return True
-        self._next_expiry_ms = self._conn.execute(_NEXT_EXPIRY, (row[0], self._subscription_json, now)).fetchone()[0]
-        return False
+        maybe, next_expiry_ms = share_groups.look(
+            self._conn, self.group_id, self._subscription_json, self._settings.partition_max_record_locks,
+            clock.monotonic_ms(),
+        )
+        if not maybe:
+            self._next_expiry_ms = next_expiry_ms
+        return maybe
 
     def _take(self, limit: int) -> list[ShareRecord]:
         """Deserialize and return up to ``limit`` buffered records; they become this consumer's deliveries."""
@@ -504,7 +381,7 @@ class ShareConsumer:
             tuple(failed),
         )
 
-    def _report(self, outcome: _Outcome) -> None:
+    def _report(self, outcome: ShareOutcome) -> None:
         """Tell the acknowledgement commit callback what was applied (and what was refused)."""
         if self._callback is None or not (outcome.done or outcome.failed):
             return
@@ -514,30 +391,40 @@ class ShareConsumer:
         self._callback(offsets, self._failure(outcome.failed) if outcome.failed else None)
 
     # -- the transaction -------------------------------------------------------------------
-    def _transact(self, acquire: int, release_all: bool = False, release_buffer: bool = False) -> _Outcome:
+    def _transact(self, acquire: int, release_all: bool = False, release_buffer: bool = False) -> ShareOutcome:
         """One write transaction: apply pending acknowledgements, expire locks, acquire up to
         ``acquire`` records, release what this consumer holds (``release_all``) or has buffered
         (``release_buffer``), advance start offsets, dead-letter what was archived."""
         pending = [(key, d) for key, d in self._delivered.items() if d.ack is not None]
+        acks: list[Acknowledgement] = [
+            (t, p, o, d.topic_id, d.delivery_count, d.ack) for (t, p, o), d in pending if d.ack is not None
+        ]
         buffered = list(self._buffer) if release_buffer else []
-        out = _Outcome()
         with self._engine.write() as conn:
-            now = clock.monotonic_ms()
-            state = _TxState(conn, self, now)
-            if pending:
-                state.acknowledge(pending, out)
+            now = clock.monotonic_ms()  # lock deadlines
+            wall = clock.wall_ms()  # Kafka timestamps: a new group's created_ms, dead-letter records
+            sg = share_groups.group_row(conn, self.group_id, wall)
+            tx = ShareTransaction(conn, sg, self.member_id, self._settings, self._subscription_json, now, wall,
+                                  rr=self._rr)
+            if acks:
+                tx.acknowledge(acks)
             if buffered:
-                state.release_buffered(buffered)
+                tx.release_buffered(buffered)
             if release_all:
-                state.release_member()
-            state.expire()
-            rows = state.subscribed()
+                tx.release_member()
+            tx.expire()
+            rows = tx.subscribed()
             if acquire:
-                out.acquired = state.acquire(rows, acquire)
-            state.finish(out, waiting=acquire > 0 and not out.acquired)
+                tx.acquire(rows, acquire)
+                self._rr = tx.rr
+            tx.advance()
+            for batch in tx.dead_letters():
+                append_rows(conn, batch.topic_id, batch.partition, batch.rows, batch.nbytes, batch.max_ts, self._path)
+            out = tx.finish(waiting=acquire > 0 and not tx.outcome.acquired)
         # Committed: only now does this consumer's bookkeeping follow.
+        failed = set(out.failed)
         for key, d in pending:
-            if d.ack == "renew" and key not in state.failed_keys:
+            if d.ack == "renew" and key not in failed:
                 d.ack = None
             else:
                 del self._delivered[key]
@@ -581,265 +468,3 @@ class ShareConsumer:
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
         return f"<sqlog.ShareConsumer group={self.group_id!r} member={self.member_id}{state}>"
-
-
-class _TxState:
-    """The work of one share transaction on the writer connection (internal to `ShareConsumer._transact`)."""
-
-    def __init__(self, conn: apsw.Connection, consumer: ShareConsumer, now: int) -> None:
-        self.conn = conn
-        self.c = consumer
-        self.now = now  # clock.monotonic_ms(): lock deadlines
-        self.wall = clock.wall_ms()  # Kafka timestamps: a new group's created_ms, dead-letter records
-        self.sg = group_row(conn, consumer.group_id, self.wall)
-        self.touched: set[tuple[int, int]] = set()  # partitions whose start offset may advance
-        self.dead: list[tuple[int, int, int, int, str]] = []  # (topic_id, partition, offset, count, reason)
-        self.failed_keys: set[tuple[str, int, int]] = set()
-        self.changed = False
-
-    def acknowledge(self, pending: list[tuple[tuple[str, int, int], _Delivered]], out: _Outcome) -> None:
-        """Apply acknowledgements, each only while the record is still this consumer's delivery."""
-        conn, sg, member = self.conn, self.sg, self.c.member_id
-        extra = {"accept": (), "release": (self.c._limit,), "reject": (), "renew": (self.now + self.c._lock_ms,)}
-        by_type: dict[str, list[tuple[tuple[str, int, int], _Delivered]]] = {}
-        for key, d in pending:
-            by_type.setdefault(d.ack, []).append((key, d))  # type: ignore[arg-type]
-        for kind, items in by_type.items():
-            params = [(sg, d.topic_id, p, o, d.delivery_count, member, *extra[kind]) for (_, p, o), d in items]
-            applied = {(t, p, o): state for t, p, o, state in conn.executemany(_ACKS[kind], params)}
-            if kind == "release":
-                self.changed = True
-            for key, d in items:
-                state = applied.get((d.topic_id, key[1], key[2]))
-                if state is None:
-                    self.failed_keys.add(key)
-                    out.failed.append(key)
-                    continue
-                if kind == "renew":
-                    continue
-                out.done.append(key)
-                self.touched.add((d.topic_id, key[1]))
-                if state == ARCHIVED:
-                    reason = REJECTED if kind == "reject" else DELIVERY_COUNT_EXCEEDED
-                    self.dead.append((d.topic_id, key[1], key[2], d.delivery_count, reason))
-
-    def release_buffered(self, buffered: list[tuple[Any, ...]]) -> None:
-        """Give back records acquired but never returned to the application."""
-        c = self.c
-        for _, topic_id, partition, offset, count, *_rest in buffered:
-            hit = self.conn.execute(
-                _RELEASE, (self.sg, topic_id, partition, offset, count, c.member_id, c._limit)
-            ).fetchone()
-            if hit is not None:
-                self._ended(topic_id, partition, offset, hit[3], count)
-
-    def release_member(self) -> None:
-        """Give back every record this consumer holds (close, unsubscribe)."""
-        for topic_id, partition, offset, state, count in self.conn.execute(
-            _RELEASE_MEMBER, (self.sg, self.c._limit, self.c.member_id)
-        ).fetchall():
-            self._ended(topic_id, partition, offset, state, count)
-
-    def expire(self) -> None:
-        """Locks past their deadline: available again, or archived at the delivery-count limit."""
-        for topic_id, partition, offset, state, count in self.conn.execute(
-            _EXPIRE, (self.sg, self.c._limit, self.now)
-        ).fetchall():
-            self._ended(topic_id, partition, offset, state, count)
-
-    def _ended(self, topic_id: int, partition: int, offset: int, state: int, count: int) -> None:
-        self.changed = True
-        if state == ARCHIVED:
-            self.touched.add((topic_id, partition))
-            self.dead.append((topic_id, partition, offset, count, DELIVERY_COUNT_EXCEEDED))
-
-    def subscribed(self) -> list[list[Any]]:
-        """The subscribed partitions and the group's state of each, set up where missing."""
-        c = self.c
-        rows = [list(r) for r in self.conn.execute(_SUBSCRIBED, (self.sg, c._subscription_json))]
-        for row in rows:
-            if row[5] is None:  # never read by this group: start per auto_offset_reset
-                start = row[3] if c.config["auto_offset_reset"] == "earliest" else row[4]
-                self.conn.execute(_PARTITION_CREATE, (self.sg, row[1], row[2], start))
-                row[5] = row[6] = start
-        return rows
-
-    def acquire(self, rows: list[list[Any]], limit: int) -> list[tuple[Any, ...]]:
-        """Lock up to ``limit`` records, partitions taken in turn from a rotating start."""
-        c = self.c
-        conn, sg, member = self.conn, self.sg, c.member_id
-        until = self.now + c._lock_ms
-        out: list[tuple[Any, ...]] = []
-        n = len(rows)
-        if not n:
-            return out
-        first = c._rr % n
-        c._rr += 1
-        for i in range(n):
-            if len(out) >= limit:
-                break
-            topic, topic_id, partition, _, high, start, end = rows[(first + i) % n]
-            table = partition_table(topic_id, partition)
-            want = limit - len(out)
-            # Records available again (released, or their lock expired), lowest offset first.
-            available = conn.execute(_AVAILABLE, (sg, topic_id, partition, want)).fetchall()
-            if available:
-                again = list(conn.executemany(
-                    _ACQUIRE_AVAILABLE, [(sg, topic_id, partition, o, member, until) for (o,) in available]
-                ))
-                counts = dict(again)
-                for offset, ts, k, v, h, check in conn.executemany(
-                    f"SELECT offset, ts, key, value, headers, {CHECK_COLUMN} FROM {table} WHERE offset = ?",
-                    [(o,) for o, _ in again],
-                ):
-                    out.append((topic, topic_id, partition, offset, counts[offset], ts, k, v, h, check))
-                want = limit - len(out)
-            # Then records never delivered, from end_offset, as far as the in-flight window allows.
-            room = min(want, high - end, start + c._max_locks - end)
-            if room > 0:
-                fresh = conn.execute(select_from(topic_id, partition), (end, room)).fetchall()
-                if fresh:
-                    conn.executemany(_INSERT_ACQUIRED, [(sg, topic_id, partition, r[0], member, until) for r in fresh])
-                    conn.execute(
-                        "UPDATE share_partitions SET end_offset = ? WHERE share_group_id = ? AND topic_id = ?"
-                        " AND partition = ?",
-                        (fresh[-1][0] + 1, sg, topic_id, partition),
-                    )
-                    out.extend((topic, topic_id, partition, o, 1, ts, k, v, h, c) for o, ts, k, v, h, c in fresh)
-        return out
-
-    def finish(self, out: _Outcome, waiting: bool) -> None:
-        """Advance start offsets past finished records, dead-letter the archived, note the next lock deadline."""
-        for topic_id, partition in self.touched:
-            advance(self.conn, self.sg, topic_id, partition)
-        if self.dead:
-            self._dead_letter()
-        out.changed = self.changed or bool(self.touched)
-        if waiting:  # only a poll that found nothing waits for the next lock deadline
-            out.next_expiry_ms = self.conn.execute(
-                _NEXT_EXPIRY, (self.sg, self.c._subscription_json, self.now)
-            ).fetchone()[0]
-
-    def _dead_letter(self) -> None:
-        """Copy archived records to the dead-letter topic with headers naming where they came from."""
-        c = self.c
-        if c._dlq is None:
-            return
-        meta = topics.lookup(self.conn, c._dlq)
-        if meta is None:  # deleted since the consumer was created: archived without a copy
-            return
-        names = dict(self.conn.execute("SELECT topic_id, name FROM topics"))
-        chunks: dict[int, list[tuple[int, bytes | None, bytes | None, bytes | None]]] = {}
-        for topic_id, partition, offset, count, reason in self.dead:
-            row = self.conn.execute(
-                f"SELECT key, value, headers FROM {partition_table(topic_id, partition)} WHERE offset = ?", (offset,)
-            ).fetchone()
-            if row is None:
-                continue
-            key, value, headers = row
-            extra = (
-                (DLQ_TOPIC, names.get(topic_id, "").encode()),
-                (DLQ_PARTITION, str(partition).encode()),
-                (DLQ_OFFSET, str(offset).encode()),
-                (DLQ_GROUP, c.group_id.encode()),
-                (DLQ_DELIVERY_COUNT, str(count).encode()),
-                (DLQ_REASON, reason.encode()),
-                (DLQ_MESSAGE, _MESSAGES[reason].encode()),
-            )
-            # Kafka's routing: source partition modulo the dead-letter topic's partitions.
-            chunks.setdefault(partition % meta.partitions, []).append(
-                (self.wall, key, value, encode_headers(decode_headers(headers) + extra))
-            )
-        for dlq_partition, rows in chunks.items():
-            nbytes = sum(len(k or b"") + len(v or b"") + len(h or b"") for _, k, v, h in rows)
-            append_rows(self.conn, meta.topic_id, dlq_partition, rows, nbytes, self.wall, c._path)
-        self.changed = True
-
-
-def group_row(conn: apsw.Connection, group_id: str, now: int) -> int:
-    """The share group's numeric id, creating the group (``created_ms`` = ``now``, wall clock) if
-    needed (inside a write transaction)."""
-    row = conn.execute(_GROUP_ID, (group_id,)).fetchone()
-    if row is None:
-        conn.execute(_GROUP_CREATE, (group_id, now))
-        row = conn.execute(_GROUP_ID, (group_id,)).fetchone()
-    return int(row[0])
-
-
-def advance(conn: apsw.Connection, sg: int, topic_id: int, partition: int) -> None:
-    """Move the start offset to the lowest record not done and delete the rows it passes."""
-    found = conn.execute(_WINDOW, (sg, topic_id, partition)).fetchone()
-    if found is None:
-        return
-    start, end, lowest = found
-    new_start = end if lowest is None else lowest
-    if new_start <= start:
-        return
-    conn.execute(
-        "DELETE FROM share_records WHERE share_group_id = ? AND topic_id = ? AND partition = ? AND offset < ?",
-        (sg, topic_id, partition, new_start),
-    )
-    conn.execute(
-        "UPDATE share_partitions SET start_offset = ? WHERE share_group_id = ? AND topic_id = ? AND partition = ?",
-        (new_start, sg, topic_id, partition),
-    )
-
-
-# -- admin (Log.list_share_groups, describe_share_group, delete_share_group) -------------------
-def list_groups(conn: apsw.Connection) -> list[str]:
-    """The ids of all share groups, sorted."""
-    return [r[0] for r in conn.execute("SELECT group_id FROM share_groups ORDER BY group_id")]
-
-
-def describe(conn: apsw.Connection, group_id: str, now: int) -> ShareGroupDescription:
-    """Per partition start offset, window and record counts; a lock past its deadline (``now``:
-    `storage.clock_now`) counts as available."""
-    validate_group_id(group_id)
-    row = conn.execute(_GROUP_ID, (group_id,)).fetchone()
-    if row is None:
-        return ShareGroupDescription(group_id, "Dead", ())
-    sg = row[0]
-    parts = []
-    for name, topic_id, partition, start, end, high in conn.execute(
-        "SELECT t.name, s.topic_id, s.partition, s.start_offset, s.end_offset, p.next_offset"
-        " FROM share_partitions s JOIN topics t USING (topic_id) JOIN partitions p USING (topic_id, partition)"
-        " WHERE s.share_group_id = ? ORDER BY t.name, s.partition",
-        (sg,),
-    ).fetchall():
-        acquired, available, acknowledged, archived = conn.execute(
-            "SELECT coalesce(sum(state = 1 AND lock_until_ms > ?4), 0),"
-            " coalesce(sum(state = 0 OR (state = 1 AND lock_until_ms <= ?4)), 0),"
-            " coalesce(sum(state = 2), 0), coalesce(sum(state = 4), 0)"
-            " FROM share_records WHERE share_group_id = ?1 AND topic_id = ?2 AND partition = ?3",
-            (sg, topic_id, partition, now),
-        ).fetchone()
-        lag = high - start - acknowledged - archived
-        parts.append(SharePartitionState(name, partition, start, end, high, end - start, acquired, available,
-                                         acknowledged, archived, lag))
-    held = conn.execute(
-        "SELECT EXISTS(SELECT 1 FROM share_records WHERE share_group_id = ? AND state < 2 AND state = 1"
-        " AND lock_until_ms > ?)",
-        (sg, now),
-    ).fetchone()[0]
-    return ShareGroupDescription(group_id, "Stable" if held else "Empty", tuple(parts))
-
-
-def delete(conn: apsw.Connection, group_id: str, now: int) -> None:
-    """Forget a share group and all its state; refused while a consumer holds one of its records
-    (a lock ahead of ``now``: `clock.monotonic_ms`)."""
-    validate_group_id(group_id)
-    row = conn.execute(_GROUP_ID, (group_id,)).fetchone()
-    if row is None:
-        raise GroupIdNotFoundError(f"no share group {group_id!r}; log.list_share_groups() lists them")
-    sg = row[0]
-    if conn.execute(
-        "SELECT EXISTS(SELECT 1 FROM share_records WHERE share_group_id = ? AND state < 2 AND state = 1"
-        " AND lock_until_ms > ?)",
-        (sg, now),
-    ).fetchone()[0]:
-        raise GroupNotEmptyError(
-            f"share group {group_id!r} has records locked by live consumers; close them (or wait for their locks "
-            "to expire) before deleting it"
-        )
-    for table in ("share_records", "share_partitions", "share_groups"):
-        conn.execute(f"DELETE FROM {table} WHERE share_group_id = ?", (sg,))

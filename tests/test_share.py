@@ -10,11 +10,19 @@ from typing import Any
 
 import apsw
 import pytest
+from helpers import open_log
 
 import sqlog
 from sqlog import ShareRecord, TopicPartition
-from sqlog.share import DLQ_DELIVERY_COUNT, DLQ_GROUP, DLQ_MESSAGE, DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC
-from helpers import open_log
+from sqlog.share_groups import (
+    DLQ_DELIVERY_COUNT,
+    DLQ_GROUP,
+    DLQ_MESSAGE,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_REASON,
+    DLQ_TOPIC,
+)
 
 
 def _fill(log: sqlog.Log, n: int, topic: str = "jobs", partitions: int = 1, create: bool = True) -> None:

@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import sqlog
 import sqlog.clock
-from sqlog.share import ACKNOWLEDGED, ACQUIRED, ARCHIVED, AVAILABLE
+from sqlog.share_groups import ACKNOWLEDGED, ACQUIRED, ARCHIVED, AVAILABLE
 
 LOCK_MS = 100
 LIMIT = 3

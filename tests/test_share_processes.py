@@ -17,7 +17,7 @@ import apsw
 
 import sqlog
 import sqlog.clock
-from sqlog.share import DLQ_DELIVERY_COUNT, DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
+from sqlog.share_groups import DLQ_DELIVERY_COUNT, DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
 
 WORKER = Path(__file__).resolve().parent / "procs" / "share_worker.py"
 
