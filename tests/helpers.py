@@ -96,3 +96,17 @@ def settle(consumers: list[sqlog.Consumer], check: Callable[[], bool], timeout: 
         assert time.monotonic() < deadline, [c.assignment() for c in consumers]
         for c in consumers:
             c.poll(timeout_ms=5)
+
+
+def freeze_heartbeats(monkeypatch: pytest.MonkeyPatch, consumer: sqlog.Consumer) -> None:
+    """Make ``consumer``'s heartbeats stop reaching the file, as if its process had stalled
+    (SIGSTOP): its heartbeat thread runs on, but `sqlog.groups.heartbeat` no longer stamps it."""
+    import sqlog.groups as groups
+
+    frozen = consumer.group_metadata().member_id
+    real = groups.heartbeat
+
+    def heartbeat(conn: Any, group_id: str, member_id: str, now: int) -> bool:
+        return True if member_id == frozen else real(conn, group_id, member_id, now)
+
+    monkeypatch.setattr(groups, "heartbeat", heartbeat)

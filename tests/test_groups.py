@@ -13,7 +13,7 @@ import sqlog.groups as groups
 import sqlog.storage as storage
 import sqlog.topics as topics
 from sqlog import TopicPartition as TP
-from helpers import fill, member, settle
+from helpers import fill, freeze_heartbeats, member, settle
 
 
 def parts(consumer: sqlog.Consumer) -> set[int]:
@@ -226,7 +226,7 @@ def test_new_owner_starts_from_the_committed_offset(log: sqlog.Log) -> None:
     assert [r.offset for r in b.poll(timeout_ms=200)] == list(range(4, 10))
 
 
-def test_commit_is_fenced_inside_the_transaction(log: sqlog.Log) -> None:
+def test_commit_is_fenced_inside_the_transaction(log: sqlog.Log, monkeypatch: pytest.MonkeyPatch) -> None:
     """A member whose session expired (its heartbeat thread frozen) is refused by the commit
     transaction itself, and nothing of the commit is written."""
     log.create_topic("t", partitions=2)
@@ -235,7 +235,7 @@ def test_commit_is_fenced_inside_the_transaction(log: sqlog.Log) -> None:
     a.poll(timeout_ms=100)
     a.commit()
     committed = {p: a.committed(TP("t", p)) for p in (0, 1)}
-    a._membership._stop.set()  # type: ignore[union-attr]  # freeze a's heartbeats: a stalled process
+    freeze_heartbeats(monkeypatch, a)  # a stalled process
     a.seek(TP("t", 0), 3)
     b = member(log)
     start = time.monotonic()
@@ -267,9 +267,9 @@ def test_fence_checks_the_claim_generation(log: sqlog.Log) -> None:
     log.create_topic("t", partitions=1)
     a = member(log)
     a.poll(timeout_ms=10)
-    gen = a._parts[TP("t", 0)].generation
     with log.engine.write() as conn:
         meta = conn.execute("SELECT topic_id FROM topics WHERE name = 't'").fetchone()
+        (gen,) = conn.execute("SELECT generation FROM partition_owners WHERE group_id = 'g'").fetchone()
         groups.check_fence(conn, "g", groups.Fence(a.group_metadata().member_id, {(meta[0], 0): gen}),
                            [(TP("t", 0), meta[0])])
         with pytest.raises(sqlog.CommitFailedError):
@@ -471,11 +471,11 @@ def test_alter_and_reset_offsets(log: sqlog.Log) -> None:
     assert sorted((r.partition, r.offset) for r in b.poll(timeout_ms=100)) == [(0, 3), (0, 4)]
 
 
-def test_dead_members_do_not_block_admin(log: sqlog.Log) -> None:
+def test_dead_members_do_not_block_admin(log: sqlog.Log, monkeypatch: pytest.MonkeyPatch) -> None:
     log.create_topic("t", partitions=1)
     a = member(log)
     a.poll(timeout_ms=10)
-    a._membership._stop.set()  # type: ignore[union-attr]
+    freeze_heartbeats(monkeypatch, a)
     with log.engine.write() as conn:  # as if its last heartbeat were long ago
         conn.execute("UPDATE group_members SET heartbeat_ms = heartbeat_ms - 10000")
     assert log.describe_group("g").members == ()

@@ -224,8 +224,7 @@ def test_expiry_at_the_limit_archives_to_the_dead_letter_topic(log: sqlog.Log) -
         consumer = _share(log, record_lock_duration_ms=30, delivery_count_limit=2, dead_letter_topic="jobs.dlq")
         counts.extend(r.delivery_count for r in consumer.poll(timeout_ms=200))
         time.sleep(0.06)
-        consumer._closed = True  # vanish without releasing, like a crash
-        log.engine.untrack(consumer)
+        log.engine.untrack(consumer)  # vanish without releasing, like a crash (never closed)
     assert counts == [1, 2]
     probe = _share(log, delivery_count_limit=2, dead_letter_topic="jobs.dlq")
     assert probe.poll(timeout_ms=0) == []
