@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sqlog  # noqa: E402
-import sqlog.groups  # noqa: E402
+import sqlog.liveness  # noqa: E402
 
 SESSION_MS = 2000
 HEARTBEAT_MS = 200
@@ -41,7 +41,7 @@ HEARTBEAT_MS = 200
 def rebalance_member(db: str, group: str, name: str, events: Any, stop: Any, other_ns: bool) -> None:
     """Poll the group until ``stop``; report each assignment change as (name, kind, time, parts)."""
     if other_ns:
-        sqlog.groups._NAMESPACE = f"elsewhere-{os.getpid()}"
+        sqlog.liveness.PID_NAMESPACE = f"elsewhere-{os.getpid()}"
     log = sqlog.open(db)
     consumer = log.consumer(group_id=group, client_id=name, session_timeout_ms=SESSION_MS,
                             heartbeat_interval_ms=HEARTBEAT_MS)

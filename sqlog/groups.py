@@ -5,11 +5,12 @@ Everything lives in the log file, so threads and processes on this machine agree
 - ``group_members``: one row per live member, with its subscription and last heartbeat. A
   background thread per member heartbeats every ``heartbeat_interval_ms``; anyone who sees a
   heartbeat older than the member's ``session_timeout_ms`` deletes the member (and, on this host,
-  a member whose process is gone: pid plus start time, a speed-up on top of the timeout).
-  Heartbeat ages are measured on `clock.monotonic_ms`, never the wall clock, so a clock step
-  neither expires live members nor keeps dead ones.
-- ``group_targets``: the target assignment, recomputed deterministically (range, roundrobin or
-  sticky) in the same transaction that changes the membership, so every member reads one answer.
+  a member whose process is gone: pid plus start time, a speed-up on top of the timeout; that
+  decision is `liveness.is_dead`). Heartbeat ages are measured on `clock.monotonic_ms`, never the
+  wall clock, so a clock step neither expires live members nor keeps dead ones.
+- ``group_targets``: the target assignment, recomputed deterministically (`assignors.assign`:
+  range, roundrobin or sticky) in the same transaction that changes the membership, so every
+  member reads one answer.
 - ``partition_owners``: who owns each partition now. A member claims a partition of its target
   only where no row exists, and releases (deletes) a row only at its own ``poll()`` after its
   ``on_revoked`` ran, or by leaving. The primary key keeps a partition from being owned twice.
@@ -18,12 +19,16 @@ Everything lives in the log file, so threads and processes on this machine agree
 
 Commits are fenced inside their own write transaction: each partition's owner row must be this
 member's, claimed at the generation the member knows (`check_fence`).
+
+This module owns group ids, committed offsets (store, fetch, commit, alter, reset), the
+membership tables and their protocol (join, heartbeat, expire, rebalance, claim, release, leave),
+the `Membership` heartbeat thread, fencing, and describe/delete. Who should own what is
+`assignors`; whether a member's process is alive is `liveness`.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 import uuid
@@ -34,7 +39,9 @@ from typing import Any
 import apsw
 import attrs
 
-from . import clock, topics
+from . import clock, liveness, topics
+from .assignors import STRATEGIES as STRATEGIES  # re-exported: the consumer checks its config against it
+from .assignors import Key, assign
 from .errors import (
     CommitFailedError,
     GroupIdNotFoundError,
@@ -50,12 +57,8 @@ from .partitions import offset_for_time
 from .storage import clock_now
 from .types import GroupDescription, GroupPartitionDescription, MemberDescription, TopicPartition
 
-STRATEGIES = ("range", "roundrobin", "sticky", "cooperative-sticky")
-"""``partition_assignment_strategy`` values; the protocol is always incremental (cooperative)."""
 
-Key = tuple[int, int]  # (topic_id, partition)
-
-
+# -- group ids -----------------------------------------------------------------------------
 def storable_str(value: object, what: str, max_len: int | None = None) -> str:
     """``value`` if it is a str SQLite can store (UTF-8 encodable: no lone surrogates) and, with
     ``max_len``, of 1 to ``max_len`` characters; else InvalidConfigError naming ``what``."""
@@ -95,135 +98,6 @@ def fetch(conn: apsw.Connection, group_id: str, topic_id: int, partition: int) -
     return (row[0], row[1]) if row else None
 
 
-# -- assignors -----------------------------------------------------------------------------
-def assign(
-    strategy: str,
-    members: Mapping[str, Collection[str]],
-    topics: Mapping[str, tuple[int, int]],
-    previous: Mapping[Key, str] | None = None,
-) -> dict[Key, str]:
-    """The target assignment: ``(topic_id, partition) -> member_id``.
-
-    ``members`` maps member_id to its subscribed topic names, ``topics`` maps a topic name to
-    ``(topic_id, partition count)``. Deterministic: depends only on the arguments (members are
-    ordered by member_id, topics by name). ``previous`` is used by the sticky strategies only.
-    """
-    if strategy == "range":
-        return _range(members, topics)
-    if strategy == "roundrobin":
-        return _roundrobin(members, topics)
-    if strategy in ("sticky", "cooperative-sticky"):
-        return _sticky(members, topics, previous or {})
-    raise InvalidConfigError(f"partition_assignment_strategy must be one of {STRATEGIES}, not {strategy!r}")
-
-
-def _range(members: Mapping[str, Collection[str]], topics: Mapping[str, tuple[int, int]]) -> dict[Key, str]:
-    """Kafka's RangeAssignor: per topic, consecutive ranges; the first members take one more."""
-    out: dict[Key, str] = {}
-    for name in sorted(topics):
-        topic_id, n = topics[name]
-        subs = sorted(m for m, t in members.items() if name in t)
-        if not subs:
-            continue
-        q, r = divmod(n, len(subs))
-        p = 0
-        for i, member in enumerate(subs):
-            for _ in range(q + (1 if i < r else 0)):
-                out[(topic_id, p)] = member
-                p += 1
-    return out
-
-
-def _roundrobin(members: Mapping[str, Collection[str]], topics: Mapping[str, tuple[int, int]]) -> dict[Key, str]:
-    """Kafka's RoundRobinAssignor: all partitions in (topic, partition) order dealt out in turn."""
-    order = sorted(members)
-    out: dict[Key, str] = {}
-    i = 0
-    for name in sorted(topics):
-        topic_id, n = topics[name]
-        if not any(name in members[m] for m in order):
-            continue
-        for p in range(n):
-            while name not in members[order[i % len(order)]]:
-                i += 1
-            out[(topic_id, p)] = order[i % len(order)]
-            i += 1
-    return out
-
-
-def _sticky(
-    members: Mapping[str, Collection[str]], topics: Mapping[str, tuple[int, int]], previous: Mapping[Key, str]
-) -> dict[Key, str]:
-    """Keep every partition where it was if its member is still eligible, then balance by moving
-    as few as possible: counts end within one of each other wherever subscriptions allow."""
-    eligible: dict[Key, list[str]] = {}
-    for name in sorted(topics):
-        topic_id, n = topics[name]
-        subs = sorted(m for m, t in members.items() if name in t)
-        if subs:
-            for p in range(n):
-                eligible[(topic_id, p)] = subs
-    owned: dict[str, list[Key]] = {m: [] for m in members}
-    out: dict[Key, str] = {}
-    for key, subs in eligible.items():
-        prev = previous.get(key)
-        if prev in owned and prev in subs:
-            out[key] = prev
-            owned[prev].append(key)
-    for key, subs in eligible.items():
-        if key not in out:
-            member = min(subs, key=lambda m: (len(owned[m]), m))
-            out[key] = member
-            owned[member].append(key)
-    # Move one partition at a time from a most loaded member to a least loaded eligible one;
-    # the sum of squared counts falls at each move, so this ends.
-    moved = True
-    while moved:
-        moved = False
-        for giver in sorted(owned, key=lambda m: (-len(owned[m]), m)):
-            for key in sorted(owned[giver], reverse=True):
-                taker = min(eligible[key], key=lambda m: (len(owned[m]), m))
-                if len(owned[giver]) - len(owned[taker]) >= 2:
-                    owned[giver].remove(key)
-                    owned[taker].append(key)
-                    out[key] = taker
-                    moved = True
-                    break
-            if moved:
-                break
-    return out
-
-
-# -- this machine --------------------------------------------------------------------------
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
-
-
-def _pid_namespace() -> str:
-    """Boot id plus pid namespace: two members' pids are comparable only when these match."""
-    try:
-        return clock.BOOT_ID + "/" + os.readlink("/proc/self/ns/pid") if clock.BOOT_ID else ""
-    except OSError:
-        return ""
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None if it is gone (or a zombie)."""
-    try:
-        stat = _read(f"/proc/{int(pid)}/stat")
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
-    if not fields or fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-_NAMESPACE = _pid_namespace()
-_HOST = socket.gethostname()
-
-
 # -- membership, inside write transactions -------------------------------------------------
 @attrs.frozen
 class MemberInfo:
@@ -235,9 +109,9 @@ class MemberInfo:
     strategy: str
     session_timeout_ms: int
     pid: int = attrs.field(factory=os.getpid)
-    host: str = _HOST
-    pid_namespace: str = attrs.field(factory=lambda: _NAMESPACE)
-    pid_start_time: int | None = attrs.field(factory=lambda: _start_time(os.getpid()))
+    host: str = attrs.field(factory=lambda: liveness.HOST)
+    pid_namespace: str = attrs.field(factory=lambda: liveness.PID_NAMESPACE)
+    pid_start_time: int | None = attrs.field(factory=lambda: liveness.start_time(os.getpid()))
 
 
 def generation(conn: apsw.Connection, group_id: str) -> int:
@@ -254,14 +128,6 @@ def _bump(conn: apsw.Connection, group_id: str) -> int:
     return -1 if row is None else row[0]
 
 
-def _is_dead(pid: int, namespace: str, start: int | None, heartbeat: int, session_ms: int, now: int) -> bool:
-    """``heartbeat`` and ``now`` are `clock.monotonic_ms` readings."""
-    if heartbeat + session_ms < now:
-        return True
-    # The fast path for a crashed process on this host; never trusted across pid namespaces.
-    return bool(namespace) and namespace == _NAMESPACE and start is not None and _start_time(pid) != start
-
-
 _MEMBER_LIVENESS = (
     "SELECT member_id, pid, pid_namespace, pid_start_time, heartbeat_ms, session_timeout_ms"
     " FROM group_members WHERE group_id = ?"
@@ -274,7 +140,7 @@ def _dead_members(conn: apsw.Connection, group_id: str, now: int) -> tuple[list[
     dead: list[str] = []
     rows: list[Any] = conn.execute(_MEMBER_LIVENESS, (group_id,)).fetchall()
     for member_id, pid, namespace, start, beat, session_ms in rows:
-        (dead if _is_dead(pid, namespace, start, beat, session_ms, now) else live).append(member_id)
+        (dead if liveness.is_dead(pid, namespace, start, beat, session_ms, now) else live).append(member_id)
     return sorted(live), sorted(dead)
 
 

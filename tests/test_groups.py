@@ -9,6 +9,7 @@ import apsw
 import pytest
 
 import sqlog
+import sqlog.assignors as assignors
 import sqlog.groups as groups
 import sqlog.storage as storage
 import sqlog.topics as topics
@@ -24,24 +25,24 @@ def parts(consumer: sqlog.Consumer) -> set[int]:
 def test_range_assignor_matches_kafka() -> None:
     members = {"a": {"t", "u"}, "b": {"t", "u"}, "c": {"t"}}
     topics = {"t": (1, 7), "u": (2, 3)}
-    target = groups.assign("range", members, topics)
+    target = assignors.assign("range", members, topics)
     assert [target[(1, p)] for p in range(7)] == ["a", "a", "a", "b", "b", "c", "c"]
     assert [target[(2, p)] for p in range(3)] == ["a", "a", "b"]
-    assert groups.assign("range", dict(reversed(list(members.items()))), topics) == target  # order-free
+    assert assignors.assign("range", dict(reversed(list(members.items()))), topics) == target  # order-free
 
 
 def test_roundrobin_assignor_matches_kafka() -> None:
     members = {"a": {"t", "u"}, "b": {"t", "u"}, "c": {"t"}}
-    target = groups.assign("roundrobin", members, {"t": (1, 4), "u": (2, 3)})
+    target = assignors.assign("roundrobin", members, {"t": (1, 4), "u": (2, 3)})
     assert [target[(1, p)] for p in range(4)] == ["a", "b", "c", "a"]
     assert [target[(2, p)] for p in range(3)] == ["b", "a", "b"]  # c is skipped: not subscribed to u
 
 
-@pytest.mark.parametrize("strategy", groups.STRATEGIES)
+@pytest.mark.parametrize("strategy", assignors.STRATEGIES)
 @pytest.mark.parametrize("n_members,n_parts", [(1, 4), (3, 6), (4, 10), (5, 3)])
 def test_assignors_are_balanced_and_total(strategy: str, n_members: int, n_parts: int) -> None:
     members = {f"m{i}": {"t"} for i in range(n_members)}
-    target = groups.assign(strategy, members, {"t": (7, n_parts)})
+    target = assignors.assign(strategy, members, {"t": (7, n_parts)})
     assert set(target) == {(7, p) for p in range(n_parts)}
     counts = [sum(1 for m in target.values() if m == name) for name in members]
     assert max(counts) - min(counts) <= 1
@@ -49,10 +50,10 @@ def test_assignors_are_balanced_and_total(strategy: str, n_members: int, n_parts
 
 def test_sticky_keeps_owners_and_moves_the_minimum() -> None:
     topics = {"t": (1, 6)}
-    three = groups.assign("sticky", {"a": {"t"}, "b": {"t"}, "c": {"t"}}, topics)
-    two = groups.assign("sticky", {"a": {"t"}, "c": {"t"}}, topics, three)
+    three = assignors.assign("sticky", {"a": {"t"}, "b": {"t"}, "c": {"t"}}, topics)
+    two = assignors.assign("sticky", {"a": {"t"}, "c": {"t"}}, topics, three)
     assert all(two[k] == owner for k, owner in three.items() if owner != "b")  # only b's partitions move
-    four = groups.assign("sticky", {"a": {"t"}, "c": {"t"}, "d": {"t"}}, topics, two)
+    four = assignors.assign("sticky", {"a": {"t"}, "c": {"t"}, "d": {"t"}}, topics, two)
     moved = [k for k in two if four[k] != two[k]]
     assert len(moved) == 2 and all(four[k] == "d" for k in moved)
 

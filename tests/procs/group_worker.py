@@ -20,14 +20,14 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
 
 import sqlog  # noqa: E402
-import sqlog.groups  # noqa: E402
+import sqlog.liveness  # noqa: E402
 
 
 def main(cfg: dict[str, Any]) -> None:
     if cfg.get("other_pid_namespace"):
         # Pose as a member in another pid namespace (a container sharing the volume): the others
         # cannot judge its pid, so only the session timeout can expire it.
-        sqlog.groups._NAMESPACE = f"elsewhere-{os.getpid()}"
+        sqlog.liveness.PID_NAMESPACE = f"elsewhere-{os.getpid()}"
     audit = open(cfg["audit"], "a", buffering=1)
 
     def write(kind: str, **fields: Any) -> None:
