@@ -17,6 +17,7 @@ from collections.abc import Callable
 import apsw
 
 from .check import report
+from .clock import wall_ms
 from .errors import DiskFullError, SqlogError, translated
 from .partitions import append
 from .storage import RECORD_BYTES, busy_handler, effective, guard_writes, partition_table, snapshot, transaction
@@ -374,7 +375,7 @@ class Upkeep:
 
     def sweep(self, now_ms: int | None = None) -> SweepResult:
         with self.lock:
-            return sweep(self.conn(), self._path, int(time.time() * 1000) if now_ms is None else now_ms,
+            return sweep(self.conn(), self._path, wall_ms() if now_ms is None else now_ms,
                          self._wal_limit, self._busy_timeout_ms)
 
     def check(self) -> CheckReport:

@@ -1,4 +1,5 @@
-"""The SQLite layer: connections and pragmas, the numbered schema, the transaction helper."""
+"""The SQLite layer: connections and pragmas, the numbered schema, write transactions and read
+snapshots, the commit signal blocked polls wait on, and the liveness clock recorded in the file."""
 
 from __future__ import annotations
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import apsw
 import attrs
 
+from .clock import wall_ms
 from .errors import (
     InvalidConfigError,
     InvalidPartitionsError,
@@ -121,7 +121,7 @@ def create(
         raise TopicAlreadyExistsError(f"topic {name!r} already exists")
     conn.execute(
         "INSERT INTO topics(name, retention_ms, retention_bytes, created_ms) VALUES (?, ?, ?, ?)",
-        (name, retention_ms, retention_bytes, int(time.time() * 1000)),
+        (name, retention_ms, retention_bytes, wall_ms()),
     )
     topic_id = conn.last_insert_rowid()
     if retention_policy != "limits":  # the column's default
