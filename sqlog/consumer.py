@@ -125,8 +125,7 @@ class Consumer:
         self._value_de: Callable[[bytes], Any] | None = serde_function(cfg["value_deserializer"], "value_deserializer", "deserialize")
         self._max_records = check_int("max_poll_records", cfg["max_poll_records"], 1)
         self._check_crcs = check_bool("check_crcs", cfg["check_crcs"])
-        timeout = _ms(cfg, "consumer_timeout_ms", allow_none=True)
-        self._iter_timeout_ms = None if timeout is None else timeout
+        self._iter_timeout_ms = _ms(cfg, "consumer_timeout_ms", allow_none=True)
         self._meta_age_s = (_ms(cfg, "metadata_max_age_ms") or 0) / 1000
         for name in ("session_timeout_ms", "max_poll_interval_ms"):
             _ms(cfg, name)

@@ -26,7 +26,7 @@ import apsw
 
 from . import clock, share_groups, topics
 from .checksum import matches
-from .config import MAX_INT32, check_config
+from .config import check_bool, check_config, check_int
 from .engine import Engine
 from .errors import (
     CorruptRecordError,
@@ -77,11 +77,8 @@ class _Delivered:
         self.ack = ack  # None, or one of ACKNOWLEDGE_TYPES, applied at the next poll/commit/close
 
 
-def _positive(config: dict[str, Any], name: str, minimum: int = 1) -> int:
-    value = config[name]
-    if type(value) is not int or not minimum <= value <= MAX_INT32:
-        raise InvalidConfigError(f"{name} must be an int from {minimum} to {MAX_INT32}, not {value!r}")
-    return value
+def _positive(config: dict[str, Any], name: str) -> int:
+    return check_int(name, config[name], 1)  # type: ignore[no-any-return]
 
 
 class ShareConsumer:
@@ -109,14 +106,11 @@ class ShareConsumer:
         lock_ms = _positive(cfg, "record_lock_duration_ms")
         limit = _positive(cfg, "delivery_count_limit")
         self._max_records = _positive(cfg, "max_poll_records")
-        if type(cfg["check_crcs"]) is not bool:
-            raise InvalidConfigError(f"check_crcs must be True or False, not {cfg['check_crcs']!r}")
-        self._check_crcs = cfg["check_crcs"]
+        self._check_crcs = check_bool("check_crcs", cfg["check_crcs"])
         max_locks = _positive(cfg, "partition_max_record_locks")
-        timeout = cfg["consumer_timeout_ms"]
-        if timeout is not None and (type(timeout) is not int or not 0 <= timeout <= MAX_INT32):
-            raise InvalidConfigError(f"consumer_timeout_ms must be an int from 0 to {MAX_INT32} or None, not {timeout!r}")
-        self._iter_timeout_ms: int | None = timeout
+        self._iter_timeout_ms: int | None = check_int(
+            "consumer_timeout_ms", cfg["consumer_timeout_ms"], allow_none=True
+        )
         self._key_de: Callable[[bytes], Any] | None = serde_function(
             cfg["key_deserializer"], "key_deserializer", "deserialize"
         )
