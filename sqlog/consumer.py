@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
@@ -27,8 +26,8 @@ from .errors import (
     UnknownTopicOrPartitionError,
     translated,
 )
+from .reading import RETRY, deserialize, deserialize_error, next_from, poll_deadline, read_blocking
 from .serde import decode_headers, serde_function
-from .storage import data_version, wait_for_commit
 from .types import ConsumerGroupMetadata, OffsetAndMetadata, OffsetAndTimestamp, Record, TopicPartition
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
@@ -126,8 +125,7 @@ class Consumer:
         self._value_de: Callable[[bytes], Any] | None = serde_function(cfg["value_deserializer"], "value_deserializer", "deserialize")
         self._max_records = check_int("max_poll_records", cfg["max_poll_records"], 1)
         self._check_crcs = check_bool("check_crcs", cfg["check_crcs"])
-        timeout = _ms(cfg, "consumer_timeout_ms", allow_none=True)
-        self._iter_timeout_ms = None if timeout is None else timeout
+        self._iter_timeout_ms = _ms(cfg, "consumer_timeout_ms", allow_none=True)
         self._meta_age_s = (_ms(cfg, "metadata_max_age_ms") or 0) / 1000
         for name in ("session_timeout_ms", "max_poll_interval_ms"):
             _ms(cfg, name)
@@ -517,19 +515,13 @@ class Consumer:
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> list[Record]:
         """Return the next records (at most ``max_records``), waiting up to ``timeout_ms`` for some."""
         self._check_open()
-        if type(timeout_ms) not in (int, float) or not 0 <= timeout_ms < math.inf:
-            raise InvalidConfigError(f"timeout_ms must be a number >= 0, not {timeout_ms!r}")
-        limit = self._max_records if max_records is None else max_records
-        if type(limit) is not int or not 1 <= limit <= MAX_INT32:
-            raise InvalidConfigError(f"max_records must be an int from 1 to {MAX_INT32}, not {max_records!r}")
+        deadline, limit = poll_deadline(timeout_ms, max_records, self._max_records)
         self._buffer.clear()
-        return self._poll(timeout_ms / 1000, limit, advance=True)
+        return self._poll(deadline, limit, advance=True)
 
-    def _poll(self, timeout_s: float, limit: int, advance: bool) -> list[Record]:
+    def _poll(self, deadline: float, limit: int, advance: bool) -> list[Record]:
         if self._subscription is None and not self._manual:
             raise IllegalStateError("poll() before subscribe() or assign()")
-        deadline = time.monotonic() + timeout_s
-        signal = self._engine.signal
         grouped = self._membership is not None and self._subscription is not None
         if grouped:
             self._coordinate()
@@ -538,23 +530,20 @@ class Consumer:
                 self._commit_positions()
             except CommitFailedError:
                 pass  # as in Kafka, a failed auto-commit is not the caller's error; the next poll rejoins
-        first = True
-        while True:
-            seq = signal.seq
-            if grouped and not first:
-                self._coordinate()
-            first = False
-            with translated(self._path):
-                if not grouped:
-                    self._refresh()
-                version = data_version(self._conn)
-                records = self._fetch(limit, advance)
+
+        def attempt(first: bool) -> list[Record]:
+            if grouped:
+                if not first:
+                    self._coordinate()
+            else:
+                self._refresh()
+            records = self._fetch(limit, advance)
             if grouped and self._membership.lost is not None:  # type: ignore[union-attr]
-                continue  # lost meanwhile: these partitions may be another's now; rejoin first
-            if records or time.monotonic() >= deadline:
-                return records
-            # Nothing new: sleep until this process commits, checking every few ms for others.
-            wait_for_commit(signal, self._conn, self._path, seq, version, deadline, lambda: self._wake_early(grouped))
+                return RETRY  # lost meanwhile: these partitions may be another's now; rejoin first
+            return records
+
+        # Nothing new: sleep until this process commits, checking every few ms for others.
+        return read_blocking(self._engine, self._conn, deadline, attempt, lambda: self._wake_early(grouped))
 
     def _wake_early(self, grouped: bool) -> bool:
         """Stop a blocked poll's wait: closed meanwhile (raises), subscribed topics due for a look,
@@ -635,12 +624,10 @@ class Consumer:
     def _deserialize(topic: str, p: int, rows: Iterable[tuple[Any, ...]], kd: Any, vd: Any, out: list[Record]) -> None:
         for o, ts, k, v, h in rows:
             try:
-                key = k if kd is None or k is None else kd(k)
-                value = v if vd is None or v is None else vd(v)
+                key, value = deserialize(kd, vd, k, v)
             except Exception as exc:
-                raise SerializationError(
-                    f"{topic}-{p} offset {o}: deserializer failed ({exc}); "
-                    f"seek(TopicPartition({topic!r}, {p}), {o + 1}) to skip it"
+                raise deserialize_error(
+                    topic, p, o, exc, f"seek(TopicPartition({topic!r}, {p}), {o + 1}) to skip it"
                 ) from exc
             out.append(Record(topic, p, o, ts, key, value, decode_headers(h) if h else ()))
 
@@ -650,14 +637,8 @@ class Consumer:
     def __next__(self) -> Record:
         """The next record, blocking; stops after ``consumer_timeout_ms`` without one (if set)."""
         self._check_open()
-        if not self._buffer:
-            wait_ms = self._iter_timeout_ms
-            deadline = None if wait_ms is None else time.monotonic() + wait_ms / 1000
-            while not self._buffer:
-                remaining = 1.0 if deadline is None else deadline - time.monotonic()
-                if remaining <= 0:
-                    raise StopIteration
-                self._buffer.extend(self._poll(remaining, self._max_records, advance=False))
+        next_from(self._buffer, self._iter_timeout_ms,
+                  lambda deadline: self._buffer.extend(self._poll(deadline, self._max_records, advance=False)))
         record = self._buffer.popleft()
         # Iteration advances one record at a time so a commit never covers unread records.
         part = self._parts.get(TopicPartition(record.topic, record.partition))

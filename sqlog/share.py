@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -27,7 +26,7 @@ import apsw
 
 from . import clock, share_groups, topics
 from .checksum import matches
-from .config import MAX_INT32, check_config
+from .config import check_bool, check_config, check_int
 from .engine import Engine
 from .errors import (
     CorruptRecordError,
@@ -35,15 +34,14 @@ from .errors import (
     InvalidConfigError,
     InvalidRecordStateError,
     LogClosedError,
-    SerializationError,
     SqlogError,
     translated,
 )
 from .groups import validate_group_id
+from .reading import RETRY, deserialize, deserialize_error, next_from, poll_deadline, read_blocking
 from .retention import append_rows
 from .serde import decode_headers, serde_function
 from .share_groups import ACKNOWLEDGE_TYPES, Acknowledgement, ShareOutcome, ShareSettings, ShareTransaction
-from .storage import data_version, wait_for_commit
 from .types import ShareRecord, TopicPartition
 
 SHARE_CONSUMER_DEFAULTS: dict[str, Any] = {
@@ -79,11 +77,8 @@ class _Delivered:
         self.ack = ack  # None, or one of ACKNOWLEDGE_TYPES, applied at the next poll/commit/close
 
 
-def _positive(config: dict[str, Any], name: str, minimum: int = 1) -> int:
-    value = config[name]
-    if type(value) is not int or not minimum <= value <= MAX_INT32:
-        raise InvalidConfigError(f"{name} must be an int from {minimum} to {MAX_INT32}, not {value!r}")
-    return value
+def _positive(config: dict[str, Any], name: str) -> int:
+    return check_int(name, config[name], 1)  # type: ignore[no-any-return]
 
 
 class ShareConsumer:
@@ -111,14 +106,11 @@ class ShareConsumer:
         lock_ms = _positive(cfg, "record_lock_duration_ms")
         limit = _positive(cfg, "delivery_count_limit")
         self._max_records = _positive(cfg, "max_poll_records")
-        if type(cfg["check_crcs"]) is not bool:
-            raise InvalidConfigError(f"check_crcs must be True or False, not {cfg['check_crcs']!r}")
-        self._check_crcs = cfg["check_crcs"]
+        self._check_crcs = check_bool("check_crcs", cfg["check_crcs"])
         max_locks = _positive(cfg, "partition_max_record_locks")
-        timeout = cfg["consumer_timeout_ms"]
-        if timeout is not None and (type(timeout) is not int or not 0 <= timeout <= MAX_INT32):
-            raise InvalidConfigError(f"consumer_timeout_ms must be an int from 0 to {MAX_INT32} or None, not {timeout!r}")
-        self._iter_timeout_ms: int | None = timeout
+        self._iter_timeout_ms: int | None = check_int(
+            "consumer_timeout_ms", cfg["consumer_timeout_ms"], allow_none=True
+        )
         self._key_de: Callable[[bytes], Any] | None = serde_function(
             cfg["key_deserializer"], "key_deserializer", "deserialize"
         )
@@ -197,14 +189,10 @@ class ShareConsumer:
         at the delivery-count limit it is archived.
         """
         self._check_open()
-        if type(timeout_ms) not in (int, float) or not 0 <= timeout_ms < math.inf:
-            raise InvalidConfigError(f"timeout_ms must be a number >= 0, not {timeout_ms!r}")
-        limit = self._max_records if max_records is None else max_records
-        if type(limit) is not int or not 1 <= limit <= MAX_INT32:
-            raise InvalidConfigError(f"max_records must be an int from 1 to {MAX_INT32}, not {max_records!r}")
+        deadline, limit = poll_deadline(timeout_ms, max_records, self._max_records)
         self._settle()
         if not self._buffer:
-            self._fill(time.monotonic() + timeout_ms / 1000, limit)
+            self._fill(deadline, limit)
         elif self._has_pending():
             self._report(self._transact(acquire=0))
         return self._take(limit)
@@ -240,22 +228,18 @@ class ShareConsumer:
         ones only after a cheap read-only look finds something to take, so idle consumers do not
         contend for the write lock.
         """
-        signal = self._engine.signal
-        first = True
-        while True:
-            seq = signal.seq
-            with translated(self._path):
-                version = data_version(self._conn)
-                if first or self._maybe_available():
-                    first = False
-                    self._report(self._transact(acquire=limit))
-                    if self._buffer or time.monotonic() >= deadline:
-                        return
-                    continue  # look again from a fresh seq and data_version: ours moved them
-            if time.monotonic() >= deadline:
-                return
-            # Nothing to take: sleep until a commit here or in another process, or a lock's deadline.
-            wait_for_commit(signal, self._conn, self._path, seq, version, deadline, self._lock_expired)
+
+        def attempt(first: bool) -> bool:
+            if not (first or self._maybe_available()):
+                return False
+            self._report(self._transact(acquire=limit))
+            if self._buffer:
+                return True
+            # Look again from a fresh seq and data_version (ours moved them), unless the time is up.
+            return False if time.monotonic() >= deadline else RETRY
+
+        # Nothing to take: sleep until a commit here or in another process, or a lock's deadline.
+        read_blocking(self._engine, self._conn, deadline, attempt, self._lock_expired)
 
     def _lock_expired(self) -> bool:
         """A blocked poll also wakes when some consumer's lock comes due (no commit marks that)."""
@@ -292,16 +276,15 @@ class ShareConsumer:
                     "record", topic, partition, offset,
                 )
             try:
-                key = k if kd is None or k is None else kd(k)
-                value = v if vd is None or v is None else vd(v)
+                key, value = deserialize(kd, vd, k, v)
             except Exception as exc:
                 if out:
                     break  # return what precedes it; the next poll raises
                 buffer.popleft()
                 delivered[(topic, partition, offset)] = _Delivered(topic_id, count, "release")
-                raise SerializationError(
-                    f"{topic}-{partition} offset {offset}: deserializer failed ({exc}); the record is released "
-                    f"(delivery {count}) and archived once it reaches delivery_count_limit"
+                raise deserialize_error(
+                    topic, partition, offset, exc,
+                    f"the record is released (delivery {count}) and archived once it reaches delivery_count_limit",
                 ) from exc
             buffer.popleft()
             delivered[(topic, partition, offset)] = _Delivered(topic_id, count)
@@ -316,12 +299,7 @@ class ShareConsumer:
         self._check_open()
         if not self._buffer:
             self._settle()
-            wait_ms = self._iter_timeout_ms
-            deadline = math.inf if wait_ms is None else time.monotonic() + wait_ms / 1000
-            while not self._buffer:
-                if time.monotonic() >= deadline:
-                    raise StopIteration
-                self._fill(min(deadline, time.monotonic() + 1.0), self._max_records)
+            next_from(self._buffer, self._iter_timeout_ms, lambda deadline: self._fill(deadline, self._max_records))
         return self._take(1)[0]
 
     # -- acknowledgements ------------------------------------------------------------------

@@ -461,7 +461,7 @@ def wait_for_commit(signal: CommitSignal, conn: apsw.Connection, path: str, seq:
     Returns when this process commits (``signal.seq`` moves past ``seq``: at once), another
     process commits (``conn``'s data_version leaves ``version``: checked every `WAKE_CHECK_S`),
     ``stop()`` turns true (checked as often; it may also raise, e.g. closed), or the monotonic
-    ``deadline`` passes. Shared by the consumer and the share consumer.
+    ``deadline`` passes. The wait of both clients' blocked poll (`reading.read_blocking`).
     """
     while (remaining := deadline - time.monotonic()) > 0:
         signal.wait(seq, min(remaining, WAKE_CHECK_S))

@@ -36,7 +36,7 @@ LAYERS = [
     ["__init__"],
     ["log"],
     ["producer", "consumer", "share"],
-    ["writer"],
+    ["writer", "reading"],  # reading: what consumer and share have in common (poll's checks, waits, deserializing)
     ["engine"],
     ["groups", "share_groups", "retention", "topics", "check", "assignors", "liveness"],  # + groups' splits
     ["partitions"],
