@@ -12,6 +12,7 @@ from typing import Any
 import apsw
 
 from . import groups, partitions, topics
+from .assignors import STRATEGIES
 from .checksum import mismatches
 from .config import MAX_INT32, check_bool, check_config, check_int, check_offset
 from .engine import Engine
@@ -132,9 +133,9 @@ class Consumer:
         derived = _ms(cfg, "heartbeat_interval_ms", allow_none=True) is None
         if derived:
             cfg["heartbeat_interval_ms"] = heartbeat_for(cfg["session_timeout_ms"])
-        if cfg["partition_assignment_strategy"] not in groups.STRATEGIES:
+        if cfg["partition_assignment_strategy"] not in STRATEGIES:
             raise InvalidConfigError(
-                f"partition_assignment_strategy must be one of {groups.STRATEGIES}, "
+                f"partition_assignment_strategy must be one of {STRATEGIES}, "
                 f"not {cfg['partition_assignment_strategy']!r}"
             )
         groups.storable_str(cfg["client_id"], "client_id", 255)

@@ -40,7 +40,6 @@ import apsw
 import attrs
 
 from . import clock, liveness, topics
-from .assignors import STRATEGIES as STRATEGIES  # re-exported: the consumer checks its config against it
 from .assignors import Key, assign
 from .errors import (
     CommitFailedError,

@@ -35,7 +35,6 @@ from .errors import (
     InvalidRecordStateError,
     LogClosedError,
     SqlogError,
-    translated,
 )
 from .groups import validate_group_id
 from .reading import RETRY, deserialize, deserialize_error, next_from, poll_deadline, read_blocking
