@@ -35,31 +35,14 @@ from .writer import Writer
 class Log:
     """An open sqlog file. Create with `sqlog.open`; thread-safe; close it (or use ``with``)."""
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        durability: str = "normal",
-        busy_timeout_ms: int = 10_000,
-        retention_ms: int | None = None,
-        retention_bytes: int | None = None,
-        retention_check_interval_ms: int | None = 60_000,
-        wal_checkpoint_interval_ms: int | None = 1_000,
-        wal_limit_bytes: int = 64 * 1024 * 1024,
-        journal_size_limit: int = 32 * 1024 * 1024,
-        max_db_bytes: int | None = None,
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, retention_ms: int | None = None,
+                 retention_bytes: int | None = None, **options: Any) -> None:
         """Open (creating if needed) the log at ``path``; see `sqlog.open` for the options."""
         defaults = {
             "retention_ms": topics.check_retention(retention_ms, "retention_ms"),
             "retention_bytes": topics.check_retention(retention_bytes, "retention_bytes"),
         }
-        self.engine = Engine(
-            path, durability=durability, busy_timeout_ms=busy_timeout_ms,
-            retention_check_interval_ms=retention_check_interval_ms,
-            wal_checkpoint_interval_ms=wal_checkpoint_interval_ms, wal_limit_bytes=wal_limit_bytes,
-            journal_size_limit=journal_size_limit, max_db_bytes=max_db_bytes,
-        )
+        self.engine = Engine(path, **options)  # the other options and their defaults live there
         """The engine beneath: for sqlog's own front doors (and tests), not for applications."""
         self._writer = Writer(self.engine)  # group commit for every producer of this log
         self.path = self.engine.path
@@ -285,4 +268,6 @@ def open(path: str | os.PathLike[str], **options: Any) -> Log:
     return Log(path, **options)
 
 
-_OPEN_OPTIONS = frozenset(inspect.signature(Log.__init__).parameters) - {"self", "path"}
+_OPEN_OPTIONS = frozenset(
+    {*inspect.signature(Engine.__init__).parameters, *inspect.signature(Log.__init__).parameters}
+) - {"self", "path", "options"}
