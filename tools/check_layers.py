@@ -38,7 +38,7 @@ LAYERS = [
     ["producer", "consumer", "share"],
     ["writer", "reading"],  # reading: what consumer and share have in common (poll's checks, waits, deserializing)
     ["engine"],
-    ["groups", "share_groups", "retention", "topics", "check", "assignors", "liveness"],  # + groups' splits
+    ["groups", "share_groups", "retention", "compaction", "topics", "check", "assignors", "liveness"],  # + groups' splits
     ["partitions"],
     ["storage"],
     ["config", "types", "errors", "serde", "partitioner", "clock", "checksum"],
