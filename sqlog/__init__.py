@@ -33,6 +33,7 @@ from .partitioner import murmur2, partition_for_key
 from .producer import Producer
 from .serde import JSON, STRING, Serde
 from .share import ShareConsumer
+from .table import Table
 from .types import (
     CheckReport,
     ConsumerGroupMetadata,
@@ -98,6 +99,7 @@ __all__ = [
     "InvalidRecordError",
     "SerializationError",
     "ShareConsumer",
+    "Table",
     "ShareGroupDescription",
     "SharePartitionState",
     "ShareRecord",

@@ -19,6 +19,7 @@ from .engine import Engine
 from .errors import InvalidConfigError
 from .producer import Producer
 from .share import ShareConsumer
+from .table import Table
 from .storage import clock_now, file_sizes
 from .types import (
     CheckReport,
@@ -144,6 +145,15 @@ class Log:
     def consumer(self, **config: Any) -> Consumer:
         """A new consumer with its own read connection; see `sqlog.Consumer` for the config keys."""
         return Consumer(self.engine, **config)
+
+    def table(self, topic: str, *, key_serializer: Any = None, value_deserializer: Any = None,
+              key_deserializer: Any = None) -> Table:
+        """A read-only mapping of ``topic``'s latest non-tombstone value per key (Kafka Streams'
+        KTable): ``table[key]``, ``get``, ``in``, ``len``, iteration; lookups are one key-index
+        probe per partition on compacted topics. Keys go through ``key_serializer`` (bytes pass
+        through); iteration gives them back through ``key_deserializer`` (default: the serializer
+        when it is a `sqlog.Serde` such as `sqlog.JSON`, else bytes)."""
+        return Table(self.engine, topic, key_serializer, value_deserializer, key_deserializer)
 
     # -- consumer groups -------------------------------------------------------------------
     def list_groups(self) -> list[str]:
