@@ -759,10 +759,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         })
         return 0
     if deleted:
+        compacted = sum(s.compacted_bytes for _, s in deleted)
+        if not result.compacted_records:
+            print(_table(["TOPIC", "PARTITION", "RECORDS", "BYTES"],
+                         [[tp.topic, tp.partition, s.records, s.bytes] for tp, s in deleted]))
+            print(f"Removed {result.records} records ({result.bytes} bytes); {result.pages_freed} pages freed.")
+            return 0
         print(_table(["TOPIC", "PARTITION", "RECORDS", "BYTES", "COMPACTED-RECORDS", "COMPACTED-BYTES"],
                      [[tp.topic, tp.partition, s.records, s.bytes, s.compacted_records, s.compacted_bytes]
                       for tp, s in deleted]))
-        compacted = sum(s.compacted_bytes for _, s in deleted)
         print(f"Removed {result.records} records ({result.bytes} bytes) by retention, "
               f"{result.compacted_records} ({compacted} bytes) by compaction; {result.pages_freed} pages freed.")
     else:
