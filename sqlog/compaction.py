@@ -87,9 +87,10 @@ def plan(conn: apsw.Connection, topic_id: int, partition: int, now_ms: int, min_
     stop = clean_end(conn, topic_id, partition, dirty_from, end, now_ms - min_lag_ms)
     if stop <= dirty_from:
         return None
+    # From the batch index (a batch straddling the checkpoint counts whole): no scan of records.
     dirty_bytes = conn.execute(
-        f"SELECT coalesce(sum({RECORD_BYTES}), 0) FROM {partition_table(topic_id, partition)} WHERE offset >= ?",
-        (dirty_from,),
+        "SELECT coalesce(sum(bytes), 0) FROM batches WHERE topic_id = ? AND partition = ? AND last_offset >= ?",
+        (topic_id, partition, dirty_from),
     ).fetchone()[0] if min_dirty_ratio > 0 else 0
     due = min_dirty_ratio <= 0 or (nbytes > 0 and dirty_bytes / nbytes >= min_dirty_ratio)
     if not due and max_lag_ms is not None:
