@@ -56,8 +56,10 @@ def read(conn: apsw.Connection, select: str, topic_id: int, partition: int, posi
     ``conn`` must not be inside a transaction (each call reads its own snapshot).
     """
     rows: list[Row] = conn.execute(select, (position, limit)).fetchall()
-    if rows and rows[0][0] == position and rows[-1][0] - position == len(rows) - 1:
-        return position, rows  # dense: the common case costs one statement
+    if rows and rows[0][0] == position and rows[-1][0] - position == len(rows) - 1 and not any(
+        row[0] != offset for row, offset in zip(rows, range(position, position + len(rows)))
+    ):
+        return position, rows  # dense and in order: the common case costs one statement
     with snapshot(conn):
         found = conn.execute(_BOUNDS_COMPACTED, (topic_id, partition)).fetchone()
         if found is None:
@@ -71,6 +73,8 @@ def read(conn: apsw.Connection, select: str, topic_id: int, partition: int, posi
         if dense_from < end:
             raise _missing(where, dense_from, end - 1)
         return max(position, min(compacted, end)), rows
+    if any(a[0] >= b[0] for a, b in zip(rows, rows[1:])):  # only a damaged B-tree returns them out of order
+        raise _missing(where, position, rows[-1][0])
     i = bisect.bisect_left(rows, dense_from, key=_offset) if rows[-1][0] >= dense_from else len(rows)
     if i < len(rows):
         last: int = rows[-1][0]
