@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import apsw  # noqa: E402
 
+import bench_compaction  # noqa: E402
 import bench_core  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_peers  # noqa: E402
@@ -420,6 +421,28 @@ class Entry:
     titles: list[tuple[str, str]]  # (row title, target) when it does not run
 
 
+def compaction(ctx: Ctx) -> Result:
+    cfg = dict(bench_compaction.QUICK if ctx.quick else bench_compaction.FULL, rounds=ctx.rounds)
+    data = bench_compaction.measure(ctx.files.root, cfg, ctx.progress)
+    rows = []
+    for nkeys, c in data["compact"].items():
+        rows.append(Row("compaction", f"compact {data['records']:,} records over {nkeys:,} keys / raw DELETE",
+                        c["sqlog"], c["raw"], c["ratio"], "rec/s", "one raw SQL DELETE, same table and index",
+                        ">= 0.50", c["ratio"] >= 0.5))
+        rows.append(Row("compaction", f"disk after compacting to {nkeys:,} keys / live bytes",
+                        c["db_bytes"] / MB, c["live_bytes"] / MB, c["disk_over_live"], "MB", "live records' bytes",
+                        "<= 2x + 1 MB", c["db_bytes"] <= 2 * c["live_bytes"] + MB))
+    s = data["send"]
+    rows.append(Row("compaction", "send() keyed 100 B, compacted topic / delete topic", s["compact"], s["delete"],
+                    s["ratio"], "rec/s", "send() to a delete-policy topic", ">= 0.60", s["ratio"] >= 0.6))
+    lk = data["lookups"]
+    rows.append(Row("compaction", f"table[key] lookups over {lk['keys']:,} keys / raw indexed SELECT",
+                    lk["per_s"], lk["raw_per_s"], lk["per_s"] / lk["raw_per_s"], "rec/s",
+                    "raw apsw SELECT by key, same file", "-", None))
+    return {k: v for k, v in data.items() if k != "compact"} | {
+        "compact": {str(k): v for k, v in data["compact"].items()}}, rows
+
+
 WORKLOADS: list[Entry] = [
     Entry("send_100b", ("core", "send"), core_send("send_100b", 100, "send_100b", "100 B"),
           [("send() 100 B + flush() / raw executemany", ">= 0.60")]),
@@ -439,6 +462,8 @@ WORKLOADS: list[Entry] = [
     Entry("scale", ("scale",), scale,
           [("append at large log / empty log", ">= 0.85"), ("consume at large log / empty log", ">= 0.85"),
            ("open() of a large log", "< 50 ms"), ("consumer RSS reading a large log", "flat")]),
+    Entry("compaction", ("compaction",), compaction,
+          [("compact records / raw DELETE", ">= 0.50"), ("send() compacted / delete topic", ">= 0.60")]),
     Entry("peers_produce", ("peers",), peer_workload("peers_produce"),
           [(t, "> 1.0") for _, _, t, _ in PEER_ROWS["peers_produce"]]),
     Entry("peers_consume", ("peers",), peer_workload("peers_consume"),

@@ -20,6 +20,7 @@ from .errors import (
     ReadOnlyError,
     RecordTooLarge,
     SchemaTooNewError,
+    InvalidRecordError,
     SerializationError,
     SqlogError,
     SqlogTimeoutError,
@@ -32,6 +33,7 @@ from .partitioner import murmur2, partition_for_key
 from .producer import Producer
 from .serde import JSON, STRING, Serde
 from .share import ShareConsumer
+from .table import Table
 from .types import (
     CheckReport,
     ConsumerGroupMetadata,
@@ -94,8 +96,10 @@ __all__ = [
     "RecordTooLarge",
     "SchemaTooNewError",
     "Serde",
+    "InvalidRecordError",
     "SerializationError",
     "ShareConsumer",
+    "Table",
     "ShareGroupDescription",
     "SharePartitionState",
     "ShareRecord",

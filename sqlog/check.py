@@ -33,11 +33,12 @@ def violations(conn: apsw.Connection, unverified: dict[TopicPartition, int]) -> 
         return found  # the rest reads the tables, which may be what is broken
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
     partitions = conn.execute(
-        "SELECT t.name, p.topic_id, p.partition, p.log_start_offset, p.next_offset, p.bytes"
+        "SELECT t.name, p.topic_id, p.partition, p.log_start_offset, p.next_offset, p.bytes, p.compacted_offset,"
+        " p.compacted_records"
         " FROM partitions p LEFT JOIN topics t USING (topic_id) ORDER BY p.topic_id, p.partition"
     ).fetchall()
     known = set()
-    for name, topic_id, partition, start, end, nbytes in partitions:
+    for name, topic_id, partition, start, end, nbytes, compacted, holes in partitions:
         where = f"{name or f'<topic id {topic_id}>'}-{partition}"
         table = partition_table(topic_id, partition)
         known.add(table)
@@ -51,17 +52,20 @@ def violations(conn: apsw.Connection, unverified: dict[TopicPartition, int]) -> 
         count, low, high, stored = conn.execute(
             f"SELECT count(*), min(offset), max(offset), coalesce(sum({RECORD_BYTES}), 0) FROM {table}"
         ).fetchone()
-        if count != end - start or (count and (low != start or high != end - 1)):
-            found.append(
-                f"{where}: offsets not dense: {count} records in [{low}, {high}], expected [{start}, {end})"
-            )
+        if not holes and compacted <= start:
+            if count != end - start or (count and (low != start or high != end - 1)):
+                found.append(
+                    f"{where}: offsets not dense: {count} records in [{low}, {high}], expected [{start}, {end})"
+                )
+        else:
+            found.extend(_check_compacted(conn, where, table, start, end, compacted, holes, count, low, high))
         if stored != nbytes:
             found.append(f"{where}: partition bytes {nbytes} but records hold {stored}")
         damaged, unchecked = _check_records(conn, table)
         found.extend(f"{where} offset {offset}: the record does not match its checksum (damaged)" for offset in damaged)
         if unchecked:
             unverified[TopicPartition(name or f"<topic id {topic_id}>", partition)] = unchecked
-        found.extend(_check_batches(conn, where, topic_id, partition, start, end, nbytes, table))
+        found.extend(_check_batches(conn, where, topic_id, partition, start, end, nbytes, table, compacted))
     for table in sorted(tables):
         if PARTITION_TABLE.fullmatch(table) and table not in known:
             found.append(f"orphan table {table} (no partition row)")
@@ -103,13 +107,37 @@ def _check_share_groups(conn: apsw.Connection) -> list[str]:
         " LEFT JOIN partitions p USING (topic_id, partition)"
     ):
         where = f"share group {group!r} topic id {topic_id} partition {partition}"
+        holes = high is not None and conn.execute(
+            "SELECT compacted_offset > ? FROM partitions WHERE topic_id = ? AND partition = ?", (start, topic_id, partition)
+        ).fetchone()[0]
         if group is None or high is None:
             found.append(f"{where}: state of no share group or no partition")
             continue
         if not log_start <= start <= end <= high:
             found.append(f"{where}: window [{start}, {end}) outside the log [{log_start}, {high})")
-        if rows != end - start or (rows and (low != start or top != end - 1)):
+        if holes:  # compaction removed records of the window: no rows for those
+            if rows > end - start or (rows and (low < start or top > end - 1)):
+                found.append(f"{where}: {rows} rows in [{low}, {top}] for the window [{start}, {end})")
+        elif rows != end - start or (rows and (low != start or top != end - 1)):
             found.append(f"{where}: {rows} rows in [{low}, {top}] for the window [{start}, {end})")
+    return found
+
+
+def _check_compacted(conn: apsw.Connection, where: str, table: str, start: int, end: int, compacted: int,
+                     holes: int, count: int, low: int | None, high: int | None) -> list[str]:
+    """A compacted partition: holes only below the compaction watermark, and exactly as many as
+    compaction recorded (so a record lost below the watermark is found too)."""
+    found = []
+    if holes < 0 or count != end - start - holes or (count and (low < start or high > end - 1)):  # type: ignore[operator]
+        found.append(f"{where}: {count} records in [{low}, {high}], but [{start}, {end}) less the {holes} "
+                     "compaction removed should leave " + str(end - start - holes) + " (records missing: damaged)")
+    dense_from = max(start, compacted)
+    if dense_from < end:
+        tail, first = conn.execute(f"SELECT count(*), min(offset) FROM {table} WHERE offset >= ?",
+                                   (dense_from,)).fetchone()
+        if tail != end - dense_from or first != dense_from:
+            found.append(f"{where}: offsets not dense above the compaction watermark: {tail} records from {first}, "
+                         f"expected [{dense_from}, {end})")
     return found
 
 
@@ -140,7 +168,7 @@ def _check_records(conn: apsw.Connection, table: str) -> tuple[list[int], int]:
 
 
 def _check_batches(conn: apsw.Connection, where: str, topic_id: int, partition: int, start: int, end: int,
-                   nbytes: int, table: str) -> list[str]:
+                   nbytes: int, table: str, compacted: int = 0) -> list[str]:
     found = []
     expected = start
     total = 0
@@ -153,7 +181,9 @@ def _check_batches(conn: apsw.Connection, where: str, topic_id: int, partition: 
             found.append(f"{where}: batch index [{base}, {last}] does not follow offset {expected}")
             return found
         real_max = conn.execute(f"SELECT max(ts) FROM {table} WHERE offset BETWEEN ? AND ?", (base, last)).fetchone()[0]
-        if real_max is None or real_max > max_ts:
+        if real_max is None and last < compacted and not batch_bytes:
+            pass  # every record of the batch was compacted away
+        elif real_max is None or real_max > max_ts:
             found.append(f"{where}: batch [{base}, {last}] max_timestamp {max_ts} below its records' {real_max}")
         expected = last + 1
         total += batch_bytes

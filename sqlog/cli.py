@@ -208,6 +208,11 @@ def _topic_json(d: sqlog.TopicDescription) -> dict[str, Any]:
         "name": d.name,
         "retention_ms": d.retention_ms,
         "retention_bytes": d.retention_bytes,
+        "cleanup_policy": d.cleanup_policy,
+        "delete_retention_ms": d.delete_retention_ms,
+        "min_compaction_lag_ms": d.min_compaction_lag_ms,
+        "max_compaction_lag_ms": d.max_compaction_lag_ms,
+        "min_cleanable_dirty_ratio": d.min_cleanable_dirty_ratio,
         "records": sum(p.records for p in d.partitions),
         "bytes": sum(p.bytes for p in d.partitions),
         "partitions": [
@@ -219,10 +224,57 @@ def _topic_json(d: sqlog.TopicDescription) -> dict[str, Any]:
 
 
 # -- topics ------------------------------------------------------------------------------------
+# Kafka's topic config names (kafka-topics.sh --config NAME=VALUE) -> (sqlog's name, parse).
+def _ratio(text: str) -> float:
+    return float(text)
+
+
+def _lag(text: str) -> int | None:
+    return None if text in ("-1", str(2**63 - 1)) else int(text)
+
+
+TOPIC_CONFIGS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "cleanup.policy": ("cleanup_policy", str),
+    "delete.retention.ms": ("delete_retention_ms", int),
+    "min.compaction.lag.ms": ("min_compaction_lag_ms", int),
+    "max.compaction.lag.ms": ("max_compaction_lag_ms", _lag),
+    "min.cleanable.dirty.ratio": ("min_cleanable_dirty_ratio", _ratio),
+    "retention.ms": ("retention_ms", int),
+    "retention.bytes": ("retention_bytes", int),
+}
+
+
+def _configs(args: argparse.Namespace) -> dict[str, Any]:
+    """``--config NAME=VALUE`` options as keyword arguments of create_topic / alter_topic."""
+    out: dict[str, Any] = {}
+    for item in args.config or ():
+        name, sep, value = item.partition("=")
+        if not sep or name not in TOPIC_CONFIGS:
+            raise CliError(f"--config {item!r}: give NAME=VALUE, NAME one of {', '.join(TOPIC_CONFIGS)}")
+        key, parse = TOPIC_CONFIGS[name]
+        try:
+            out[key] = parse(value)
+        except ValueError:
+            raise CliError(f"--config {item!r}: {value!r} is not a valid value for {name}") from None
+    return out
+
+
+def _compaction_text(d: sqlog.TopicDescription) -> str:
+    if d.cleanup_policy == "delete":
+        return "cleanup.policy=delete"
+    max_lag = "none" if d.max_compaction_lag_ms is None else d.max_compaction_lag_ms
+    return (f"cleanup.policy={d.cleanup_policy}  delete.retention.ms={d.delete_retention_ms}  "
+            f"min.compaction.lag.ms={d.min_compaction_lag_ms}  max.compaction.lag.ms={max_lag}  "
+            f"min.cleanable.dirty.ratio={d.min_cleanable_dirty_ratio}")
+
+
 def cmd_topics_create(args: argparse.Namespace) -> int:
+    configs = _configs(args)
+    for key in ("retention_ms", "retention_bytes"):
+        if getattr(args, key) is not None:
+            configs[key] = getattr(args, key)
     with _open_log(args, create=True) as log:
-        log.create_topic(args.name, partitions=args.partitions, retention_ms=args.retention_ms,
-                         retention_bytes=args.retention_bytes)
+        log.create_topic(args.name, partitions=args.partitions, **configs)
     print(f"Created topic {args.name}.")
     return 0
 
@@ -245,7 +297,7 @@ def cmd_topics_describe(args: argparse.Namespace) -> int:
     if args.format == "json":
         _print_json(_topic_json(d))
         return 0
-    print(f"Topic: {d.name}  partitions={len(d.partitions)}  {_retention_text(d)}")
+    print(f"Topic: {d.name}  partitions={len(d.partitions)}  {_retention_text(d)}  {_compaction_text(d)}")
     rows = [[p.partition, p.log_start_offset, p.high_watermark, p.records, p.bytes] for p in d.partitions]
     print(_table(["PARTITION", "LOG-START", "HIGH-WATERMARK", "RECORDS", "BYTES"], rows))
     return 0
@@ -254,12 +306,13 @@ def cmd_topics_describe(args: argparse.Namespace) -> int:
 def cmd_topics_alter(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in (("partitions", args.partitions), ("retention_ms", args.retention_ms),
                                  ("retention_bytes", args.retention_bytes)) if v is not None}
+    changes.update(_configs(args))
     if not changes:
-        args.parser.error("nothing to alter: give --partitions, --retention-ms or --retention-bytes")
+        args.parser.error("nothing to alter: give --partitions, --retention-ms, --retention-bytes or --config")
     with _open_log(args) as log:
         _describe(log, args.name)
         d = log.alter_topic(args.name, **changes)
-    print(f"Altered topic {d.name}: partitions={len(d.partitions)}  {_retention_text(d)}")
+    print(f"Altered topic {d.name}: partitions={len(d.partitions)}  {_retention_text(d)}  {_compaction_text(d)}")
     return 0
 
 
@@ -699,18 +752,45 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     deleted = sorted(result.deleted.items())
     if args.format == "json":
         _print_json({
-            "deleted": [{"topic": tp.topic, "partition": tp.partition, "records": s.records, "bytes": s.bytes}
+            "deleted": [{"topic": tp.topic, "partition": tp.partition, "records": s.records, "bytes": s.bytes,
+                         "compacted_records": s.compacted_records, "compacted_bytes": s.compacted_bytes}
                         for tp, s in deleted],
             "records": result.records, "bytes": result.bytes, "pages_freed": result.pages_freed,
         })
         return 0
     if deleted:
-        print(_table(["TOPIC", "PARTITION", "RECORDS", "BYTES"],
-                     [[tp.topic, tp.partition, s.records, s.bytes] for tp, s in deleted]))
-        print(f"Removed {result.records} records ({result.bytes} bytes); {result.pages_freed} pages freed.")
+        compacted = sum(s.compacted_bytes for _, s in deleted)
+        if not result.compacted_records:
+            print(_table(["TOPIC", "PARTITION", "RECORDS", "BYTES"],
+                         [[tp.topic, tp.partition, s.records, s.bytes] for tp, s in deleted]))
+            print(f"Removed {result.records} records ({result.bytes} bytes); {result.pages_freed} pages freed.")
+            return 0
+        print(_table(["TOPIC", "PARTITION", "RECORDS", "BYTES", "COMPACTED-RECORDS", "COMPACTED-BYTES"],
+                     [[tp.topic, tp.partition, s.records, s.bytes, s.compacted_records, s.compacted_bytes]
+                      for tp, s in deleted]))
+        print(f"Removed {result.records} records ({result.bytes} bytes) by retention, "
+              f"{result.compacted_records} ({compacted} bytes) by compaction; {result.pages_freed} pages freed.")
     else:
         print(f"Nothing to remove; {result.pages_freed} pages freed.")
     return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    """Print a key's latest value in a topic (its table view); exit 1 when it has none."""
+    with _open_log(args) as log:
+        _describe(log, args.topic)
+        table = log.table(args.topic)
+        value = table.get(args.key.encode(), _MISSING)
+    if value is _MISSING:
+        raise CliError(f"no key {args.key!r} in topic {args.topic!r} (never written, or deleted by a tombstone)")
+    if args.format == "json":
+        _print_json({"topic": args.topic, "key": args.key, "value": _json_bytes(value)})
+    else:
+        sys.stdout.buffer.write(value + b"\n")
+    return 0
+
+
+_MISSING: Any = object()
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -795,6 +875,12 @@ def _format_option(parser: argparse.ArgumentParser,
     parser.add_argument("--format", choices=("text", "json"), default="text", help=summary)
 
 
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", action="append", metavar="NAME=VALUE",
+                        help="a topic config under Kafka's name, e.g. cleanup.policy=compact (repeatable): "
+                             + ", ".join(TOPIC_CONFIGS))
+
+
 def _retention_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention-ms", type=_retention, metavar="MS",
                         help="delete records older than MS milliseconds (-1 = keep forever)")
@@ -812,6 +898,7 @@ def _add_topics(subparsers: Any) -> None:
     p.add_argument("name", help="topic name: 1 to 249 of letters, digits, '.', '_', '-'")
     p.add_argument("--partitions", type=_positive_int, default=1, metavar="N", help="partition count (default 1)")
     _retention_options(p)
+    _config_option(p)
 
     p = _command(commands, "list", "list topics with partitions, records and retention", cmd_topics_list)
     _format_option(p)
@@ -826,6 +913,7 @@ def _add_topics(subparsers: Any) -> None:
     p.add_argument("name", help="topic name")
     p.add_argument("--partitions", type=_positive_int, metavar="N", help="new partition count (only grows)")
     _retention_options(p)
+    _config_option(p)
 
     p = _command(commands, "delete", "delete a topic with its records and committed offsets", cmd_topics_delete)
     p.add_argument("name", help="topic name")
@@ -937,6 +1025,15 @@ def _add_groups(subparsers: Any) -> None:
     _type_option(p)
 
 
+def _add_get(subparsers: Any) -> None:
+    p = _command(subparsers, "get", "print a key's latest value in a topic (the topic as a table)", cmd_get,
+                 "Print the latest value of KEY in TOPIC: what log.table(TOPIC)[KEY] returns (an index "
+                 "lookup on compacted topics). Exit 1 when the key has no value (never written, or deleted).")
+    p.add_argument("topic", help="topic name")
+    p.add_argument("key", help="the key, as text (its UTF-8 bytes)")
+    _format_option(p)
+
+
 def _add_upkeep(subparsers: Any) -> None:
     p = _command(subparsers, "sweep", "apply retention now; print what was removed and pages freed", cmd_sweep)
     _format_option(p)
@@ -947,7 +1044,8 @@ def _add_upkeep(subparsers: Any) -> None:
              "committed offsets); print 'ok', or each violation and exit 1.")
 
 
-COMMANDS: tuple[Callable[[Any], None], ...] = (_add_topics, _add_produce, _add_consume, _add_groups, _add_upkeep)
+COMMANDS: tuple[Callable[[Any], None], ...] = (_add_topics, _add_produce, _add_consume, _add_get, _add_groups,
+                                               _add_upkeep)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,6 +38,11 @@ class RecordTooLarge(SqlogError):
     """A record's key, value and headers exceed the producer's ``max_record_bytes``."""
 
 
+class InvalidRecordError(SqlogError, ValueError):
+    """A record the topic refuses, e.g. one without a key sent to a compacted topic (Kafka's
+    InvalidRecordException)."""
+
+
 class SerializationError(SqlogError):
     """A key or value could not be turned into bytes, or back."""
 

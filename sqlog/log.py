@@ -19,6 +19,7 @@ from .engine import Engine
 from .errors import InvalidConfigError
 from .producer import Producer
 from .share import ShareConsumer
+from .table import Table
 from .storage import clock_now, file_sizes
 from .types import (
     CheckReport,
@@ -64,14 +65,25 @@ class Log:
 
     # -- topics ----------------------------------------------------------------------------
     def create_topic(self, name: str, partitions: int = 1, retention_ms: int | None = None,
-                     retention_bytes: int | None = None, retention_policy: str = "limits") -> TopicDescription:
+                     retention_bytes: int | None = None, retention_policy: str = "limits", *,
+                     cleanup_policy: str = "delete", delete_retention_ms: int = 86_400_000,
+                     min_compaction_lag_ms: int = 0, max_compaction_lag_ms: int | None = None,
+                     min_cleanable_dirty_ratio: float = 0.5) -> TopicDescription:
         """Create a topic; offsets of each partition start at 0.
 
         ``retention_policy="interest"``: retention never removes records that a consumer group
         (by its committed offset) or a share group (by its start offset) reading the topic still needs.
+        ``cleanup_policy`` (Kafka's cleanup.policy): "delete" (retention), "compact" (keep the
+        latest record of every key; records need a key; value None is a tombstone, kept
+        ``delete_retention_ms``) or "compact,delete" (both). Records younger than
+        ``min_compaction_lag_ms`` are never compacted; a partition is compacted once its dirty part
+        holds ``min_cleanable_dirty_ratio`` of its bytes, or has waited ``max_compaction_lag_ms``.
         """
+        compaction = {"cleanup_policy": cleanup_policy, "delete_retention_ms": delete_retention_ms,
+                      "min_compaction_lag_ms": min_compaction_lag_ms, "max_compaction_lag_ms": max_compaction_lag_ms,
+                      "min_cleanable_dirty_ratio": min_cleanable_dirty_ratio}
         with self.engine.write() as conn:
-            topics.create(conn, name, partitions, retention_ms, retention_bytes, retention_policy)
+            topics.create(conn, name, partitions, retention_ms, retention_bytes, retention_policy, compaction)
             self.engine.topics_changed()
             return topics.describe(conn, name)
 
@@ -87,10 +99,18 @@ class Log:
 
     def alter_topic(self, name: str, *, partitions: Any = topics.UNCHANGED, retention_ms: Any = topics.UNCHANGED,
                     retention_bytes: Any = topics.UNCHANGED,
-                    retention_policy: Any = topics.UNCHANGED) -> TopicDescription:
-        """Grow the partition count (never shrink, as in Kafka) or change retention (None: keep forever)."""
+                    retention_policy: Any = topics.UNCHANGED, cleanup_policy: Any = topics.UNCHANGED,
+                    delete_retention_ms: Any = topics.UNCHANGED, min_compaction_lag_ms: Any = topics.UNCHANGED,
+                    max_compaction_lag_ms: Any = topics.UNCHANGED,
+                    min_cleanable_dirty_ratio: Any = topics.UNCHANGED) -> TopicDescription:
+        """Grow the partition count (never shrink, as in Kafka), change retention (None: keep
+        forever) or compaction settings (see `create_topic`)."""
+        compaction = {k: v for k, v in (
+            ("cleanup_policy", cleanup_policy), ("delete_retention_ms", delete_retention_ms),
+            ("min_compaction_lag_ms", min_compaction_lag_ms), ("max_compaction_lag_ms", max_compaction_lag_ms),
+            ("min_cleanable_dirty_ratio", min_cleanable_dirty_ratio)) if v is not topics.UNCHANGED}
         with self.engine.write() as conn:
-            topics.alter(conn, name, partitions, retention_ms, retention_bytes, retention_policy)
+            topics.alter(conn, name, partitions, retention_ms, retention_bytes, retention_policy, compaction)
             self.engine.topics_changed()
             return topics.describe(conn, name)
 
@@ -108,6 +128,15 @@ class Log:
     def consumer(self, **config: Any) -> Consumer:
         """A new consumer with its own read connection; see `sqlog.Consumer` for the config keys."""
         return Consumer(self.engine, **config)
+
+    def table(self, topic: str, *, key_serializer: Any = None, value_deserializer: Any = None,
+              key_deserializer: Any = None) -> Table:
+        """A read-only mapping of ``topic``'s latest non-tombstone value per key (Kafka Streams'
+        KTable): ``table[key]``, ``get``, ``in``, ``len``, iteration; lookups are one key-index
+        probe per partition on compacted topics. Keys go through ``key_serializer`` (bytes pass
+        through); iteration gives them back through ``key_deserializer`` (default: the serializer
+        when it is a `sqlog.Serde` such as `sqlog.JSON`, else bytes)."""
+        return Table(self.engine, topic, key_serializer, value_deserializer, key_deserializer)
 
     # -- consumer groups -------------------------------------------------------------------
     def list_groups(self) -> list[str]:

@@ -10,6 +10,7 @@ read transaction with the bounds only when they do not.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -44,31 +45,51 @@ def bounds(conn: apsw.Connection, topic_id: int, partition: int, where: str) -> 
 
 def read(conn: apsw.Connection, select: str, topic_id: int, partition: int, position: int, limit: int,
          out_of_range: Callable[[int, int, int], int], where: str) -> tuple[int, list[Row]]:
-    """Up to ``limit`` records from ``position``, dense and in order; returns ``(position, rows)``.
+    """Up to ``limit`` records from ``position``, in order; returns ``(position, rows)``.
 
     When ``position`` is outside ``[log start, high watermark]`` in the snapshot that reads the
     records, ``out_of_range(position, start, end)`` gives the new position (or raises
-    `OffsetOutOfRange`) and the records are read from there in that same snapshot. Records
-    missing at or above the log start are damage: `StorageError` naming ``where``.
+    `OffsetOutOfRange`) and the records are read from there in that same snapshot. Offsets are
+    dense except below the partition's compaction watermark (``compacted_offset``), where
+    compaction left holes: the rows then start at the next surviving offset. Records missing at
+    or above both the log start and that watermark are damage: `StorageError` naming ``where``.
     ``conn`` must not be inside a transaction (each call reads its own snapshot).
     """
     rows: list[Row] = conn.execute(select, (position, limit)).fetchall()
-    if not rows or rows[0][0] != position:
-        with snapshot(conn):
-            start, end = bounds(conn, topic_id, partition, where)
-            if not start <= position <= end:
-                position = out_of_range(position, start, end)
-            rows = conn.execute(select, (position, limit)).fetchall()
-        if not rows:
-            if position < end:
-                raise _missing(where, position, end - 1)
-            return position, rows
-    last: int = rows[-1][0]
-    if rows[0][0] != position or last - position != len(rows) - 1 or any(
-        row[0] != offset for row, offset in zip(rows, range(position, last + 1))
+    if rows and rows[0][0] == position and rows[-1][0] - position == len(rows) - 1 and not any(
+        row[0] != offset for row, offset in zip(rows, range(position, position + len(rows)))
     ):
-        raise _missing(where, position, last)
+        return position, rows  # dense and in order: the common case costs one statement
+    with snapshot(conn):
+        found = conn.execute(_BOUNDS_COMPACTED, (topic_id, partition)).fetchone()
+        if found is None:
+            raise UnknownTopicOrPartitionError(f"{where} no longer exists (topic deleted?)")
+        start, end, compacted = found
+        if not start <= position <= end:
+            position = out_of_range(position, start, end)
+        rows = conn.execute(select, (position, limit)).fetchall()
+    dense_from = max(position, compacted)  # below: holes compaction made; from here: dense
+    if not rows:
+        if dense_from < end:
+            raise _missing(where, dense_from, end - 1)
+        return max(position, min(compacted, end)), rows
+    if any(a[0] >= b[0] for a, b in zip(rows, rows[1:])):  # only a damaged B-tree returns them out of order
+        raise _missing(where, position, rows[-1][0])
+    i = bisect.bisect_left(rows, dense_from, key=_offset) if rows[-1][0] >= dense_from else len(rows)
+    if i < len(rows):
+        last: int = rows[-1][0]
+        if rows[i][0] != dense_from or last - dense_from != len(rows) - i - 1:
+            raise _missing(where, dense_from, last)
     return position, rows
+
+
+_BOUNDS_COMPACTED = (
+    "SELECT log_start_offset, next_offset, compacted_offset FROM partitions WHERE topic_id = ? AND partition = ?"
+)
+
+
+def _offset(row: Row) -> int:
+    return int(row[0])
 
 
 def _missing(where: str, first: int, last: int) -> StorageError:

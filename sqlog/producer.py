@@ -12,6 +12,7 @@ from typing import Any
 from .clock import wall_ms
 from .config import MAX_INT32, MAX_INT64, check_config, check_int, check_timeout
 from .errors import (
+    InvalidRecordError,
     InvalidTopicError,
     LogClosedError,
     RecordTooLarge,
@@ -83,6 +84,8 @@ class Producer:
             meta = self._meta(topic, now_ms)
         v = value if type(value) is bytes and self._value_ser is None else to_bytes(value, self._value_ser, "value")
         k = key if key is None or type(key) is bytes and self._key_ser is None else to_bytes(key, self._key_ser, "key")
+        if k is None and meta.compacted:
+            raise _keyless(topic)
         h = encode_headers(headers) if headers else None
         size = (len(v) if v is not None else 0) + (len(k) if k is not None else 0) + (len(h) if h else 0)
         if size > self._max_record:
@@ -149,6 +152,8 @@ class Producer:
             raise InvalidTopicError(f"a topic name must be a str, not {type(topic).__name__}") from None
         if meta is None or now_ms >= self._meta_expiry or self._meta_epoch != self._engine.meta_epoch:
             meta = self._meta(topic, now_ms)
+        if meta.compacted:
+            raise _keyless(topic)
         try:
             vals = list(values)
         except TypeError as exc:
@@ -276,3 +281,9 @@ class Producer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+def _keyless(topic: str) -> InvalidRecordError:
+    return InvalidRecordError(
+        f"topic {topic!r} is compacted (cleanup_policy has 'compact'): every record needs a key; "
+        "send it with key=..."
+    )

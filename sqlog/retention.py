@@ -17,6 +17,7 @@ from collections.abc import Callable
 import apsw
 
 from .check import report
+from .compaction import compact
 from .clock import wall_ms
 from .errors import DiskFullError, SqlogError, translated
 from .partitions import append
@@ -114,10 +115,12 @@ def cut_partition(conn: apsw.Connection, topic_id: int, partition: int, start: i
         )
     conn.execute("DELETE FROM batches WHERE topic_id = ? AND partition = ? AND last_offset < ?", (*key, cut))
     conn.execute(f"DELETE FROM {table} WHERE offset < ?", (cut,))
+    holes = cut - start - conn.changes()  # compaction's holes in the cut prefix go with it
     deleted_bytes = full + partial_bytes
     conn.execute(
-        "UPDATE partitions SET log_start_offset = ?, bytes = bytes - ? WHERE topic_id = ? AND partition = ?",
-        (cut, deleted_bytes, *key),
+        "UPDATE partitions SET log_start_offset = ?, bytes = bytes - ?, compacted_records = compacted_records - ?"
+        " WHERE topic_id = ? AND partition = ?",
+        (cut, deleted_bytes, holes, *key),
     )
     return cut - start, deleted_bytes
 
@@ -179,7 +182,8 @@ def _retained_partitions(conn: apsw.Connection) -> list[tuple[str, int, int, int
 
 def sweep(conn: apsw.Connection, path: str, now_ms: int, wal_limit_bytes: int, busy_timeout_ms: int,
           chunk_records: int = SWEEP_CHUNK_RECORDS) -> SweepResult:
-    """Apply time and size retention to every partition, a bounded chunk per transaction, then vacuum.
+    """Apply time and size retention to every partition, then compaction to compacted topics
+    (`compaction.compact`), a bounded chunk per transaction, then vacuum.
 
     Between chunks the WAL is checkpointed once it passes ``wal_limit_bytes``: a long sweep
     beside busy producers would otherwise grow it far past the limit.
@@ -214,6 +218,11 @@ def sweep(conn: apsw.Connection, path: str, now_ms: int, wal_limit_bytes: int, b
                 checkpoint(conn, path, wal_limit_bytes, busy_timeout_ms, only_past_limit=True)
             if records:
                 deleted[TopicPartition(name, partition)] = PartitionSweep(records, nbytes)
+        compacted = compact(conn, now_ms, chunk_records,
+                            lambda: checkpoint(conn, path, wal_limit_bytes, busy_timeout_ms, only_past_limit=True))
+        for tp, (n, b) in compacted.items():
+            was = deleted.get(tp, PartitionSweep(0, 0))
+            deleted[tp] = PartitionSweep(was.records, was.bytes, n, b)
         pages = reclaim(conn)
     return SweepResult(deleted, pages)
 

@@ -134,6 +134,7 @@ _ACQUIRE_AVAILABLE = (
     "UPDATE share_records SET state = 1, member_id = ?5, lock_until_ms = ?6, delivery_count = delivery_count + 1"
     f" WHERE {_KEY} AND state = 0 RETURNING offset, delivery_count"
 )
+_GONE = f"UPDATE share_records SET state = 2, member_id = NULL, lock_until_ms = NULL WHERE {_KEY}"
 _INSERT_ACQUIRED = "INSERT INTO share_records VALUES (?, ?, ?, ?, 1, 1, ?, ?)"
 _END_OFFSET = "UPDATE share_partitions SET end_offset = ? WHERE share_group_id = ? AND topic_id = ? AND partition = ?"
 # A partition's window and its lowest record not done yet (where the start offset can move to).
@@ -321,11 +322,16 @@ class ShareTransaction:
                     _ACQUIRE_AVAILABLE, [(sg, topic_id, partition, o, member, until) for (o,) in available]
                 ))
                 counts = dict(again)
+                gone = dict(counts)
                 for offset, ts, k, v, h, check in conn.executemany(
                     f"SELECT offset, ts, key, value, headers, {CHECK_COLUMN} FROM {table} WHERE offset = ?",
                     [(o,) for o, _ in again],
                 ):
+                    del gone[offset]
                     out.append((topic, topic_id, partition, offset, counts[offset], ts, k, v, h, check))
+                if gone:  # compacted away while held, then released: done, as retention would make it
+                    conn.executemany(_GONE, [(sg, topic_id, partition, o) for o in gone])
+                    self.touched.add((topic_id, partition))
                 want = limit - len(out)
             # Then records never delivered, from end_offset, as far as the in-flight window allows.
             room = min(want, high - end, start + max_locks - end)

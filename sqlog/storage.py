@@ -32,6 +32,26 @@ def _add_crc_columns(conn: apsw.Connection) -> None:
             conn.execute(f"ALTER TABLE {name} ADD COLUMN crc INTEGER")
 
 
+_COMPACTION_COLUMNS = (
+    ("topics", "cleanup_policy", "TEXT NOT NULL DEFAULT 'delete'"
+     " CHECK (cleanup_policy IN ('delete', 'compact', 'compact,delete'))"),
+    ("topics", "delete_retention_ms", "INTEGER NOT NULL DEFAULT 86400000"),
+    ("topics", "min_compaction_lag_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("topics", "max_compaction_lag_ms", "INTEGER"),  # NULL: none (Kafka's Long.MAX_VALUE)
+    ("topics", "min_cleanable_dirty_ratio", "REAL NOT NULL DEFAULT 0.5"),
+    ("partitions", "compacted_offset", "INTEGER NOT NULL DEFAULT 0"),
+    ("partitions", "cleaned_offset", "INTEGER NOT NULL DEFAULT 0"),
+    ("partitions", "compacted_records", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+def _add_compaction_columns(conn: apsw.Connection) -> None:
+    """Migration 6: the compaction columns (each added only where missing)."""
+    for table, column, ddl in _COMPACTION_COLUMNS:
+        if not conn.execute("SELECT 1 FROM pragma_table_info(?) WHERE name = ?", (table, column)).fetchone():
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+
+
 # The schema as numbered DDL: MIGRATIONS[i] takes user_version i to i + 1.
 # Every partition is its own table, p<topic_id>_<partition>, named by numbers only
 # (see partition_table); its INTEGER PRIMARY KEY is the offset.
@@ -197,6 +217,13 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     """
     INSERT OR REPLACE INTO settings(key, value) VALUES ('liveness_clock', 'wall');
     """,
+    # 6: log compaction (see compaction.py). Topics get Kafka's cleanup.policy and its settings;
+    # partitions record what compaction removed, so a compaction hole is told from damage:
+    # every offset missing in [log_start_offset, compacted_offset) may be a hole compaction made
+    # (above it, a missing record is damage), and compacted_records counts those holes, so the
+    # check still finds a record lost below compacted_offset. cleaned_offset is Kafka's cleaner
+    # checkpoint: records above it are the dirty part, not yet compacted.
+    _add_compaction_columns,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings
@@ -208,14 +235,28 @@ RECORD_BYTES = "coalesce(length(key), 0) + coalesce(length(value), 0) + coalesce
 
 
 def effective(column: str) -> str:
-    """SQL for a topic's (``t``) retention in force: its own, else the log default; NULL = forever."""
+    """SQL for a topic's (``t``) retention in force: its own, else the log default; NULL = forever,
+    as for a topic whose cleanup_policy is "compact" alone (Kafka applies no retention to those)."""
     assert column in ("retention_ms", "retention_bytes")
-    return f"nullif(coalesce(t.{column}, (SELECT value FROM settings WHERE key = '{column}')), -1)"
+    return (f"CASE WHEN t.cleanup_policy = 'compact' THEN NULL"
+            f" ELSE nullif(coalesce(t.{column}, (SELECT value FROM settings WHERE key = '{column}')), -1) END")
 
 
 def partition_table(topic_id: int, partition: int) -> str:
     """The table of one partition; built from integers only, never from user text."""
     return f"p{int(topic_id)}_{int(partition)}"
+
+
+def key_index(topic_id: int, partition: int) -> str:
+    """The name of a compacted partition's key index (``(key, offset)``); integers only."""
+    return f"k{int(topic_id)}_{int(partition)}"
+
+
+def key_index_ddl(topic_id: int, partition: int) -> str:
+    """The key index of a compacted partition: the latest record of a key in one index probe,
+    and what compaction asks ("is there a later record of this key?")."""
+    return (f"CREATE INDEX IF NOT EXISTS {key_index(topic_id, partition)}"
+            f" ON {partition_table(topic_id, partition)}(key, offset) WHERE key IS NOT NULL")
 
 
 def partition_ddl(topic_id: int, partition: int) -> str:

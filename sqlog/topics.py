@@ -1,4 +1,4 @@
-"""Topic admin: names, partitions and retention settings, stored in the log file."""
+"""Topic admin: names, partitions, retention and compaction settings, stored in the log file."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .errors import (
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
-from .storage import effective, partition_ddl, partition_table
+from .storage import effective, key_index, key_index_ddl, partition_ddl, partition_table
 from .types import PartitionDescription, TopicDescription
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -41,6 +41,39 @@ class TopicMeta:
     partitions: int
     retention_ms: int | None
     retention_bytes: int | None
+    compacted: bool = False  # cleanup_policy holds "compact": records need a key
+
+
+CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
+COMPACTION_DEFAULTS: dict[str, Any] = {
+    "cleanup_policy": "delete",
+    "delete_retention_ms": 86_400_000,
+    "min_compaction_lag_ms": 0,
+    "max_compaction_lag_ms": None,
+    "min_cleanable_dirty_ratio": 0.5,
+}
+"""Kafka's topic configs for compaction (cleanup.policy, delete.retention.ms, ...) and their defaults."""
+
+
+def check_compaction(name: str, value: object) -> Any:
+    """One compaction setting, checked: see `COMPACTION_DEFAULTS` for the names."""
+    if name == "cleanup_policy":
+        if isinstance(value, str) and value.replace(" ", "") == "delete,compact":
+            value = "compact,delete"
+        if not isinstance(value, str) or value.replace(" ", "") not in CLEANUP_POLICIES:
+            raise InvalidConfigError(f"cleanup_policy must be 'delete', 'compact' or 'compact,delete', not {value!r}")
+        return value.replace(" ", "")
+    if name == "min_cleanable_dirty_ratio":
+        if type(value) not in (int, float) or not 0 <= value <= 1:  # type: ignore[operator]
+            raise InvalidConfigError(f"min_cleanable_dirty_ratio must be a number from 0 to 1, not {value!r}")
+        return float(value)  # type: ignore[arg-type]
+    if name == "max_compaction_lag_ms" and value is None:
+        return None
+    low = 1 if name == "max_compaction_lag_ms" else 0
+    if type(value) is not int or not low <= value < 2**63:
+        none = " or None (no limit)" if name == "max_compaction_lag_ms" else ""
+        raise InvalidConfigError(f"{name} must be an int from {low} to 2**63-1{none}, not {value!r}")
+    return value
 
 
 def validate_name(name: object) -> str:
@@ -86,7 +119,8 @@ def check_policy(value: object) -> str:
 def lookup(conn: apsw.Connection, name: str) -> TopicMeta | None:
     row = conn.execute(
         "SELECT t.topic_id, t.name, (SELECT count(*) FROM partitions p WHERE p.topic_id = t.topic_id),"
-        f" {effective('retention_ms')}, {effective('retention_bytes')} FROM topics t WHERE t.name = ?",
+        f" {effective('retention_ms')}, {effective('retention_bytes')}, t.cleanup_policy != 'delete'"
+        " FROM topics t WHERE t.name = ?",
         (name,),
     ).fetchone()
     return TopicMeta(*row) if row else None
@@ -110,13 +144,16 @@ def create(
     retention_ms: int | None,
     retention_bytes: int | None,
     retention_policy: str = "limits",
+    compaction: dict[str, Any] | None = None,
 ) -> TopicMeta:
-    """Insert the topic and its partition tables; run inside a write transaction."""
+    """Insert the topic and its partition tables; run inside a write transaction.
+    ``compaction``: settings named as `COMPACTION_DEFAULTS` (the rest take the defaults)."""
     validate_name(name)
     _check_partitions(partitions)
     retention_ms = check_retention(retention_ms, "retention_ms")
     retention_bytes = check_retention(retention_bytes, "retention_bytes")
     check_policy(retention_policy)
+    settings = {**COMPACTION_DEFAULTS, **{k: check_compaction(k, v) for k, v in (compaction or {}).items()}}
     if lookup(conn, name) is not None:
         raise TopicAlreadyExistsError(f"topic {name!r} already exists")
     conn.execute(
@@ -126,28 +163,54 @@ def create(
     topic_id = conn.last_insert_rowid()
     if retention_policy != "limits":  # the column's default
         conn.execute("UPDATE topics SET retention_policy = ? WHERE topic_id = ?", (retention_policy, topic_id))
+    _set_compaction(conn, topic_id, settings)
     _add_partitions(conn, topic_id, 0, partitions)
     return require(conn, name)
 
 
+# Column names from COMPACTION_DEFAULTS' keys only (never user text).
+_COMPACTION_SET = {k: f"UPDATE topics SET {k} = ? WHERE topic_id = ?" for k in COMPACTION_DEFAULTS}
+
+
+def _set_compaction(conn: apsw.Connection, topic_id: int, settings: dict[str, Any]) -> None:
+    for key, value in settings.items():
+        conn.execute(_COMPACTION_SET[key], (value, topic_id))
+
+
+def _compacted(conn: apsw.Connection, topic_id: int) -> bool:
+    return bool(conn.execute("SELECT cleanup_policy != 'delete' FROM topics WHERE topic_id = ?",
+                             (topic_id,)).fetchone()[0])
+
+
 def _add_partitions(conn: apsw.Connection, topic_id: int, start: int, stop: int) -> None:
+    compacted = _compacted(conn, topic_id)
     for p in range(start, stop):
         conn.execute(partition_ddl(topic_id, p))
+        if compacted:
+            conn.execute(key_index_ddl(topic_id, p))
         conn.execute("INSERT INTO partitions(topic_id, partition) VALUES (?, ?)", (topic_id, p))
+
+
+def _key_indexes(conn: apsw.Connection, topic_id: int, partitions: int, compacted: bool) -> None:
+    """Create (compacted) or drop (delete policy) each partition's key index."""
+    for p in range(partitions):
+        conn.execute(key_index_ddl(topic_id, p) if compacted else f"DROP INDEX IF EXISTS {key_index(topic_id, p)}")
 
 
 def describe(conn: apsw.Connection, name: str) -> TopicDescription:
     meta = require(conn, name)
     parts = [
-        PartitionDescription(p, start, hw, nbytes, hw - start)
-        for p, start, hw, nbytes in conn.execute(
-            "SELECT partition, log_start_offset, next_offset, bytes FROM partitions"
+        PartitionDescription(p, start, hw, nbytes, hw - start - holes)
+        for p, start, hw, nbytes, holes in conn.execute(
+            "SELECT partition, log_start_offset, next_offset, bytes, compacted_records FROM partitions"
             " WHERE topic_id = ? ORDER BY partition",
             (meta.topic_id,),
         )
     ]
-    policy = conn.execute("SELECT retention_policy FROM topics WHERE topic_id = ?", (meta.topic_id,)).fetchone()[0]
-    return TopicDescription(meta.name, parts, meta.retention_ms, meta.retention_bytes, policy)
+    policy, *compaction = conn.execute(
+        f"SELECT retention_policy, {', '.join(COMPACTION_DEFAULTS)} FROM topics WHERE topic_id = ?", (meta.topic_id,)
+    ).fetchone()
+    return TopicDescription(meta.name, parts, meta.retention_ms, meta.retention_bytes, policy, *compaction)
 
 
 def alter(
@@ -157,9 +220,15 @@ def alter(
     retention_ms: Any = UNCHANGED,
     retention_bytes: Any = UNCHANGED,
     retention_policy: Any = UNCHANGED,
+    compaction: dict[str, Any] | None = None,
 ) -> TopicMeta:
-    """Grow partitions and/or change retention; run inside a write transaction."""
+    """Grow partitions and/or change retention or compaction settings; run inside a write transaction."""
     meta = require(conn, name)
+    settings = {k: check_compaction(k, v) for k, v in (compaction or {}).items()}
+    if settings:
+        _set_compaction(conn, meta.topic_id, settings)
+        if "cleanup_policy" in settings and (settings["cleanup_policy"] != "delete") != meta.compacted:
+            _key_indexes(conn, meta.topic_id, meta.partitions, not meta.compacted)
     if partitions is not UNCHANGED:
         _check_partitions(partitions)
         if partitions < meta.partitions:

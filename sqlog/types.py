@@ -87,14 +87,22 @@ class TopicDescription:
     retention_ms: int | None
     retention_bytes: int | None
     retention_policy: str = "limits"
+    cleanup_policy: str = "delete"
+    delete_retention_ms: int = 86_400_000
+    min_compaction_lag_ms: int = 0
+    max_compaction_lag_ms: int | None = None
+    min_cleanable_dirty_ratio: float = 0.5
 
 
 @attrs.frozen
 class PartitionSweep:
-    """What retention deleted from one partition."""
+    """What retention deleted from one partition (a prefix), and what compaction removed (records
+    superseded by a later one of the same key, and tombstones older than delete_retention_ms)."""
 
     records: int
     bytes: int
+    compacted_records: int = 0
+    compacted_bytes: int = 0
 
 
 @attrs.frozen
@@ -107,6 +115,10 @@ class SweepResult:
     @property
     def records(self) -> int:
         return sum(d.records for d in self.deleted.values())
+
+    @property
+    def compacted_records(self) -> int:
+        return sum(d.compacted_records for d in self.deleted.values())
 
     @property
     def bytes(self) -> int:

@@ -70,7 +70,7 @@ def test_bench_retention_quick_writes_every_workload(tmp_path: Path) -> None:
 RUN_SCRIPT = SCRIPT.parent / "run.py"
 RUN_WORKLOADS = {
     "send_100b", "send_1kib", "send_16kib", "send_bulk", "poll_100b", "durable_send", "latency_in_process",
-    "latency_across_processes", "scale", "peers_produce", "peers_consume", "peers_durable",
+    "latency_across_processes", "scale", "peers_produce", "peers_consume", "peers_durable", "compaction",
 }
 
 
@@ -110,3 +110,12 @@ def test_bench_run_quick_reports_every_workload(tmp_path: Path) -> None:
     assert png.exists() or "matplotlib is not installed" in proc.stdout
     # The temporary files are removed: only the outputs are left.
     assert {p.name for p in tmp_path.iterdir()} <= {"bench.json", "bench.png"}
+
+
+def test_bench_compaction_quick(tmp_path: Path) -> None:
+    """benchmarks/bench_compaction.py --quick runs and reports every measurement."""
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_compaction.py"), "--quick"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for text in ("compact 20,000 records over 200 keys", "over 20,000 keys", "send() keyed 100 B", "lookups/s"):
+        assert text in proc.stdout, proc.stdout
