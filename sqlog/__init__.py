@@ -17,6 +17,7 @@ from .errors import (
     LogClosedError,
     NotASqlogLogError,
     OffsetOutOfRange,
+    ProducerFencedError,
     ReadOnlyError,
     RecordTooLarge,
     SchemaTooNewError,
@@ -25,11 +26,14 @@ from .errors import (
     SqlogTimeoutError,
     StorageError,
     TopicAlreadyExistsError,
+    TransactionAbortedError,
+    TransactionTooLargeError,
     UnknownTopicOrPartitionError,
 )
 from .log import Log, open
 from .partitioner import murmur2, partition_for_key
 from .producer import Producer
+from .transactional import TransactionalProducer
 from .serde import JSON, STRING, Serde
 from .share import ShareConsumer
 from .types import (
@@ -87,6 +91,7 @@ __all__ = [
     "PartitionDescription",
     "PartitionSweep",
     "Producer",
+    "ProducerFencedError",
     "ReadOnlyError",
     "Record",
     "RecordFuture",
@@ -106,6 +111,9 @@ __all__ = [
     "TopicAlreadyExistsError",
     "TopicDescription",
     "TopicPartition",
+    "TransactionalProducer",
+    "TransactionAbortedError",
+    "TransactionTooLargeError",
     "UnknownTopicOrPartitionError",
     "murmur2",
     "open",

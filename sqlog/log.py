@@ -18,6 +18,7 @@ from .consumer import Consumer
 from .engine import Engine
 from .errors import InvalidConfigError
 from .producer import Producer
+from .transactional import TransactionalProducer
 from .share import ShareConsumer
 from .storage import clock_now, file_sizes
 from .types import (
@@ -81,14 +82,18 @@ class Log:
 
     # -- topics ----------------------------------------------------------------------------
     def create_topic(self, name: str, partitions: int = 1, retention_ms: int | None = None,
-                     retention_bytes: int | None = None, retention_policy: str = "limits") -> TopicDescription:
+                     retention_bytes: int | None = None, retention_policy: str = "limits",
+                     dedupe_window_ms: int | None = None) -> TopicDescription:
         """Create a topic; offsets of each partition start at 0.
+
+        ``dedupe_window_ms``: ``send(..., message_id=...)`` stores a message id once within this
+        window (None: off, the default).
 
         ``retention_policy="interest"``: retention never removes records that a consumer group
         (by its committed offset) or a share group (by its start offset) reading the topic still needs.
         """
         with self.engine.write() as conn:
-            topics.create(conn, name, partitions, retention_ms, retention_bytes, retention_policy)
+            topics.create(conn, name, partitions, retention_ms, retention_bytes, retention_policy, dedupe_window_ms)
             self.engine.topics_changed()
             return topics.describe(conn, name)
 
@@ -104,10 +109,12 @@ class Log:
 
     def alter_topic(self, name: str, *, partitions: Any = topics.UNCHANGED, retention_ms: Any = topics.UNCHANGED,
                     retention_bytes: Any = topics.UNCHANGED,
-                    retention_policy: Any = topics.UNCHANGED) -> TopicDescription:
-        """Grow the partition count (never shrink, as in Kafka) or change retention (None: keep forever)."""
+                    retention_policy: Any = topics.UNCHANGED,
+                    dedupe_window_ms: Any = topics.UNCHANGED) -> TopicDescription:
+        """Grow the partition count (never shrink, as in Kafka), change retention (None: keep forever)
+        or the dedupe window (None: off)."""
         with self.engine.write() as conn:
-            topics.alter(conn, name, partitions, retention_ms, retention_bytes, retention_policy)
+            topics.alter(conn, name, partitions, retention_ms, retention_bytes, retention_policy, dedupe_window_ms)
             self.engine.topics_changed()
             return topics.describe(conn, name)
 
@@ -119,7 +126,10 @@ class Log:
 
     # -- clients ---------------------------------------------------------------------------
     def producer(self, **config: Any) -> Producer:
-        """A new producer; see `sqlog.Producer` for the config keys."""
+        """A new producer; see `sqlog.Producer` for the config keys. With ``transactional_id``: a
+        `sqlog.TransactionalProducer` (``transaction_timeout_ms``, ``max_transaction_bytes``)."""
+        if config.get("transactional_id") is not None:
+            return TransactionalProducer(self._writer, **config)
         return Producer(self._writer, **config)
 
     def consumer(self, **config: Any) -> Consumer:

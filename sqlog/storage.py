@@ -197,6 +197,33 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     """
     INSERT OR REPLACE INTO settings(key, value) VALUES ('liveness_clock', 'wall');
     """,
+    # 6: exactly-once (see transactions.py): producer epochs per transactional_id, and the
+    # dedupe window of send(message_id=...).
+    """
+    -- One row per transactional_id: init_transactions() bumps the epoch; a producer holding an
+    -- older epoch is fenced (its commit_transaction() writes nothing).
+    CREATE TABLE transactional_producers(
+        transactional_id TEXT PRIMARY KEY,
+        epoch            INTEGER NOT NULL,
+        updated_ms       INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- NULL = no dedupe (the default); else how long a message id is remembered (ms).
+    ALTER TABLE topics ADD COLUMN dedupe_window_ms INTEGER;
+    -- The message ids stored within a topic's dedupe window, with where their record went.
+    CREATE TABLE message_ids(
+        topic_id     INTEGER NOT NULL,
+        message_id   TEXT NOT NULL,
+        partition    INTEGER NOT NULL,
+        offset       INTEGER NOT NULL,
+        timestamp_ms INTEGER NOT NULL,  -- the record's timestamp
+        stored_ms    INTEGER NOT NULL,  -- wall clock at the append: the window counts from here
+        PRIMARY KEY(topic_id, message_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX message_ids_by_age ON message_ids(topic_id, stored_ms);
+    CREATE TRIGGER message_ids_forget_topic AFTER DELETE ON topics BEGIN
+        DELETE FROM message_ids WHERE topic_id = old.topic_id;
+    END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings

@@ -41,6 +41,7 @@ class TopicMeta:
     partitions: int
     retention_ms: int | None
     retention_bytes: int | None
+    dedupe_window_ms: int | None = None
 
 
 def validate_name(name: object) -> str:
@@ -83,10 +84,18 @@ def check_policy(value: object) -> str:
     return value
 
 
+def check_dedupe_window(value: object) -> int | None:
+    """None (no dedupe) or a positive int of ms."""
+    if value is not None and (type(value) is not int or not 0 < value < 2**63):
+        raise InvalidConfigError(f"dedupe_window_ms must be an int from 1 to 2**63-1 or None (off), not {value!r}")
+    return value
+
+
 def lookup(conn: apsw.Connection, name: str) -> TopicMeta | None:
     row = conn.execute(
         "SELECT t.topic_id, t.name, (SELECT count(*) FROM partitions p WHERE p.topic_id = t.topic_id),"
-        f" {effective('retention_ms')}, {effective('retention_bytes')} FROM topics t WHERE t.name = ?",
+        f" {effective('retention_ms')}, {effective('retention_bytes')}, t.dedupe_window_ms"
+        " FROM topics t WHERE t.name = ?",
         (name,),
     ).fetchone()
     return TopicMeta(*row) if row else None
@@ -110,6 +119,7 @@ def create(
     retention_ms: int | None,
     retention_bytes: int | None,
     retention_policy: str = "limits",
+    dedupe_window_ms: int | None = None,
 ) -> TopicMeta:
     """Insert the topic and its partition tables; run inside a write transaction."""
     validate_name(name)
@@ -117,11 +127,12 @@ def create(
     retention_ms = check_retention(retention_ms, "retention_ms")
     retention_bytes = check_retention(retention_bytes, "retention_bytes")
     check_policy(retention_policy)
+    check_dedupe_window(dedupe_window_ms)
     if lookup(conn, name) is not None:
         raise TopicAlreadyExistsError(f"topic {name!r} already exists")
     conn.execute(
-        "INSERT INTO topics(name, retention_ms, retention_bytes, created_ms) VALUES (?, ?, ?, ?)",
-        (name, retention_ms, retention_bytes, wall_ms()),
+        "INSERT INTO topics(name, retention_ms, retention_bytes, created_ms, dedupe_window_ms) VALUES (?, ?, ?, ?, ?)",
+        (name, retention_ms, retention_bytes, wall_ms(), dedupe_window_ms),
     )
     topic_id = conn.last_insert_rowid()
     if retention_policy != "limits":  # the column's default
@@ -147,7 +158,7 @@ def describe(conn: apsw.Connection, name: str) -> TopicDescription:
         )
     ]
     policy = conn.execute("SELECT retention_policy FROM topics WHERE topic_id = ?", (meta.topic_id,)).fetchone()[0]
-    return TopicDescription(meta.name, parts, meta.retention_ms, meta.retention_bytes, policy)
+    return TopicDescription(meta.name, parts, meta.retention_ms, meta.retention_bytes, policy, meta.dedupe_window_ms)
 
 
 def alter(
@@ -157,8 +168,9 @@ def alter(
     retention_ms: Any = UNCHANGED,
     retention_bytes: Any = UNCHANGED,
     retention_policy: Any = UNCHANGED,
+    dedupe_window_ms: Any = UNCHANGED,
 ) -> TopicMeta:
-    """Grow partitions and/or change retention; run inside a write transaction."""
+    """Grow partitions and/or change retention or the dedupe window; run inside a write transaction."""
     meta = require(conn, name)
     if partitions is not UNCHANGED:
         _check_partitions(partitions)
@@ -180,6 +192,11 @@ def alter(
     if retention_policy is not UNCHANGED:
         conn.execute(
             "UPDATE topics SET retention_policy = ? WHERE topic_id = ?", (check_policy(retention_policy), meta.topic_id)
+        )
+    if dedupe_window_ms is not UNCHANGED:
+        conn.execute(
+            "UPDATE topics SET dedupe_window_ms = ? WHERE topic_id = ?",
+            (check_dedupe_window(dedupe_window_ms), meta.topic_id),
         )
     return require(conn, name)
 

@@ -46,6 +46,7 @@ class RecordMetadata:
     partition: int
     offset: int
     timestamp_ms: int
+    duplicate: bool = False  # send(message_id=...) found the id in the topic's dedupe window: the original's metadata
 
 
 @attrs.frozen
@@ -87,6 +88,7 @@ class TopicDescription:
     retention_ms: int | None
     retention_bytes: int | None
     retention_policy: str = "limits"
+    dedupe_window_ms: int | None = None  # send(message_id=...) dedupes within it; None = off
 
 
 @attrs.frozen
