@@ -20,6 +20,7 @@ from .check import report
 from .clock import wall_ms
 from .errors import DiskFullError, SqlogError, translated
 from .partitions import append
+from .transactions import purge_all as purge_ids
 from .storage import RECORD_BYTES, busy_handler, effective, guard_writes, partition_table, snapshot, transaction
 from .types import CheckReport, PartitionSweep, SweepResult, TopicPartition
 
@@ -214,6 +215,8 @@ def sweep(conn: apsw.Connection, path: str, now_ms: int, wal_limit_bytes: int, b
                 checkpoint(conn, path, wal_limit_bytes, busy_timeout_ms, only_past_limit=True)
             if records:
                 deleted[TopicPartition(name, partition)] = PartitionSweep(records, nbytes)
+        with transaction(conn):  # message ids past their topic's dedupe window
+            purge_ids(conn, now_ms)
         pages = reclaim(conn)
     return SweepResult(deleted, pages)
 

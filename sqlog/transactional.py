@@ -130,12 +130,14 @@ class TransactionalProducer(Producer):
         """Add a record to the open transaction (`Producer.send`'s arguments); it is stored,
         and its future resolves, at ``commit_transaction()``."""
         self._check_sending()
+        self._check_room()
         return super().send(topic, value, key, headers, partition, timestamp_ms, message_id)
 
     def send_batch(self, topic: str, values: Iterable[Any], partition: int | None = None,
                    timestamp_ms: int | None = None) -> BatchFuture:
         """Add many records to the open transaction (`Producer.send_batch`)."""
         self._check_sending()
+        self._check_room()
         return super().send_batch(topic, values, partition, timestamp_ms)
 
     def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, OffsetAndMetadata | int],
@@ -261,6 +263,8 @@ class TransactionalProducer(Producer):
             )
         if now >= self._next_epoch_check:
             self._check_epoch()
+
+    def _check_room(self) -> None:
         if self._batch.bytes >= self._max_bytes:
             raise TransactionTooLargeError(
                 f"the transaction holds {self._batch.bytes} bytes, max_transaction_bytes={self._max_bytes}: "

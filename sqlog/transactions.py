@@ -13,15 +13,16 @@ are deleted by the next append with ids to that topic and by the retention sweep
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import apsw
 
 from .clock import wall_ms
 from .errors import InvalidConfigError, ProducerFencedError
-from .retention import append_rows
 
 Row = tuple[int, bytes | None, bytes | None, bytes | None]
+Append = Callable[[apsw.Connection, int, int, list[Row], int, int, str], "int | None"]
+"""`retention.append_rows`: the one append path (passed in, so retention's sweep may purge ids here)."""
 PURGE_LIMIT = 10_000  # expired ids deleted per append: bounded work, the sweep does the rest
 
 
@@ -77,9 +78,9 @@ def purge_all(conn: apsw.Connection, now_ms: int) -> int:
     return done
 
 
-def append_deduped(conn: apsw.Connection, topic_id: int, partition: int, rows: Sequence[Row],
+def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partition: int, rows: Sequence[Row],
                    ids: Sequence[str | None], path: str = "") -> list[tuple[int, int, int, bool]] | None:
-    """Append ``rows`` except those whose message id the topic stored within its window (or
+    """Append ``rows`` (with ``append``) except those whose message id the topic stored within its window (or
     earlier in ``rows``), inside the caller's write transaction.
 
     Returns per row ``(partition, offset, timestamp_ms, duplicate)`` (a duplicate: where the
@@ -121,7 +122,7 @@ def append_deduped(conn: apsw.Connection, topic_id: int, partition: int, rows: S
     base = -1
     if fresh:
         nbytes = sum(len(k or b"") + len(v or b"") + len(h or b"") for _, k, v, h in fresh)
-        appended = append_rows(conn, topic_id, partition, list(fresh), nbytes, max(r[0] for r in fresh), path)
+        appended = append(conn, topic_id, partition, list(fresh), nbytes, max(r[0] for r in fresh), path)
         if appended is None:
             return None
         base = appended

@@ -172,7 +172,7 @@ def append_chunk(conn: apsw.Connection, chunk: Chunk, path: str) -> None:
             raise UnknownTopicOrPartitionError(f"topic {chunk.topic!r} partition {chunk.partition} no longer exists (deleted?)")
         chunk.base_offset = base
         return
-    placed = append_deduped(conn, chunk.topic_id, chunk.partition, chunk.rows, chunk.ids, path)
+    placed = append_deduped(conn, append_rows, chunk.topic_id, chunk.partition, chunk.rows, chunk.ids, path)
     if placed is None:
         raise UnknownTopicOrPartitionError(f"topic {chunk.topic!r} partition {chunk.partition} no longer exists (deleted?)")
     chunk.results = [RecordMetadata(chunk.topic, p, o, ts, dup) for p, o, ts, dup in placed]
