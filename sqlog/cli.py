@@ -199,8 +199,9 @@ def _or_forever(limit: int | None) -> int | str:
 
 
 def _retention_text(description: sqlog.TopicDescription) -> str:
+    dedupe = "" if description.dedupe_window_ms is None else f"  dedupe.window.ms={description.dedupe_window_ms}"
     return (f"retention.ms={_human_ms(description.retention_ms)}  "
-            f"retention.bytes={_or_forever(description.retention_bytes)}")
+            f"retention.bytes={_or_forever(description.retention_bytes)}{dedupe}")
 
 
 def _topic_json(d: sqlog.TopicDescription) -> dict[str, Any]:
@@ -208,6 +209,7 @@ def _topic_json(d: sqlog.TopicDescription) -> dict[str, Any]:
         "name": d.name,
         "retention_ms": d.retention_ms,
         "retention_bytes": d.retention_bytes,
+        "dedupe_window_ms": d.dedupe_window_ms,
         "records": sum(p.records for p in d.partitions),
         "bytes": sum(p.bytes for p in d.partitions),
         "partitions": [
@@ -222,7 +224,8 @@ def _topic_json(d: sqlog.TopicDescription) -> dict[str, Any]:
 def cmd_topics_create(args: argparse.Namespace) -> int:
     with _open_log(args, create=True) as log:
         log.create_topic(args.name, partitions=args.partitions, retention_ms=args.retention_ms,
-                         retention_bytes=args.retention_bytes)
+                         retention_bytes=args.retention_bytes,
+                         dedupe_window_ms=None if args.dedupe_window_ms in (None, -1) else args.dedupe_window_ms)
     print(f"Created topic {args.name}.")
     return 0
 
@@ -254,8 +257,10 @@ def cmd_topics_describe(args: argparse.Namespace) -> int:
 def cmd_topics_alter(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in (("partitions", args.partitions), ("retention_ms", args.retention_ms),
                                  ("retention_bytes", args.retention_bytes)) if v is not None}
+    if args.dedupe_window_ms is not None:
+        changes["dedupe_window_ms"] = None if args.dedupe_window_ms == -1 else args.dedupe_window_ms
     if not changes:
-        args.parser.error("nothing to alter: give --partitions, --retention-ms or --retention-bytes")
+        args.parser.error("nothing to alter: give --partitions, --retention-ms, --retention-bytes or --dedupe-window-ms")
     with _open_log(args) as log:
         _describe(log, args.name)
         d = log.alter_topic(args.name, **changes)
@@ -800,6 +805,8 @@ def _retention_options(parser: argparse.ArgumentParser) -> None:
                         help="delete records older than MS milliseconds (-1 = keep forever)")
     parser.add_argument("--retention-bytes", type=_retention, metavar="B",
                         help="keep at most B bytes per partition, oldest deleted first (-1 = no limit)")
+    parser.add_argument("--dedupe-window-ms", type=_retention, metavar="MS",
+                        help="send(message_id=...) stores an id once within MS milliseconds (-1 = off, the default)")
 
 
 def _add_topics(subparsers: Any) -> None:

@@ -356,3 +356,22 @@ def test_plain_sends_unchanged(log: sqlog.Log, window: int | None) -> None:
     producer = log.producer()
     md = [producer.send("t", b"%d" % i).get() for i in range(3)]
     assert [m.offset for m in md] == [0, 1, 2] and not any(m.duplicate for m in md)
+
+
+def test_cli_dedupe_window(tmp_path: object) -> None:
+    import json
+    import subprocess
+    import sys
+
+    db = str(tmp_path) + "/cli.db"  # type: ignore[operator]
+
+    def sqlog_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sqlog.cli", "--db", db, *args], capture_output=True, text=True,
+                              check=True)
+
+    sqlog_cli("topics", "create", "q", "--dedupe-window-ms", "60000")
+    assert "dedupe.window.ms=60000" in sqlog_cli("topics", "describe", "q").stdout
+    sqlog_cli("topics", "alter", "q", "--dedupe-window-ms", "-1")
+    assert json.loads(sqlog_cli("topics", "describe", "q", "--format", "json").stdout)["dedupe_window_ms"] is None
+    sqlog_cli("topics", "alter", "q", "--dedupe-window-ms", "5000")
+    assert json.loads(sqlog_cli("topics", "describe", "q", "--format", "json").stdout)["dedupe_window_ms"] == 5000
