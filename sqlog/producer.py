@@ -125,8 +125,9 @@ class Producer:
             raise SerializationError(f"timestamp_ms must be a non-negative int (ms since the epoch), not {timestamp_ms!r}")
         if partition is not None and (type(partition) is not int or not 0 <= partition < meta.partitions):
             raise UnknownTopicOrPartitionError(f"topic {topic!r} has partitions 0..{meta.partitions - 1}, not {partition!r}")
-        if message_id is not None:
-            check_message_id(message_id, meta)
+        if message_id is not None and (type(message_id) is not str or meta.dedupe_window_ms is None
+                                       or not 0 < len(message_id) <= MAX_MESSAGE_ID or not message_id.isascii()):
+            check_message_id(message_id, meta)  # raises, unless a non-ASCII id that is fine
         wake = False
         with self._lock:
             if partition is None:

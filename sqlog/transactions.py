@@ -78,14 +78,26 @@ def purge_all(conn: apsw.Connection, now_ms: int) -> int:
     return done
 
 
-def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partition: int, rows: Sequence[Row],
-                   ids: Sequence[str | None], path: str = "") -> list[tuple[int, int, int, bool]] | None:
-    """Append ``rows`` (with ``append``) except those whose message id the topic stored within its window (or
-    earlier in ``rows``), inside the caller's write transaction.
+Placed = tuple[int, "list[tuple[int, int, int, bool]] | None"]
+"""``(base offset, per row (partition, offset, timestamp_ms, duplicate) or None when no row was a duplicate)``."""
 
-    Returns per row ``(partition, offset, timestamp_ms, duplicate)`` (a duplicate: where the
-    original went), or None when the partition does not exist. InvalidConfigError when the
-    topic has no dedupe window.
+_LOOKUP = (
+    "SELECT message_id, partition, offset, timestamp_ms FROM message_ids"
+    " WHERE topic_id = ? AND message_id = ? AND stored_ms >= ?"
+)
+_COLUMNS = "message_ids(topic_id, message_id, partition, offset, timestamp_ms, stored_ms) VALUES (?, ?, ?, ?, ?, ?)"
+_REMEMBER_NEW = f"INSERT OR IGNORE INTO {_COLUMNS}"  # a known id (even expired, not purged yet) is skipped
+_REMEMBER = f"INSERT OR REPLACE INTO {_COLUMNS}"  # replaces an expired one
+
+
+def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partition: int, rows: list[Row],
+                   ids: Sequence[str | None], nbytes: int, max_ts: int, path: str = "") -> Placed | None:
+    """Append ``rows`` (with ``append``) except those whose message id the topic stored within its
+    window (or earlier in ``rows``), inside the caller's write transaction; ``nbytes`` and
+    ``max_ts`` are of all ``rows``.
+
+    Returns `Placed` (a duplicate gets where the original went), or None when the partition does
+    not exist. InvalidConfigError when the topic has no dedupe window.
     """
     found = conn.execute("SELECT dedupe_window_ms FROM topics WHERE topic_id = ?", (topic_id,)).fetchone()
     if found is None:
@@ -98,14 +110,33 @@ def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partiti
         )
     now = wall_ms()
     purge(conn, topic_id, window, now)
-    known: dict[str, tuple[int, int, int]] = {}
-    for mid in {m for m in ids if m is not None}:
-        hit = conn.execute(
-            "SELECT partition, offset, timestamp_ms FROM message_ids WHERE topic_id = ? AND message_id = ?",
-            (topic_id, mid),
-        ).fetchone()
-        if hit is not None:
-            known[mid] = (hit[0], hit[1], hit[2])
+    given = [m for m in ids if m is not None]
+    if len(set(given)) == len(given):
+        # Optimistic, the common case: append and remember the ids; if one was known, undo and look.
+        conn.execute("SAVEPOINT dedupe")
+        try:
+            base = append(conn, topic_id, partition, rows, nbytes, max_ts, path)
+            if base is None:
+                conn.execute("RELEASE dedupe")
+                return None
+            before = conn.total_changes()
+            conn.executemany(_REMEMBER_NEW, [(topic_id, mid, partition, base + i, row[0], now)
+                                             for i, (row, mid) in enumerate(zip(rows, ids)) if mid is not None])
+            clean = conn.total_changes() - before == len(given)
+        except BaseException:
+            conn.execute("ROLLBACK TO dedupe")  # the chunk leaves nothing behind (the writer goes on)
+            conn.execute("RELEASE dedupe")
+            raise
+        if clean:
+            conn.execute("RELEASE dedupe")
+            return base, None
+        conn.execute("ROLLBACK TO dedupe")
+        conn.execute("RELEASE dedupe")
+    known: dict[str, tuple[int, int, int]] = {
+        mid: (p, o, ts) for mid, p, o, ts in conn.executemany(
+            _LOOKUP, [(topic_id, mid, now - window) for mid in set(given)]
+        )
+    }
     fresh: list[Row] = []
     fresh_ids: list[str | None] = []
     first: dict[str, int] = {}  # id -> its index in fresh
@@ -121,17 +152,13 @@ def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partiti
         fresh_ids.append(mid)
     base = -1
     if fresh:
-        nbytes = sum(len(k or b"") + len(v or b"") + len(h or b"") for _, k, v, h in fresh)
-        appended = append(conn, topic_id, partition, list(fresh), nbytes, max(r[0] for r in fresh), path)
+        fresh_bytes = sum(len(k or b"") + len(v or b"") + len(h or b"") for _, k, v, h in fresh)
+        appended = append(conn, topic_id, partition, fresh, fresh_bytes, max(r[0] for r in fresh), path)
         if appended is None:
             return None
         base = appended
-        conn.executemany(
-            "INSERT INTO message_ids(topic_id, message_id, partition, offset, timestamp_ms, stored_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(topic_id, mid, partition, base + i, row[0], now)
-             for i, (row, mid) in enumerate(zip(fresh, fresh_ids)) if mid is not None],
-        )
+        conn.executemany(_REMEMBER, [(topic_id, mid, partition, base + i, row[0], now)
+                                     for i, (row, mid) in enumerate(zip(fresh, fresh_ids)) if mid is not None])
     out: list[tuple[int, int, int, bool]] = []
     for row, mid, index in zip(rows, ids, plan):
         if index is not None:
@@ -141,4 +168,4 @@ def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partiti
         else:
             j = first[mid]  # type: ignore[index]
             out.append((partition, base + j, fresh[j][0], True))
-    return out
+    return base, out

@@ -67,7 +67,7 @@ class Chunk:
         self.error: SqlogError | None = None
         self.batch = batch
         self.ids: list[str | None] | None = None  # message ids, per row (send(message_id=...) chunks only)
-        self.results: list[RecordMetadata] | None = None  # per row, for chunks with ids (duplicates differ)
+        self.results: list[RecordMetadata] | None = None  # per row, once a chunk with ids held a duplicate
 
 
 class Batch:
@@ -172,10 +172,14 @@ def append_chunk(conn: apsw.Connection, chunk: Chunk, path: str) -> None:
             raise UnknownTopicOrPartitionError(f"topic {chunk.topic!r} partition {chunk.partition} no longer exists (deleted?)")
         chunk.base_offset = base
         return
-    placed = append_deduped(conn, append_rows, chunk.topic_id, chunk.partition, chunk.rows, chunk.ids, path)
+    placed = append_deduped(conn, append_rows, chunk.topic_id, chunk.partition, chunk.rows, chunk.ids, chunk.bytes,
+                            chunk.max_ts, path)
     if placed is None:
         raise UnknownTopicOrPartitionError(f"topic {chunk.topic!r} partition {chunk.partition} no longer exists (deleted?)")
-    chunk.results = [RecordMetadata(chunk.topic, p, o, ts, dup) for p, o, ts, dup in placed]
+    chunk.base_offset, per_row = placed
+    chunk.results = None if per_row is None else [
+        RecordMetadata(chunk.topic, p, o, ts, dup) for p, o, ts, dup in per_row
+    ]
 
 
 class Writer:
