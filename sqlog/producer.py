@@ -41,11 +41,11 @@ MAX_MESSAGE_ID = 255  # characters
 
 
 
-def check_message_id(message_id: object, meta: TopicMeta) -> None:
+def check_message_id(message_id: object, meta: TopicMeta, window: int | None) -> None:
     """A str of 1 to `MAX_MESSAGE_ID` characters, for a topic with a dedupe window."""
     if not isinstance(message_id, str) or not 1 <= len(message_id) <= MAX_MESSAGE_ID:
         raise InvalidConfigError(f"message_id must be a str of 1 to {MAX_MESSAGE_ID} characters, not {message_id!r}")
-    if meta.dedupe_window_ms is None:
+    if window is None:
         raise InvalidConfigError(
             f"message_id given but topic {meta.name!r} has no dedupe window; enable it with "
             f"log.alter_topic({meta.name!r}, dedupe_window_ms=...) (or create_topic(..., dedupe_window_ms=...))"
@@ -78,6 +78,7 @@ class Producer:
         self._last_chunk = Chunk("", -1, -1, self._batch)  # the chunk the last send went to
         self._error: SqlogError | None = None  # of a failed write, until flush() reports it
         self._topics: dict[str, TopicMeta] = {}
+        self._windows: dict[int, int | None] = {}  # topic id -> dedupe_window_ms, cached like _topics
         self._meta_epoch = -1
         self._meta_expiry = 0
         self._sticky: dict[str, list[int]] = {}  # topic -> [partition, bytes left before switching]
@@ -125,9 +126,13 @@ class Producer:
             raise SerializationError(f"timestamp_ms must be a non-negative int (ms since the epoch), not {timestamp_ms!r}")
         if partition is not None and (type(partition) is not int or not 0 <= partition < meta.partitions):
             raise UnknownTopicOrPartitionError(f"topic {topic!r} has partitions 0..{meta.partitions - 1}, not {partition!r}")
-        if message_id is not None and (type(message_id) is not str or meta.dedupe_window_ms is None
-                                       or not 0 < len(message_id) <= MAX_MESSAGE_ID or not message_id.isascii()):
-            check_message_id(message_id, meta)  # raises, unless a non-ASCII id that is fine
+        if message_id is not None:
+            window = self._windows.get(meta.topic_id, -1)
+            if window == -1:
+                window = self._windows[meta.topic_id] = self._engine.dedupe_window(meta.topic_id)
+            if (type(message_id) is not str or window is None or not 0 < len(message_id) <= MAX_MESSAGE_ID
+                    or not message_id.isascii()):
+                check_message_id(message_id, meta, window)  # raises, unless a non-ASCII id that is fine
         wake = False
         with self._lock:
             if partition is None:
@@ -255,6 +260,7 @@ class Producer:
         if now_ms >= self._meta_expiry or self._meta_epoch != self._engine.meta_epoch:
             # Expired or changed locally: forget all, so grown or deleted topics are seen.
             self._topics.clear()
+            self._windows.clear()
             self._meta_epoch = self._engine.meta_epoch
             self._meta_expiry = now_ms + self._meta_age_ms
         meta = self._topics.get(topic)

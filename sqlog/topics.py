@@ -41,7 +41,6 @@ class TopicMeta:
     partitions: int
     retention_ms: int | None
     retention_bytes: int | None
-    dedupe_window_ms: int | None = None
 
 
 def validate_name(name: object) -> str:
@@ -94,8 +93,7 @@ def check_dedupe_window(value: object) -> int | None:
 def lookup(conn: apsw.Connection, name: str) -> TopicMeta | None:
     row = conn.execute(
         "SELECT t.topic_id, t.name, (SELECT count(*) FROM partitions p WHERE p.topic_id = t.topic_id),"
-        f" {effective('retention_ms')}, {effective('retention_bytes')}, t.dedupe_window_ms"
-        " FROM topics t WHERE t.name = ?",
+        f" {effective('retention_ms')}, {effective('retention_bytes')} FROM topics t WHERE t.name = ?",
         (name,),
     ).fetchone()
     return TopicMeta(*row) if row else None
@@ -131,12 +129,14 @@ def create(
     if lookup(conn, name) is not None:
         raise TopicAlreadyExistsError(f"topic {name!r} already exists")
     conn.execute(
-        "INSERT INTO topics(name, retention_ms, retention_bytes, created_ms, dedupe_window_ms) VALUES (?, ?, ?, ?, ?)",
-        (name, retention_ms, retention_bytes, wall_ms(), dedupe_window_ms),
+        "INSERT INTO topics(name, retention_ms, retention_bytes, created_ms) VALUES (?, ?, ?, ?)",
+        (name, retention_ms, retention_bytes, wall_ms()),
     )
     topic_id = conn.last_insert_rowid()
     if retention_policy != "limits":  # the column's default
         conn.execute("UPDATE topics SET retention_policy = ? WHERE topic_id = ?", (retention_policy, topic_id))
+    if dedupe_window_ms is not None:
+        conn.execute("UPDATE topics SET dedupe_window_ms = ? WHERE topic_id = ?", (dedupe_window_ms, topic_id))
     _add_partitions(conn, topic_id, 0, partitions)
     return require(conn, name)
 
@@ -157,8 +157,17 @@ def describe(conn: apsw.Connection, name: str) -> TopicDescription:
             (meta.topic_id,),
         )
     ]
-    policy = conn.execute("SELECT retention_policy FROM topics WHERE topic_id = ?", (meta.topic_id,)).fetchone()[0]
-    return TopicDescription(meta.name, parts, meta.retention_ms, meta.retention_bytes, policy, meta.dedupe_window_ms)
+    # SELECT *: a file of an older schema (tests open them) may lack the newer columns.
+    cursor = conn.execute("SELECT * FROM topics WHERE topic_id = ?", (meta.topic_id,))
+    row = dict(zip((d[0] for d in cursor.getdescription()), cursor.fetchone()))
+    return TopicDescription(meta.name, parts, meta.retention_ms, meta.retention_bytes, row["retention_policy"],
+                            row.get("dedupe_window_ms"))
+
+
+def dedupe_window(conn: apsw.Connection, topic_id: int) -> int | None:
+    """The topic's ``dedupe_window_ms`` (None: off, or no such topic)."""
+    row = conn.execute("SELECT dedupe_window_ms FROM topics WHERE topic_id = ?", (topic_id,)).fetchone()
+    return None if row is None else row[0]
 
 
 def alter(
