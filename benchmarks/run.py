@@ -42,6 +42,7 @@ import bench_core  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_peers  # noqa: E402
 import bench_scale  # noqa: E402
+import bench_txn  # noqa: E402
 import sqlog  # noqa: E402
 from _common import (  # noqa: E402
     TOPIC,
@@ -70,6 +71,7 @@ FULL: dict[str, Any] = {
     "scale_levels": [0, 1_000_000, 10_000_000], "scale_records": 200_000, "scale_opens": 15,
     "peer_records": 100_000, "peer_pq": 1_000, "peer_lq": 2_000, "peer_redis": 20_000,
     "peer_durable": 500, "peer_durable_slow": 200,
+    "txn_records": 100_000,
 }
 QUICK: dict[str, Any] = {
     "rounds": 2, "durable_round_factor": 1,
@@ -78,6 +80,7 @@ QUICK: dict[str, Any] = {
     "scale_levels": [0, 100_000], "scale_records": 10_000, "scale_opens": 3,
     "peer_records": 5_000, "peer_pq": 50, "peer_lq": 200, "peer_redis": 2_000,
     "peer_durable": 64, "peer_durable_slow": 30,
+    "txn_records": 3_000,
 }
 # fsync-bound workloads (durable sends, durable peer puts) run durable_round_factor times the rounds
 # with fewer records each: a shared disk's fsync rate drifts over seconds, so shorter paired runs
@@ -404,6 +407,28 @@ def peer_workload(key: str) -> Callable[[Ctx], Result]:
     return run
 
 
+CTP_TITLE = "transactional consume-transform-produce / same loop without"
+MESSAGE_ID_TITLE = "send(message_id=...) + flush() / plain send()"
+
+
+def txn_workload(key: str) -> Callable[[Ctx], Result]:
+    def run(ctx: Ctx) -> Result:
+        n = ctx.cfg["txn_records"]
+        if key == "txn_ctp":
+            w = bench_txn.ctp_workload(ctx.files, n)
+            title, num, den, target = CTP_TITLE, "txn", "plain", 0.8
+            base = "poll, send, flush(), commit(): two write transactions per batch"
+        else:
+            w = bench_txn.message_id_workload(ctx.files, n)
+            title, num, den, target = MESSAGE_ID_TITLE, "ids", "plain", 0.6
+            base = "plain send() + flush() to a topic with a dedupe window"
+        run_workload(w, ctx.rounds, ctx.progress)
+        row = rate_row(key, title, w, num, den, "ratio", base, f">= {target:.2f}", at_least(target))
+        return {"records": n, "rounds": w.rounds}, [row]
+
+    return run
+
+
 class Skip(Exception):
     """A workload that cannot run here; its rows are reported as skipped with the reason."""
 
@@ -464,6 +489,8 @@ WORKLOADS: list[Entry] = [
            ("open() of a large log", "< 50 ms"), ("consumer RSS reading a large log", "flat")]),
     Entry("compaction", ("compaction",), compaction,
           [("compact records / raw DELETE", ">= 0.50"), ("send() compacted / delete topic", ">= 0.60")]),
+    Entry("txn_ctp", ("txn",), txn_workload("txn_ctp"), [(CTP_TITLE, ">= 0.80")]),
+    Entry("send_message_id", ("txn", "send"), txn_workload("send_message_id"), [(MESSAGE_ID_TITLE, ">= 0.60")]),
     Entry("peers_produce", ("peers",), peer_workload("peers_produce"),
           [(t, "> 1.0") for _, _, t, _ in PEER_ROWS["peers_produce"]]),
     Entry("peers_consume", ("peers",), peer_workload("peers_consume"),

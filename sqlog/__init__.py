@@ -12,20 +12,23 @@ from .errors import (
     InconsistentGroupProtocolError,
     InvalidConfigError,
     InvalidPartitionsError,
+    InvalidRecordError,
     InvalidRecordStateError,
     InvalidTopicError,
     LogClosedError,
     NotASqlogLogError,
     OffsetOutOfRange,
+    ProducerFencedError,
     ReadOnlyError,
     RecordTooLarge,
     SchemaTooNewError,
-    InvalidRecordError,
     SerializationError,
     SqlogError,
     SqlogTimeoutError,
     StorageError,
     TopicAlreadyExistsError,
+    TransactionAbortedError,
+    TransactionTooLargeError,
     UnknownTopicOrPartitionError,
 )
 from .log import Log, open
@@ -34,6 +37,7 @@ from .producer import Producer
 from .serde import JSON, STRING, Serde
 from .share import ShareConsumer
 from .table import Table
+from .transactional import TransactionalProducer
 from .types import (
     CheckReport,
     ConsumerGroupMetadata,
@@ -89,6 +93,7 @@ __all__ = [
     "PartitionDescription",
     "PartitionSweep",
     "Producer",
+    "ProducerFencedError",
     "ReadOnlyError",
     "Record",
     "RecordFuture",
@@ -110,6 +115,9 @@ __all__ = [
     "TopicAlreadyExistsError",
     "TopicDescription",
     "TopicPartition",
+    "TransactionalProducer",
+    "TransactionAbortedError",
+    "TransactionTooLargeError",
     "UnknownTopicOrPartitionError",
     "murmur2",
     "open",

@@ -199,8 +199,9 @@ def _or_forever(limit: int | None) -> int | str:
 
 
 def _retention_text(description: sqlog.TopicDescription) -> str:
+    dedupe = "" if description.dedupe_window_ms is None else f"  dedupe.window.ms={description.dedupe_window_ms}"
     return (f"retention.ms={_human_ms(description.retention_ms)}  "
-            f"retention.bytes={_or_forever(description.retention_bytes)}")
+            f"retention.bytes={_or_forever(description.retention_bytes)}{dedupe}")
 
 
 def _topic_json(d: sqlog.TopicDescription) -> dict[str, Any]:
@@ -213,6 +214,7 @@ def _topic_json(d: sqlog.TopicDescription) -> dict[str, Any]:
         "min_compaction_lag_ms": d.min_compaction_lag_ms,
         "max_compaction_lag_ms": d.max_compaction_lag_ms,
         "min_cleanable_dirty_ratio": d.min_cleanable_dirty_ratio,
+        "dedupe_window_ms": d.dedupe_window_ms,
         "records": sum(p.records for p in d.partitions),
         "bytes": sum(p.bytes for p in d.partitions),
         "partitions": [
@@ -274,7 +276,9 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             configs[key] = getattr(args, key)
     with _open_log(args, create=True) as log:
-        log.create_topic(args.name, partitions=args.partitions, **configs)
+        log.create_topic(args.name, partitions=args.partitions,
+                         dedupe_window_ms=None if args.dedupe_window_ms in (None, -1) else args.dedupe_window_ms,
+                         **configs)
     print(f"Created topic {args.name}.")
     return 0
 
@@ -307,8 +311,11 @@ def cmd_topics_alter(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in (("partitions", args.partitions), ("retention_ms", args.retention_ms),
                                  ("retention_bytes", args.retention_bytes)) if v is not None}
     changes.update(_configs(args))
+    if args.dedupe_window_ms is not None:
+        changes["dedupe_window_ms"] = None if args.dedupe_window_ms == -1 else args.dedupe_window_ms
     if not changes:
-        args.parser.error("nothing to alter: give --partitions, --retention-ms, --retention-bytes or --config")
+        args.parser.error("nothing to alter: give --partitions, --retention-ms, --retention-bytes, --config "
+                          "or --dedupe-window-ms")
     with _open_log(args) as log:
         _describe(log, args.name)
         d = log.alter_topic(args.name, **changes)
@@ -886,6 +893,8 @@ def _retention_options(parser: argparse.ArgumentParser) -> None:
                         help="delete records older than MS milliseconds (-1 = keep forever)")
     parser.add_argument("--retention-bytes", type=_retention, metavar="B",
                         help="keep at most B bytes per partition, oldest deleted first (-1 = no limit)")
+    parser.add_argument("--dedupe-window-ms", type=_retention, metavar="MS",
+                        help="send(message_id=...) stores an id once within MS milliseconds (-1 = off, the default)")
 
 
 def _add_topics(subparsers: Any) -> None:

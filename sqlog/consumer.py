@@ -49,8 +49,11 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # None: derived from session_timeout_ms (a third of it, at most 3000, Kafka's default and advice).
     "heartbeat_interval_ms": None,
     "max_poll_interval_ms": 300_000,
+    # Kafka's names, accepted; both see the same here: only committed transactions are ever stored.
+    "isolation_level": "read_uncommitted",
 }
 _RESETS = ("earliest", "latest", "none")
+ISOLATION_LEVELS = ("read_uncommitted", "read_committed")
 
 
 class ConsumerRebalanceListener:
@@ -117,6 +120,10 @@ class Consumer:
         cfg = check_config(config, CONSUMER_DEFAULTS, "consumer")
         self.config = cfg
         self._group = None if cfg["group_id"] is None else groups.validate_group_id(cfg["group_id"])
+        if cfg["isolation_level"] not in ISOLATION_LEVELS or not isinstance(cfg["isolation_level"], str):
+            raise InvalidConfigError(
+                f"isolation_level must be 'read_uncommitted' or 'read_committed', not {cfg['isolation_level']!r}"
+            )
         if cfg["auto_offset_reset"] not in _RESETS:
             raise InvalidConfigError(f"auto_offset_reset must be one of {_RESETS}, not {cfg['auto_offset_reset']!r}")
         self._reset = cfg["auto_offset_reset"]

@@ -143,6 +143,10 @@ class Engine:
         with self.read() as conn:
             return topics.require(conn, name)
 
+    def dedupe_window(self, topic_id: int) -> int | None:
+        with self.read() as conn:
+            return topics.dedupe_window(conn, topic_id)
+
     def topics_changed(self) -> None:
         """A topic was created, altered or deleted here: clients drop their cached metadata."""
         self.meta_epoch += 1

@@ -176,3 +176,16 @@ def translated(path: str) -> Iterator[None]:
         raise StorageError(f"{path}: damaged text in the file ({exc}); {damaged_advice(path)}") from exc
     except apsw.ConnectionClosedError as exc:
         raise LogClosedError(f"{path}: the log is closed") from exc
+
+
+class ProducerFencedError(SqlogError):
+    """A newer producer with the same ``transactional_id`` called ``init_transactions()``: this one is a zombie."""
+
+
+class TransactionAbortedError(SqlogError):
+    """The transaction was aborted (e.g. it outlived ``transaction_timeout_ms``): nothing of it is visible."""
+
+
+class TransactionTooLargeError(SqlogError):
+    """A transaction's records passed ``max_transaction_bytes``: commit what it holds, or abort."""
+

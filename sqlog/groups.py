@@ -362,6 +362,25 @@ def check_fence(conn: apsw.Connection, group_id: str, fence: Fence, parts: Itera
             )
 
 
+def fence_for(conn: apsw.Connection, group_id: str, member_id: str, generation_id: int,
+              keys: Iterable[Key]) -> Fence:
+    """The fence of a member known by its group metadata (a transaction's offsets): it may commit
+    a partition it owns by a claim no newer than ``generation_id``, i.e. one it has held since
+    that metadata was taken. ``member_id`` "" (outside the group): a standalone committer."""
+    if not member_id:
+        return Fence(None)
+    owned: dict[Key, int] = {}
+    for t, p in keys:
+        row = conn.execute(
+            "SELECT generation FROM partition_owners WHERE group_id = ? AND topic_id = ? AND partition = ?"
+            " AND member_id = ?",
+            (group_id, t, p, member_id),
+        ).fetchone()
+        if row is not None and row[0] <= generation_id:
+            owned[(t, p)] = row[0]
+    return Fence(member_id, owned)
+
+
 # -- a member, with its heartbeat thread ---------------------------------------------------
 class Membership:
     """One consumer's membership of a group. Its heartbeat thread keeps the member alive, expires

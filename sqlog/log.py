@@ -19,8 +19,9 @@ from .engine import Engine
 from .errors import InvalidConfigError
 from .producer import Producer
 from .share import ShareConsumer
-from .table import Table
 from .storage import clock_now, file_sizes
+from .table import Table
+from .transactional import TransactionalProducer
 from .types import (
     CheckReport,
     GroupDescription,
@@ -68,8 +69,11 @@ class Log:
                      retention_bytes: int | None = None, retention_policy: str = "limits", *,
                      cleanup_policy: str = "delete", delete_retention_ms: int = 86_400_000,
                      min_compaction_lag_ms: int = 0, max_compaction_lag_ms: int | None = None,
-                     min_cleanable_dirty_ratio: float = 0.5) -> TopicDescription:
+                     min_cleanable_dirty_ratio: float = 0.5, dedupe_window_ms: int | None = None) -> TopicDescription:
         """Create a topic; offsets of each partition start at 0.
+
+        ``dedupe_window_ms``: ``send(..., message_id=...)`` stores a message id once within this
+        window (None: off, the default).
 
         ``retention_policy="interest"``: retention never removes records that a consumer group
         (by its committed offset) or a share group (by its start offset) reading the topic still needs.
@@ -83,7 +87,8 @@ class Log:
                       "min_compaction_lag_ms": min_compaction_lag_ms, "max_compaction_lag_ms": max_compaction_lag_ms,
                       "min_cleanable_dirty_ratio": min_cleanable_dirty_ratio}
         with self.engine.write() as conn:
-            topics.create(conn, name, partitions, retention_ms, retention_bytes, retention_policy, compaction)
+            topics.create(conn, name, partitions, retention_ms, retention_bytes, retention_policy, compaction,
+                          dedupe_window_ms)
             self.engine.topics_changed()
             return topics.describe(conn, name)
 
@@ -102,15 +107,17 @@ class Log:
                     retention_policy: Any = topics.UNCHANGED, cleanup_policy: Any = topics.UNCHANGED,
                     delete_retention_ms: Any = topics.UNCHANGED, min_compaction_lag_ms: Any = topics.UNCHANGED,
                     max_compaction_lag_ms: Any = topics.UNCHANGED,
-                    min_cleanable_dirty_ratio: Any = topics.UNCHANGED) -> TopicDescription:
+                    min_cleanable_dirty_ratio: Any = topics.UNCHANGED,
+                    dedupe_window_ms: Any = topics.UNCHANGED) -> TopicDescription:
         """Grow the partition count (never shrink, as in Kafka), change retention (None: keep
-        forever) or compaction settings (see `create_topic`)."""
+        forever), compaction settings (see `create_topic`) or the dedupe window (None: off)."""
         compaction = {k: v for k, v in (
             ("cleanup_policy", cleanup_policy), ("delete_retention_ms", delete_retention_ms),
             ("min_compaction_lag_ms", min_compaction_lag_ms), ("max_compaction_lag_ms", max_compaction_lag_ms),
             ("min_cleanable_dirty_ratio", min_cleanable_dirty_ratio)) if v is not topics.UNCHANGED}
         with self.engine.write() as conn:
-            topics.alter(conn, name, partitions, retention_ms, retention_bytes, retention_policy, compaction)
+            topics.alter(conn, name, partitions, retention_ms, retention_bytes, retention_policy, compaction,
+                         dedupe_window_ms)
             self.engine.topics_changed()
             return topics.describe(conn, name)
 
@@ -122,7 +129,10 @@ class Log:
 
     # -- clients ---------------------------------------------------------------------------
     def producer(self, **config: Any) -> Producer:
-        """A new producer; see `sqlog.Producer` for the config keys."""
+        """A new producer; see `sqlog.Producer` for the config keys. With ``transactional_id``: a
+        `sqlog.TransactionalProducer` (``transaction_timeout_ms``, ``max_transaction_bytes``)."""
+        if config.get("transactional_id") is not None:
+            return TransactionalProducer(self._writer, **config)
         return Producer(self._writer, **config)
 
     def consumer(self, **config: Any) -> Consumer:

@@ -12,6 +12,7 @@ from typing import Any
 from .clock import wall_ms
 from .config import MAX_INT32, MAX_INT64, check_config, check_int, check_timeout
 from .errors import (
+    InvalidConfigError,
     InvalidRecordError,
     InvalidTopicError,
     LogClosedError,
@@ -32,8 +33,28 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "batch_size": 131_072,  # bytes a transaction collects before the sending thread writes it
     "max_record_bytes": 1_048_576,
     "metadata_max_age_ms": 5_000,
+    # Transactions (see transactional.py): log.producer(transactional_id=...) makes a TransactionalProducer.
+    "transactional_id": None,
+    "transaction_timeout_ms": 60_000,
+    "max_transaction_bytes": 64 * 1024 * 1024,  # key + value + headers a transaction may hold in memory
 }
+MAX_MESSAGE_ID = 255  # characters
 
+
+
+def check_message_id(message_id: object, meta: TopicMeta, window: int | None) -> None:
+    """A str of 1 to `MAX_MESSAGE_ID` characters, for a topic with a dedupe window."""
+    if not isinstance(message_id, str) or not 1 <= len(message_id) <= MAX_MESSAGE_ID:
+        raise InvalidConfigError(f"message_id must be a str of 1 to {MAX_MESSAGE_ID} characters, not {message_id!r}")
+    if window is None:
+        raise InvalidConfigError(
+            f"message_id given but topic {meta.name!r} has no dedupe window; enable it with "
+            f"log.alter_topic({meta.name!r}, dedupe_window_ms=...) (or create_topic(..., dedupe_window_ms=...))"
+        )
+    try:
+        message_id.encode()
+    except UnicodeEncodeError:
+        raise InvalidConfigError(f"message_id must be encodable as UTF-8, not {message_id!r}") from None
 
 
 class Producer:
@@ -48,6 +69,8 @@ class Producer:
         self._batch_size = check_int("batch_size", cfg["batch_size"], 1, None)
         self._max_record = check_int("max_record_bytes", cfg["max_record_bytes"], 1, None)
         self._meta_age_ms = check_int("metadata_max_age_ms", cfg["metadata_max_age_ms"], 0, MAX_INT32)
+        if cfg["transactional_id"] is not None and type(self) is Producer:
+            raise InvalidConfigError("a transactional producer comes from log.producer(transactional_id=...)")
         writer.engine.check_open()
         self._engine = writer.engine
         self._writer = writer
@@ -56,6 +79,7 @@ class Producer:
         self._last_chunk = Chunk("", -1, -1, self._batch)  # the chunk the last send went to
         self._error: SqlogError | None = None  # of a failed write, until flush() reports it
         self._topics: dict[str, TopicMeta] = {}
+        self._windows: dict[int, int | None] = {}  # topic id -> dedupe_window_ms, cached like _topics
         self._meta_epoch = -1
         self._meta_expiry = 0
         self._sticky: dict[str, list[int]] = {}  # topic -> [partition, bytes left before switching]
@@ -71,8 +95,14 @@ class Producer:
         headers: Iterable[tuple[str, bytes | None]] | None = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
+        message_id: str | None = None,
     ) -> RecordFuture:
-        """Queue one record; the returned future's ``get()`` waits until it is durable."""
+        """Queue one record; the returned future's ``get()`` waits until it is durable.
+
+        ``message_id`` (topics with ``dedupe_window_ms`` only): if the topic stored that id within
+        its window the record is not appended again and ``get()`` returns the original's
+        `RecordMetadata` with ``duplicate=True``.
+        """
         if self._closed or self._engine.closed:
             raise LogClosedError("the producer (or its log) is closed")
         now_ms = wall_ms()
@@ -99,6 +129,13 @@ class Producer:
             raise SerializationError(f"timestamp_ms must be a non-negative int (ms since the epoch), not {timestamp_ms!r}")
         if partition is not None and (type(partition) is not int or not 0 <= partition < meta.partitions):
             raise UnknownTopicOrPartitionError(f"topic {topic!r} has partitions 0..{meta.partitions - 1}, not {partition!r}")
+        if message_id is not None:
+            window = self._windows.get(meta.topic_id, -1)
+            if window == -1:
+                window = self._windows[meta.topic_id] = self._engine.dedupe_window(meta.topic_id)
+            if (type(message_id) is not str or window is None or not 0 < len(message_id) <= MAX_MESSAGE_ID
+                    or not message_id.isascii()):
+                check_message_id(message_id, meta, window)  # raises, unless a non-ASCII id that is fine
         wake = False
         with self._lock:
             if partition is None:
@@ -119,6 +156,11 @@ class Producer:
             rows = chunk.rows
             index = len(rows)
             rows.append((timestamp_ms, k, v, h))
+            if chunk.ids is not None:
+                chunk.ids.append(message_id)
+            elif message_id is not None:
+                chunk.ids = [None] * index
+                chunk.ids.append(message_id)
             chunk.bytes += size
             if timestamp_ms > chunk.max_ts:
                 chunk.max_ts = timestamp_ms
@@ -183,6 +225,8 @@ class Producer:
             rows = chunk.rows
             start = len(rows)
             rows.extend(zip(repeat(timestamp_ms), repeat(None), vals, repeat(None)))
+            if chunk.ids is not None:
+                chunk.ids.extend(repeat(None, len(vals)))
             chunk.bytes += size
             if timestamp_ms > chunk.max_ts:
                 chunk.max_ts = timestamp_ms
@@ -221,6 +265,7 @@ class Producer:
         if now_ms >= self._meta_expiry or self._meta_epoch != self._engine.meta_epoch:
             # Expired or changed locally: forget all, so grown or deleted topics are seen.
             self._topics.clear()
+            self._windows.clear()
             self._meta_epoch = self._engine.meta_epoch
             self._meta_expiry = now_ms + self._meta_age_ms
         meta = self._topics.get(topic)

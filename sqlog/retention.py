@@ -17,11 +17,12 @@ from collections.abc import Callable
 import apsw
 
 from .check import report
-from .compaction import compact
 from .clock import wall_ms
+from .compaction import compact
 from .errors import DiskFullError, SqlogError, translated
 from .partitions import append
 from .storage import RECORD_BYTES, busy_handler, effective, guard_writes, partition_table, snapshot, transaction
+from .transactions import purge_all as purge_ids
 from .types import CheckReport, PartitionSweep, SweepResult, TopicPartition
 
 SWEEP_CHUNK_RECORDS = 20_000  # records deleted per transaction: producers get the lock in between
@@ -223,6 +224,8 @@ def sweep(conn: apsw.Connection, path: str, now_ms: int, wal_limit_bytes: int, b
         for tp, (n, b) in compacted.items():
             was = deleted.get(tp, PartitionSweep(0, 0))
             deleted[tp] = PartitionSweep(was.records, was.bytes, n, b)
+        with transaction(conn):  # message ids past their topic's dedupe window
+            purge_ids(conn, now_ms)
         pages = reclaim(conn)
     return SweepResult(deleted, pages)
 

@@ -80,6 +80,21 @@ def _positive(config: dict[str, Any], name: str) -> int:
     return check_int(name, config[name], 1)  # type: ignore[no-any-return]
 
 
+class TransactionAcknowledgements:
+    """A share consumer's acknowledgements carried by a producer's transaction (its ``TransactionPart``)."""
+
+    def __init__(self, consumer: ShareConsumer, taken: dict[tuple[str, int, int], _Delivered]) -> None:
+        self.consumer = consumer
+        self.taken = taken
+
+    def apply(self, conn: apsw.Connection) -> None:
+        """Inside the transaction's commit: apply them all, or raise InvalidRecordStateError."""
+        self.consumer.apply_in_transaction(conn, self.taken)
+
+    def finish(self, committed: bool) -> None:
+        self.consumer.transaction_ended(self.taken, committed)
+
+
 class ShareConsumer:
     """A member of a share group: takes records from every partition of its topics, each held by
     one consumer at a time. Use from one thread, as in Kafka; create with ``Log.share_consumer``.
@@ -347,6 +362,44 @@ class ShareConsumer:
         self._report(outcome)
         if outcome.failed:
             raise self._failure(outcome.failed)
+
+    def transaction_acknowledgements(self) -> TransactionAcknowledgements:
+        """Hand the pending acknowledgements to a producer's transaction
+        (``producer.send_acknowledgements_to_transaction(consumer)`` calls this): they are applied
+        by its commit, in its SQLite transaction, and no longer by this consumer's own commit or
+        poll. If the transaction aborts, the records are this consumer's again, unacknowledged."""
+        self._check_open()
+        self._settle_implicit()
+        taken = {key: d for key, d in self._delivered.items() if d.ack is not None and d.ack != "renew"}
+        for key in taken:
+            del self._delivered[key]
+        return TransactionAcknowledgements(self, taken)
+
+    def transaction_ended(self, taken: dict[tuple[str, int, int], _Delivered], committed: bool) -> None:
+        """The end of a transaction that carried ``taken``: on abort they are held again, unacknowledged."""
+        if committed or self._closed:
+            return
+        for key, d in taken.items():
+            d.ack = None
+            self._delivered.setdefault(key, d)
+
+    def apply_in_transaction(self, conn: apsw.Connection, taken: dict[tuple[str, int, int], _Delivered]) -> None:
+        """Apply ``taken`` inside a producer's write transaction; InvalidRecordStateError (the whole
+        transaction rolls back) if any of them is no longer this consumer's delivery."""
+        acks: list[Acknowledgement] = [(t, p, o, d.topic_id, d.delivery_count, d.ack) for (t, p, o), d in taken.items()
+                                       if d.ack is not None]
+        if not acks:
+            return
+        now = clock.monotonic_ms()
+        wall = clock.wall_ms()
+        sg = share_groups.group_row(conn, self.group_id, wall)
+        tx = ShareTransaction(conn, sg, self.member_id, self._settings, self._subscription_json, now, wall)
+        tx.acknowledge(acks)
+        if tx.outcome.failed:
+            raise self._failure(tx.outcome.failed)
+        tx.advance()
+        for batch in tx.dead_letters():
+            append_rows(conn, batch.topic_id, batch.partition, batch.rows, batch.nbytes, batch.max_ts, self._path)
 
     @staticmethod
     def _failure(failed: list[tuple[str, int, int]]) -> InvalidRecordStateError:

@@ -52,6 +52,38 @@ def _add_compaction_columns(conn: apsw.Connection) -> None:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
 
 
+_EXACTLY_ONCE = """
+    -- One row per transactional_id: init_transactions() bumps the epoch; a producer holding an
+    -- older epoch is fenced (its commit_transaction() writes nothing).
+    CREATE TABLE IF NOT EXISTS transactional_producers(
+        transactional_id TEXT PRIMARY KEY,
+        epoch            INTEGER NOT NULL,
+        updated_ms       INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- The message ids stored within a topic's dedupe window, with where their record went.
+    CREATE TABLE IF NOT EXISTS message_ids(
+        topic_id     INTEGER NOT NULL,
+        message_id   TEXT NOT NULL,
+        partition    INTEGER NOT NULL,
+        offset       INTEGER NOT NULL,
+        timestamp_ms INTEGER NOT NULL,  -- the record's timestamp
+        stored_ms    INTEGER NOT NULL,  -- wall clock at the append: the window counts from here
+        PRIMARY KEY(topic_id, message_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS message_ids_by_age ON message_ids(topic_id, stored_ms);
+    CREATE TRIGGER IF NOT EXISTS message_ids_forget_topic AFTER DELETE ON topics BEGIN
+        DELETE FROM message_ids WHERE topic_id = old.topic_id;
+    END;
+"""
+
+
+def _add_exactly_once(conn: apsw.Connection) -> None:
+    """Migration 7 (idempotent): the tables above, and topics.dedupe_window_ms (NULL = no dedupe)."""
+    conn.execute(_EXACTLY_ONCE)
+    if conn.execute("SELECT 1 FROM pragma_table_info('topics') WHERE name = 'dedupe_window_ms'").fetchone() is None:
+        conn.execute("ALTER TABLE topics ADD COLUMN dedupe_window_ms INTEGER")
+
+
 # The schema as numbered DDL: MIGRATIONS[i] takes user_version i to i + 1.
 # Every partition is its own table, p<topic_id>_<partition>, named by numbers only
 # (see partition_table); its INTEGER PRIMARY KEY is the offset.
@@ -224,6 +256,9 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     # check still finds a record lost below compacted_offset. cleaned_offset is Kafka's cleaner
     # checkpoint: records above it are the dirty part, not yet compacted.
     _add_compaction_columns,
+    # 7: exactly-once (see transactions.py): producer epochs per transactional_id, and the
+    # dedupe window of send(message_id=...).
+    _add_exactly_once,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings

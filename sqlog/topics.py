@@ -116,6 +116,13 @@ def check_policy(value: object) -> str:
     return value
 
 
+def check_dedupe_window(value: object) -> int | None:
+    """None (no dedupe) or a positive int of ms."""
+    if value is not None and (type(value) is not int or not 0 < value < 2**63):
+        raise InvalidConfigError(f"dedupe_window_ms must be an int from 1 to 2**63-1 or None (off), not {value!r}")
+    return value
+
+
 def lookup(conn: apsw.Connection, name: str) -> TopicMeta | None:
     row = conn.execute(
         "SELECT t.topic_id, t.name, (SELECT count(*) FROM partitions p WHERE p.topic_id = t.topic_id),"
@@ -145,6 +152,7 @@ def create(
     retention_bytes: int | None,
     retention_policy: str = "limits",
     compaction: dict[str, Any] | None = None,
+    dedupe_window_ms: int | None = None,
 ) -> TopicMeta:
     """Insert the topic and its partition tables; run inside a write transaction.
     ``compaction``: settings named as `COMPACTION_DEFAULTS` (the rest take the defaults)."""
@@ -154,6 +162,7 @@ def create(
     retention_bytes = check_retention(retention_bytes, "retention_bytes")
     check_policy(retention_policy)
     settings = {**COMPACTION_DEFAULTS, **{k: check_compaction(k, v) for k, v in (compaction or {}).items()}}
+    check_dedupe_window(dedupe_window_ms)
     if lookup(conn, name) is not None:
         raise TopicAlreadyExistsError(f"topic {name!r} already exists")
     conn.execute(
@@ -164,6 +173,8 @@ def create(
     if retention_policy != "limits":  # the column's default
         conn.execute("UPDATE topics SET retention_policy = ? WHERE topic_id = ?", (retention_policy, topic_id))
     _set_compaction(conn, topic_id, settings)
+    if dedupe_window_ms is not None:
+        conn.execute("UPDATE topics SET dedupe_window_ms = ? WHERE topic_id = ?", (dedupe_window_ms, topic_id))
     _add_partitions(conn, topic_id, 0, partitions)
     return require(conn, name)
 
@@ -207,10 +218,18 @@ def describe(conn: apsw.Connection, name: str) -> TopicDescription:
             (meta.topic_id,),
         )
     ]
-    policy, *compaction = conn.execute(
-        f"SELECT retention_policy, {', '.join(COMPACTION_DEFAULTS)} FROM topics WHERE topic_id = ?", (meta.topic_id,)
-    ).fetchone()
-    return TopicDescription(meta.name, parts, meta.retention_ms, meta.retention_bytes, policy, *compaction)
+    # SELECT *: a file of an older schema (tests open them) may lack the newer columns.
+    cursor = conn.execute("SELECT * FROM topics WHERE topic_id = ?", (meta.topic_id,))
+    row = dict(zip((d[0] for d in cursor.getdescription()), cursor.fetchone()))
+    compaction = [row.get(k, default) for k, default in COMPACTION_DEFAULTS.items()]
+    return TopicDescription(meta.name, parts, meta.retention_ms, meta.retention_bytes, row["retention_policy"],
+                            *compaction, row.get("dedupe_window_ms"))
+
+
+def dedupe_window(conn: apsw.Connection, topic_id: int) -> int | None:
+    """The topic's ``dedupe_window_ms`` (None: off, or no such topic)."""
+    row = conn.execute("SELECT dedupe_window_ms FROM topics WHERE topic_id = ?", (topic_id,)).fetchone()
+    return None if row is None else row[0]
 
 
 def alter(
@@ -221,8 +240,10 @@ def alter(
     retention_bytes: Any = UNCHANGED,
     retention_policy: Any = UNCHANGED,
     compaction: dict[str, Any] | None = None,
+    dedupe_window_ms: Any = UNCHANGED,
 ) -> TopicMeta:
-    """Grow partitions and/or change retention or compaction settings; run inside a write transaction."""
+    """Grow partitions and/or change retention, compaction settings or the dedupe window; run
+    inside a write transaction."""
     meta = require(conn, name)
     settings = {k: check_compaction(k, v) for k, v in (compaction or {}).items()}
     if settings:
@@ -249,6 +270,11 @@ def alter(
     if retention_policy is not UNCHANGED:
         conn.execute(
             "UPDATE topics SET retention_policy = ? WHERE topic_id = ?", (check_policy(retention_policy), meta.topic_id)
+        )
+    if dedupe_window_ms is not UNCHANGED:
+        conn.execute(
+            "UPDATE topics SET dedupe_window_ms = ? WHERE topic_id = ?",
+            (check_dedupe_window(dedupe_window_ms), meta.topic_id),
         )
     return require(conn, name)
 

@@ -46,6 +46,7 @@ class RecordMetadata:
     partition: int
     offset: int
     timestamp_ms: int
+    duplicate: bool = False  # send(message_id=...) found the id in the topic's dedupe window: the original's metadata
 
 
 @attrs.frozen
@@ -92,6 +93,7 @@ class TopicDescription:
     min_compaction_lag_ms: int = 0
     max_compaction_lag_ms: int | None = None
     min_cleanable_dirty_ratio: float = 0.5
+    dedupe_window_ms: int | None = None  # send(message_id=...) dedupes within it; None = off
 
 
 @attrs.frozen

@@ -27,6 +27,7 @@ from .errors import (
 )
 from .retention import append_rows
 from .storage import transaction
+from .transactions import append_deduped
 from .types import RecordMetadata
 
 
@@ -52,7 +53,8 @@ class BatchSource(Protocol):
 class Chunk:
     """The records of one batch bound for one partition: ``(timestamp_ms, key, value, headers)`` rows."""
 
-    __slots__ = ("topic", "topic_id", "partition", "rows", "bytes", "max_ts", "base_offset", "error", "batch")
+    __slots__ = ("topic", "topic_id", "partition", "rows", "bytes", "max_ts", "base_offset", "error", "batch",
+                 "ids", "results")
 
     def __init__(self, topic: str, topic_id: int, partition: int, batch: Batch) -> None:
         self.topic = topic
@@ -64,6 +66,8 @@ class Chunk:
         self.base_offset = -1
         self.error: SqlogError | None = None
         self.batch = batch
+        self.ids: list[str | None] | None = None  # message ids, per row (send(message_id=...) chunks only)
+        self.results: list[RecordMetadata] | None = None  # per row, once a chunk with ids held a duplicate
 
 
 class Batch:
@@ -131,6 +135,8 @@ class RecordFuture(_ChunkFuture):
         """
         chunk = self._wait(timeout)
         index = self._index
+        if chunk.results is not None:
+            return chunk.results[index]
         return RecordMetadata(chunk.topic, chunk.partition, chunk.base_offset + index, chunk.rows[index][0])
 
 
@@ -156,6 +162,26 @@ class BatchFuture(_ChunkFuture):
 
 
 _RETRY_S = 0.005  # how long a get() waits on a busy mutex before trying it again
+def append_chunk(conn: apsw.Connection, chunk: Chunk, path: str) -> None:
+    """Append one chunk inside the caller's write transaction, deduplicating by message id when
+    it has ids; sets ``base_offset`` (and ``results``). UnknownTopicOrPartitionError if the
+    partition is gone; the dedupe's InvalidConfigError."""
+    if chunk.ids is None:
+        base = append_rows(conn, chunk.topic_id, chunk.partition, chunk.rows, chunk.bytes, chunk.max_ts, path)
+        if base is None:
+            raise UnknownTopicOrPartitionError(f"topic {chunk.topic!r} partition {chunk.partition} no longer exists (deleted?)")
+        chunk.base_offset = base
+        return
+    placed = append_deduped(conn, append_rows, chunk.topic_id, chunk.partition, chunk.rows, chunk.ids, chunk.bytes,
+                            chunk.max_ts, path)
+    if placed is None:
+        raise UnknownTopicOrPartitionError(f"topic {chunk.topic!r} partition {chunk.partition} no longer exists (deleted?)")
+    chunk.base_offset, per_row = placed
+    chunk.results = None if per_row is None else [
+        RecordMetadata(chunk.topic, p, o, ts, dup) for p, o, ts, dup in per_row
+    ]
+
+
 class Writer:
     """The log's single writer connection, shared by all its producers (one per Log)."""
 
@@ -271,6 +297,12 @@ class Writer:
             self.engine.signal.notify()
 
     def _append(self, conn: apsw.Connection, chunk: Chunk) -> None:
+        if chunk.ids is not None:
+            try:
+                append_chunk(conn, chunk, self._path)
+            except SqlogError as exc:  # e.g. the dedupe window was removed: only this chunk fails
+                chunk.error = exc
+            return
         base = append_rows(conn, chunk.topic_id, chunk.partition, chunk.rows, chunk.bytes, chunk.max_ts, self._path)
         if base is None:
             chunk.error = UnknownTopicOrPartitionError(

@@ -70,7 +70,8 @@ def test_bench_retention_quick_writes_every_workload(tmp_path: Path) -> None:
 RUN_SCRIPT = SCRIPT.parent / "run.py"
 RUN_WORKLOADS = {
     "send_100b", "send_1kib", "send_16kib", "send_bulk", "poll_100b", "durable_send", "latency_in_process",
-    "latency_across_processes", "scale", "peers_produce", "peers_consume", "peers_durable", "compaction",
+    "latency_across_processes", "scale", "txn_ctp", "send_message_id", "peers_produce", "peers_consume",
+    "peers_durable", "compaction",
 }
 
 
@@ -119,3 +120,21 @@ def test_bench_compaction_quick(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     for text in ("compact 20,000 records over 200 keys", "over 20,000 keys", "send() keyed 100 B", "lookups/s"):
         assert text in proc.stdout, proc.stdout
+
+
+TXN_SCRIPT = SCRIPT.parent / "bench_txn.py"
+
+
+def test_bench_txn_quick_writes_both_workloads(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(TXN_SCRIPT), "--quick", "--json", str(out), "--dir", str(tmp_path), "--timeout", "110",
+         "-q"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    rows = {row["workload"]: row for row in json.loads(out.read_text())["workloads"]}
+    assert set(rows) == {"txn_ctp", "send_message_id"}
+    assert rows["txn_ctp"]["txn_rps"] > 0 and rows["txn_ctp"]["plain_rps"] > 0
+    assert rows["send_message_id"]["ids_rps"] > 0 and rows["send_message_id"]["ratio"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]

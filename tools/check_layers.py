@@ -35,10 +35,11 @@ LAYERS = [
     ["server", "mirror", "aio"],  # optional front doors: Kafka protocol, Kafka bridge, asyncio
     ["__init__"],
     ["log"],
-    ["producer", "consumer", "share", "table"],
+    ["producer", "consumer", "share", "table", "transactional"],  # transactional: the transactional producer
     ["writer", "reading"],  # reading: what consumer and share have in common (poll's checks, waits, deserializing)
     ["engine"],
-    ["groups", "share_groups", "retention", "compaction", "topics", "check", "assignors", "liveness"],  # + groups' splits
+    ["groups", "share_groups", "retention", "compaction", "topics", "check", "assignors", "liveness",
+     "transactions"],  # + groups' splits
     ["partitions"],
     ["storage"],
     ["config", "types", "errors", "serde", "partitioner", "clock", "checksum"],
