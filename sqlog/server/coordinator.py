@@ -95,15 +95,12 @@ class Coordinator:
             m.protocols, m.session_timeout_ms, m.rebalance_timeout_ms = protocols, session_timeout_ms, rebalance_timeout_ms
         g.protocol_type = protocol_type
         m.last_seen = time.monotonic()
-        if m.join is not None and not m.join.done():
-            m.join.cancel()
-        m.join = asyncio.get_running_loop().create_future()
+        if m.join is not None and not m.join.done():  # a second join supersedes the first
+            m.join.set_result({"error": REBALANCE_IN_PROGRESS, "member_id": member_id})
+        joined = m.join = asyncio.get_running_loop().create_future()
         self._prepare(g)
-        self._maybe_complete(g)
-        try:
-            return dict(await m.join)
-        except asyncio.CancelledError:
-            return {"error": REBALANCE_IN_PROGRESS, "member_id": member_id}
+        self._maybe_complete(g)  # may complete the generation (and clear m.join) at once
+        return dict(await joined)
 
     @staticmethod
     def _common(g: Group, protocols: list[tuple[str, bytes]], skip: str = "") -> list[str]:
@@ -195,8 +192,8 @@ class Coordinator:
                 if other.sync is not None and not other.sync.done():
                     other.sync.set_result((NONE, other.assignment))
             return NONE, m.assignment
-        m.sync = asyncio.get_running_loop().create_future()
-        return tuple(await m.sync)  # type: ignore[return-value]
+        synced = m.sync = asyncio.get_running_loop().create_future()
+        return tuple(await synced)  # type: ignore[return-value]
 
     def heartbeat(self, group_id: str, generation: int, member_id: str) -> int:
         g = self.group(group_id)
@@ -216,7 +213,7 @@ class Coordinator:
         if m is None:
             return UNKNOWN_MEMBER_ID
         if m.join is not None and not m.join.done():
-            m.join.cancel()
+            m.join.set_result({"error": UNKNOWN_MEMBER_ID, "member_id": member_id})
         self._rebalance_after_loss(g)
         return NONE
 
@@ -246,7 +243,7 @@ class Coordinator:
         m.last_seen = time.monotonic()
         if generation != g.generation:
             return ILLEGAL_GENERATION
-        if g.state == "PreparingRebalance":
+        if g.state == "CompletingRebalance":  # as Kafka: a commit while preparing is the old generation's last
             return REBALANCE_IN_PROGRESS
         return NONE
 
