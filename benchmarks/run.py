@@ -36,14 +36,13 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import apsw  # noqa: E402
-
 import bench_compaction  # noqa: E402
 import bench_core  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_peers  # noqa: E402
 import bench_scale  # noqa: E402
+import bench_server  # noqa: E402
 import bench_txn  # noqa: E402
-import sqlog  # noqa: E402
 from _common import (  # noqa: E402
     TOPIC,
     VALUE_POOL,
@@ -62,6 +61,8 @@ from _common import (  # noqa: E402
     spread,
     timed,
 )
+
+import sqlog  # noqa: E402
 
 # -- sizes -------------------------------------------------------------------------------------------
 FULL: dict[str, Any] = {
@@ -429,6 +430,30 @@ def txn_workload(key: str) -> Callable[[Ctx], Result]:
     return run
 
 
+SERVER_TITLES = [("sqlog serve: confluent-kafka produce / native send()", ">= 0.40"),
+                 ("sqlog serve: confluent-kafka consume / native poll()", ">= 0.40")]
+
+
+def server_protocol(ctx: Ctx) -> Result:
+    """confluent-kafka through `sqlog serve` beside native send()/poll(), 100-byte records."""
+    try:
+        import confluent_kafka  # noqa: F401
+
+        import sqlog.server  # noqa: F401  (the kafka extra)
+    except ImportError as exc:
+        raise Skip(f"{exc.name} is not installed (pip install -e '.[test,kafka]')", SERVER_TITLES) from None
+    n = 20_000 if ctx.quick else 200_000
+    data = bench_server.measure(ctx.files.root, n, ctx.rounds)
+    base = "sqlog native, same records"
+    rows = [
+        Row("server", SERVER_TITLES[0][0], data["proto_produce"], data["native_send"], data["produce_ratio"],
+            baseline_name=base, target=">= 0.40", met=data["produce_ratio"] >= 0.4),
+        Row("server", SERVER_TITLES[1][0], data["proto_consume"], data["native_poll"], data["consume_ratio"],
+            baseline_name=base, target=">= 0.40", met=data["consume_ratio"] >= 0.4),
+    ]
+    return data, rows
+
+
 class Skip(Exception):
     """A workload that cannot run here; its rows are reported as skipped with the reason."""
 
@@ -497,6 +522,7 @@ WORKLOADS: list[Entry] = [
           [(t, "> 1.0") for _, _, t, _ in PEER_ROWS["peers_consume"]]),
     Entry("peers_durable", ("peers",), peer_workload("peers_durable"),
           [(t, "> 1.0") for _, _, t, _ in PEER_ROWS["peers_durable"]]),
+    Entry("server", ("server",), server_protocol, SERVER_TITLES),
 ]
 WORKLOAD_KEYS = [e.key for e in WORKLOADS]
 GROUPS = sorted({g for e in WORKLOADS for g in e.groups})

@@ -1053,8 +1053,33 @@ def _add_upkeep(subparsers: Any) -> None:
              "committed offsets); print 'ok', or each violation and exit 1.")
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the Kafka protocol over the log until SIGINT/SIGTERM."""
+    try:
+        from .server import serve
+    except ImportError as exc:
+        raise CliError(f"sqlog serve needs the kafka extra ({exc.name} is missing): "
+                       "pip install 'sqlog[kafka]'") from None
+    serve(_db_path(args), args.host, args.port, allow_anonymous=args.allow_anonymous,
+          auto_create_partitions=args.auto_create_partitions)
+    return 0
+
+
+def _add_serve(subparsers: Any) -> None:
+    p = _command(subparsers, "serve", "serve the Kafka protocol over the log (for any Kafka client)", cmd_serve,
+                 "A Kafka broker endpoint (one broker, id 0) over the log file: kafka-python, confluent-kafka "
+                 "and other Kafka clients produce, fetch, commit and join groups through it. Prints "
+                 "'listening on HOST:PORT' when ready; stops on SIGINT/SIGTERM. Needs sqlog[kafka].")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9092, help="port (default: 9092; 0 picks a free one)")
+    p.add_argument("--allow-anonymous", action="store_true",
+                   help="allow listening on a non-loopback address without authentication")
+    p.add_argument("--auto-create-partitions", type=int, metavar="N", default=None,
+                   help="create unknown topics clients name, with N partitions (default: off)")
+
+
 COMMANDS: tuple[Callable[[Any], None], ...] = (_add_topics, _add_produce, _add_consume, _add_get, _add_groups,
-                                               _add_upkeep)
+                                               _add_upkeep, _add_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

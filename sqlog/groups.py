@@ -97,6 +97,15 @@ def fetch(conn: apsw.Connection, group_id: str, topic_id: int, partition: int) -
     return (row[0], row[1]) if row else None
 
 
+def committed(conn: apsw.Connection, group_id: str) -> list[tuple[str, int, int, str]]:
+    """Every committed ``(topic name, partition, offset, metadata)`` of a group, sorted."""
+    return list(conn.execute(
+        "SELECT t.name, c.partition, c.offset, c.metadata FROM committed_offsets c JOIN topics t USING (topic_id)"
+        " WHERE c.group_id = ? ORDER BY t.name, c.partition",
+        (group_id,),
+    ))
+
+
 # -- membership, inside write transactions -------------------------------------------------
 @attrs.frozen
 class MemberInfo:

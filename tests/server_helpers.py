@@ -1,0 +1,86 @@
+"""Running `sqlog serve` as its own process for the protocol tests, and raw Kafka requests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+CLI = [sys.executable, "-m", "sqlog.cli"]
+
+
+class Served:
+    """A running ``sqlog --db PATH serve --port 0`` process."""
+
+    def __init__(self, proc: subprocess.Popen[str], host: str, port: int) -> None:
+        self.proc = proc
+        self.host = host
+        self.port = port
+        self.bootstrap = f"{host}:{port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+@contextmanager
+def served(path: str, *extra: str) -> Iterator[Served]:
+    """Start the server on a free port; stop it (SIGTERM) afterwards."""
+    proc = subprocess.Popen([*CLI, "--db", path, "serve", "--port", "0", *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise AssertionError(f"sqlog serve did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+    host, _, port = line.split()[-1].rpartition(":")
+    s = Served(proc, host, int(port))
+    try:
+        yield s
+    finally:
+        if proc.poll() is None:
+            s.stop()
+        for f in (proc.stdout, proc.stderr):
+            if f:
+                f.close()
+
+
+def request(api_key: int, version: int, body: bytes, correlation: int = 1, flexible: bool = False) -> bytes:
+    """One framed request with a v1 (or v2, ``flexible``) header, client id "t"."""
+    head = struct.pack(">hhih", api_key, version, correlation, 1) + b"t" + (b"\x00" if flexible else b"")
+    return struct.pack(">i", len(head) + len(body)) + head + body
+
+
+def recv_response(sock: socket.socket) -> bytes:
+    """One response frame's bytes after the size (correlation id first); b"" if the server closed."""
+    head = _recv_exact(sock, 4)
+    if len(head) < 4:
+        return b""
+    (n,) = struct.unpack(">i", head)
+    return _recv_exact(sock, n)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def closed_by_peer(sock: socket.socket, timeout: float = 5) -> bool:
+    """True once the server has closed the connection (EOF or reset) within ``timeout``."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
