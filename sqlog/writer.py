@@ -267,8 +267,9 @@ class Writer:
             batch.done = True
             if error is not None:
                 batch.source.failed(error)
-        if error is None:
-            self.engine.signal.notify()
+        # Failed writes notify too: sends awaited through a commit listener (sqlog.aio) must see
+        # their error; a blocked poll woken by it only looks again.
+        self.engine.signal.notify()
 
     def _append(self, conn: apsw.Connection, chunk: Chunk) -> None:
         base = append_rows(conn, chunk.topic_id, chunk.partition, chunk.rows, chunk.bytes, chunk.max_ts, self._path)
