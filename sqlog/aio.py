@@ -53,6 +53,13 @@ POOL_THREADS = 8
 WAIT_SLICE_S = 0.5
 """A waiting getmany() looks again at least this often (group coordination, new topics)."""
 
+MAX_PENDING_SENDS = 10_000
+"""A producer's sends not yet durable before ``send()`` waits for the writer (back-pressure, as
+Kafka's ``buffer.memory``): bounds memory, the size of one commit and the garbage collector's work."""
+
+RESOLVE_SLICE = 500
+"""Send futures resolved per loop callback, so a large commit does not stall the loop."""
+
 _IN_LISTENER: contextvars.ContextVar[object] = contextvars.ContextVar("sqlog_aio_in_listener", default=None)
 
 
@@ -343,6 +350,7 @@ class AIOProducer:
         self._sync.caller_writes = False  # the loop never writes: the log's writer thread does
         self._pending: collections.deque[tuple[Any, asyncio.Future[Any]]] = collections.deque()
         self._posted = False
+        self._room_made: asyncio.Future[None] | None = None
         self._unlisten = log.engine.signal.listen(self._on_commit)
         self._stopped = False
 
@@ -370,6 +378,8 @@ class AIOProducer:
         sync = self._sync
         while not sync.has_metadata(topic):  # a read of the file: off the loop
             await self._log.run(functools.partial(sync.load_metadata, topic))
+        if len(self._pending) >= MAX_PENDING_SENDS:
+            await self._room()
         return self._track(sync.send(topic, value, key=key, headers=headers, partition=partition,
                                      timestamp_ms=timestamp_ms))
 
@@ -393,6 +403,12 @@ class AIOProducer:
         await self._log.run(self._sync.flush)
         self._resolve()
 
+    async def _room(self) -> None:
+        """Wait until half the pending sends are durable."""
+        while len(self._pending) >= MAX_PENDING_SENDS // 2:
+            self._room_made = self._loop.create_future()
+            await self._room_made
+
     def _track(self, sync_future: Any) -> asyncio.Future[Any]:
         fut = self._loop.create_future()
         self._pending.append((sync_future, fut))
@@ -411,7 +427,12 @@ class AIOProducer:
     def _resolve(self) -> None:
         self._posted = False
         pending = self._pending
-        while pending and pending[0][0].done():  # one producer's batches are written in order
+        room = self._room_made
+        if room is not None and len(pending) < MAX_PENDING_SENDS // 2 and not room.done():
+            room.set_result(None)
+        for _ in range(RESOLVE_SLICE):
+            if not pending or not pending[0][0].done():  # one producer's batches are written in order
+                break
             sync_future, fut = pending.popleft()
             if fut.done():  # cancelled by its awaiter
                 continue
@@ -419,6 +440,11 @@ class AIOProducer:
                 fut.set_result(sync_future.get(0))
             except SqlogError as exc:
                 fut.set_exception(exc)
+        if room is not None and len(pending) < MAX_PENDING_SENDS // 2 and not room.done():
+            room.set_result(None)
+        if pending and pending[0][0].done() and not self._posted:
+            self._posted = True
+            self._loop.call_soon(self._resolve)  # the rest after other callbacks: no long stall
 
     async def __aenter__(self) -> AIOProducer:
         await self.start()
@@ -446,10 +472,15 @@ class _Reader:
         self._sync = None
         self._unwatch = log.engine.watch()  # other processes' commits wake the waker while this client lives
 
-        def make() -> None:
-            self._sync = create()
+        self._create_error: BaseException | None = None
 
-        self._strand.submit(make).add_done_callback(self._keep_error)
+        def make() -> None:
+            try:
+                self._sync = create()
+            except BaseException as exc:  # raised by every later call (config errors, closed log)
+                self._create_error = exc
+
+        self._strand.submit(make)
 
     def _keep_error(self, cf: concurrent.futures.Future[Any]) -> None:
         if not cf.cancelled() and cf.exception() is not None:
@@ -462,7 +493,9 @@ class _Reader:
 
     def _need(self) -> Any:
         if self._sync is None:
-            raise LogClosedError("the client could not be created (see the error raised before)")
+            if self._create_error is not None:
+                raise self._create_error
+            raise LogClosedError("the client was not created")
         return self._sync
 
     def _check_running(self) -> None:
