@@ -235,7 +235,7 @@ async def test_cancellation_storm_never_skips_or_repeats(log_path: str) -> None:
         await sender
         await consumer.commit()
         assert seen == list(range(n))
-        assert cancelled > 50
+        assert cancelled > 10
         assert await consumer.committed(TP0) == n
         await consumer.stop()
         await producer.stop()
