@@ -110,3 +110,23 @@ def test_bench_run_quick_reports_every_workload(tmp_path: Path) -> None:
     assert png.exists() or "matplotlib is not installed" in proc.stdout
     # The temporary files are removed: only the outputs are left.
     assert {p.name for p in tmp_path.iterdir()} <= {"bench.json", "bench.png"}
+
+
+AIO_SCRIPT = SCRIPT.parent / "bench_aio.py"
+
+
+def test_bench_aio_quick_reports_every_number(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(AIO_SCRIPT), "--quick", "--json", str(out), "--dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    data = json.loads(out.read_text())["data"]
+    for key in ("sync_send_rps", "async_send_rps", "sync_consume_rps", "async_consume_rps",
+                "sync_latency_p50_ms", "async_latency_p50_ms", "async_latency_p99_ms", "stall_worst_ms",
+                "idle_stall_worst_ms"):
+        assert data[key] > 0, key
+    assert data["send_ratio"] > 0 and data["consume_ratio"] > 0
+    assert "async getmany() / sync poll()" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]
