@@ -36,6 +36,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import apsw  # noqa: E402
+import bench_aio  # noqa: E402
 import bench_compaction  # noqa: E402
 import bench_core  # noqa: E402
 import bench_latency  # noqa: E402
@@ -73,6 +74,7 @@ FULL: dict[str, Any] = {
     "peer_records": 100_000, "peer_pq": 1_000, "peer_lq": 2_000, "peer_redis": 20_000,
     "peer_durable": 500, "peer_durable_slow": 200,
     "txn_records": 100_000,
+    "aio": bench_aio.FULL,
 }
 QUICK: dict[str, Any] = {
     "rounds": 2, "durable_round_factor": 1,
@@ -82,6 +84,7 @@ QUICK: dict[str, Any] = {
     "peer_records": 5_000, "peer_pq": 50, "peer_lq": 200, "peer_redis": 2_000,
     "peer_durable": 64, "peer_durable_slow": 30,
     "txn_records": 3_000,
+    "aio": bench_aio.QUICK,
 }
 # fsync-bound workloads (durable sends, durable peer puts) run durable_round_factor times the rounds
 # with fewer records each: a shared disk's fsync rate drifts over seconds, so shorter paired runs
@@ -463,6 +466,19 @@ class Skip(Exception):
         self.titles = titles
 
 
+def aio(ctx: Ctx) -> Result:
+    cfg = ctx.cfg["aio"]
+    root = os.path.join(ctx.files.root, "aio")  # its own directory: it empties it between rounds
+    os.makedirs(root, exist_ok=True)
+    data = bench_aio.measure(root, cfg, ctx.rounds, ctx.progress)
+    rows = []
+    for title, value, base, ratio, unit, target, check in bench_aio.ROWS:
+        rows.append(Row("aio", title, data[value], data[base], data[ratio] if ratio else None, unit,
+                        "sync API, same run" if unit != "ms" or ratio else "idle event loop, same run", target,
+                        None if check is None else check(data)))
+    return data, rows
+
+
 @dataclass
 class Entry:
     key: str
@@ -509,6 +525,7 @@ WORKLOADS: list[Entry] = [
           [("latency in-process p50", "<= 0.3 ms"), ("latency in-process p99", "<= 3 ms")]),
     Entry("latency_across_processes", ("latency",), latency("across_processes"),
           [("latency across processes p50", "<= 3 ms")]),
+    Entry("aio", ("aio",), aio, [(t, target) for t, _, _, _, _, target, _ in bench_aio.ROWS]),
     Entry("scale", ("scale",), scale,
           [("append at large log / empty log", ">= 0.85"), ("consume at large log / empty log", ">= 0.85"),
            ("open() of a large log", "< 50 ms"), ("consumer RSS reading a large log", "flat")]),

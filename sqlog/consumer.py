@@ -628,6 +628,36 @@ class Consumer:
                 part.position = position
         return out
 
+    # -- for front doors that wait without blocking a thread (sqlog.aio) ---------------------
+    def fetch(self, max_records: int | None = None) -> int:
+        """One poll that neither waits nor hands out: with the buffer empty, read up to
+        ``max_records`` into it (group coordination and auto-commit run as in ``poll()``);
+        positions move only as `take` hands records out, so dropping the buffer loses nothing.
+        Returns how many records are buffered."""
+        self._check_open()
+        _, limit = poll_deadline(0, max_records, self._max_records)
+        if not self._buffer:
+            self._buffer.extend(self._poll(0.0, limit, advance=False))
+        return len(self._buffer)
+
+    def take(self, max_records: int) -> list[Record]:
+        """Hand out up to ``max_records`` buffered records in order, moving each partition's
+        position past the last one handed out. No I/O: cheap enough for an event loop."""
+        buffer = self._buffer
+        if len(buffer) <= max_records:
+            out = list(buffer)
+            buffer.clear()
+        else:
+            out = [buffer.popleft() for _ in range(max_records)]
+        last: dict[tuple[str, int], int] = {}
+        for record in out:
+            last[record.topic, record.partition] = record.offset
+        for (topic, p), offset in last.items():
+            part = self._parts.get(TopicPartition(topic, p))
+            if part is not None:
+                part.position = offset + 1
+        return out
+
     @staticmethod
     def _deserialize(topic: str, p: int, rows: Iterable[tuple[Any, ...]], kd: Any, vd: Any, out: list[Record]) -> None:
         for o, ts, k, v, h in rows:

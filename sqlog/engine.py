@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from . import topics
 from .config import MAX_INT32, MAX_INT64, check_int, check_path
 from .errors import InvalidConfigError, LogClosedError, translated
 from .retention import Upkeep, WalBudget
-from .storage import CommitSignal, connect, snapshot, transaction
+from .storage import WAKE_CHECK_S, CommitSignal, connect, data_version, snapshot, transaction
 
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 """``durability`` -> SQLite's ``synchronous``."""
@@ -78,6 +79,9 @@ class Engine:
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
         self._fork_hooks: list[Callable[[], None]] = []
         self._close_hooks: list[Callable[[], None]] = []
+        self._watch_cond = threading.Condition()
+        self._watches = 0
+        self._watch_thread: threading.Thread | None = None
         self._open_connection()
         self.upkeep = self._start_upkeep()
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -158,6 +162,60 @@ class Engine:
     def untrack(self, client: Client) -> None:
         self._clients.discard(client)
 
+    # -- other processes' commits ----------------------------------------------------------
+    def watch(self) -> Callable[[], None]:
+        """Turn other processes' commits into `signal` notifications while a watch is held.
+
+        One shared thread per engine checks ``PRAGMA data_version`` every `storage.WAKE_CHECK_S`
+        while at least one watch is held, and idles otherwise. For waiters without a thread of
+        their own (sqlog.aio listens to `signal`); a blocked ``poll()`` checks for itself. Returns
+        the function that releases this watch (idempotent).
+        """
+        self.check_open()
+        with self._watch_cond:
+            self._watches += 1
+            if self._watch_thread is None:
+                self._watch_thread = threading.Thread(target=self._watch_loop, name="sqlog-watch", daemon=True)
+                self._watch_thread.start()
+            self._watch_cond.notify_all()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._watch_cond:
+                if not released:
+                    released = True
+                    self._watches -= 1
+
+        return release
+
+    def _watch_loop(self) -> None:
+        conn: apsw.Connection | None = None
+        version: int | None = None
+        try:
+            while True:
+                with self._watch_cond:
+                    while self._watches <= 0 and not self.closed:
+                        self._watch_cond.wait()
+                    if self.closed:
+                        return
+                try:
+                    if conn is None:
+                        conn = self.reader()
+                        version = data_version(conn)
+                        self.signal.notify()  # commits before this first look: waiters look again
+                    now = data_version(conn)
+                    if now != version:
+                        version = now
+                        self.signal.notify()
+                except apsw.Error:
+                    time.sleep(0.1)  # e.g. the file is busy being recovered: look again soon
+                    continue
+                time.sleep(WAKE_CHECK_S)
+        finally:
+            if conn is not None:
+                conn.close()
+
     # -- fork and close --------------------------------------------------------------------
     def at_fork(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` in a forked child once the engine has its own connections (e.g. the writer
@@ -177,6 +235,9 @@ class Engine:
         _ABANDONED.append(self.upkeep.abandon())
         self.signal = CommitSignal()
         self._clients = weakref.WeakSet()
+        self._watch_cond = threading.Condition()  # the parent's watcher thread is not in the child
+        self._watches = 0
+        self._watch_thread = None
         if not self.closed:
             self._open_connection()
             for hook in self._fork_hooks:
@@ -199,6 +260,8 @@ class Engine:
                     # listener raised in on_revoked: the client is closed all the same, and so is the log.
                     pass
             self.closed = True
+            with self._watch_cond:
+                self._watch_cond.notify_all()  # the watcher thread ends
             self.upkeep.close()
             with self.mutex:
                 self.conn.close()

@@ -84,6 +84,10 @@ class Producer:
         self._meta_expiry = 0
         self._sticky: dict[str, list[int]] = {}  # topic -> [partition, bytes left before switching]
         self._closed = False
+        self.caller_writes = True
+        """When a batch reaches ``batch_size``, the sending thread writes it (fastest for threads).
+        Front doors whose callers must never block (sqlog.aio) set False: the full batch is then
+        due at once and the linger thread writes it."""
         self._writer.register(self)
 
     # -- the send path ---------------------------------------------------------------------
@@ -166,9 +170,9 @@ class Producer:
                 chunk.max_ts = timestamp_ms
             batch.bytes += size
             full = batch.bytes >= self._batch_size
-        if full:
+        if full and self.caller_writes:
             self._writer.write_through(batch)
-        elif wake:
+        elif wake or full:
             self._writer.wake()
         return RecordFuture(chunk, index)
 
@@ -232,9 +236,9 @@ class Producer:
                 chunk.max_ts = timestamp_ms
             batch.bytes += size
             full = batch.bytes >= self._batch_size
-        if full:
+        if full and self.caller_writes:
             self._writer.write_through(batch)
-        elif wake:
+        elif wake or full:
             self._writer.wake()
         return BatchFuture(chunk, start, len(vals))
 
@@ -260,6 +264,26 @@ class Producer:
             choice = (choice + 1) % meta.partitions
         self._sticky[meta.name] = [choice, self._batch_size - size]
         return choice
+
+    def has_metadata(self, topic: object) -> bool:
+        """True when ``send(topic, ...)`` will not read the file for the topic's metadata (cached
+        and fresh; or not a name at all, which send() refuses at once). For front doors whose
+        callers must never block (sqlog.aio): else call `load_metadata` off the caller's thread."""
+        try:
+            cached = topic in self._topics
+        except TypeError:
+            return True
+        return cached and wall_ms() < self._meta_expiry and self._meta_epoch == self._engine.meta_epoch
+
+    def load_metadata(self, topic: str) -> None:
+        """Read the topic's metadata into the cache now (UnknownTopicOrPartitionError if none)."""
+        if self._closed or self._engine.closed:
+            raise LogClosedError("the producer (or its log) is closed")
+        self._meta(topic, wall_ms())
+
+    def pending_bytes(self) -> int:
+        """Bytes sent and not yet taken by a write (the open batch)."""
+        return self._batch.bytes
 
     def _meta(self, topic: str, now_ms: int) -> TopicMeta:
         if now_ms >= self._meta_expiry or self._meta_epoch != self._engine.meta_epoch:
@@ -288,7 +312,9 @@ class Producer:
 
     def due(self) -> float | None:
         batch = self._batch
-        return batch.created + self._linger if batch.chunks else None
+        if not batch.chunks:
+            return None
+        return batch.created if batch.bytes >= self._batch_size else batch.created + self._linger
 
     def failed(self, error: SqlogError) -> None:
         self._error = error

@@ -305,6 +305,37 @@ class ShareConsumer:
             out.append(ShareRecord(topic, partition, offset, ts, key, value, decode_headers(h) if h else (), count))
         return out
 
+    # -- for front doors that wait without blocking a thread (sqlog.aio) ---------------------
+    def fetch(self, max_records: int | None = None, look_first: bool = False) -> int:
+        """One poll that neither waits nor hands out: with the buffer empty, check (as ``poll()``)
+        that the records handed out are acknowledged and acquire up to ``max_records`` into the
+        buffer, applying pending acknowledgements in the same transaction (``look_first``: only
+        if a read-only look finds something to take, so idle waiters leave the write lock alone);
+        with records buffered, only apply pending acknowledgements. Buffered records stay locked
+        to this consumer until `take` hands them out (or close releases them). Returns how many
+        records are buffered."""
+        self._check_open()
+        _, limit = poll_deadline(0, max_records, self._max_records)
+        if not self._buffer:
+            self._settle()
+            if not look_first or self._maybe_available():
+                self._report(self._transact(acquire=limit))
+        elif self._has_pending():
+            self._report(self._transact(acquire=0))
+        return len(self._buffer)
+
+    def take(self, max_records: int) -> list[ShareRecord]:
+        """Hand out up to ``max_records`` buffered records; each becomes a delivery to acknowledge.
+        Raises as ``poll()`` does for a record that fails its checksum or deserializer. No I/O."""
+        self._check_open()
+        return self._take(max_records)
+
+    @property
+    def next_lock_expiry_ms(self) -> int | None:
+        """When (`sqlog.clock.monotonic_ms`) the next record lock seen by the last fetch expires,
+        freeing a record to take; None if none was seen."""
+        return self._next_expiry_ms
+
     def __iter__(self) -> Iterator[ShareRecord]:
         return self
 

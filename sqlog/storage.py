@@ -517,12 +517,32 @@ class CommitSignal:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self.seq = 0
+        self._listeners: tuple[Callable[[], None], ...] = ()
 
     def notify(self) -> None:
-        """A commit that may have brought readers something new: wake every blocked poll."""
+        """A commit that may have brought readers something new: wake every blocked poll, then
+        call every listener (after ``seq`` moved, so a listener's reader sees the new count)."""
         with self._cond:
             self.seq += 1
             self._cond.notify_all()
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # a listener must never fail the commit that called it
+                pass
+
+    def listen(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` after every `notify`, in the notifying thread; returns the function
+        that removes it. For front doors that wait without a thread (sqlog.aio wakes its event loop
+        with ``call_soon_threadsafe``): a listener must be quick and must not block."""
+        with self._cond:
+            self._listeners = (*self._listeners, listener)
+
+        def remove() -> None:
+            with self._cond:
+                self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return remove
 
     def wait(self, seq: int, timeout: float) -> None:
         """Until the count moves past ``seq`` or ``timeout`` seconds pass."""

@@ -293,8 +293,9 @@ class Writer:
             batch.done = True
             if error is not None:
                 batch.source.failed(error)
-        if error is None:
-            self.engine.signal.notify()
+        # Failed writes notify too: sends awaited through a commit listener (sqlog.aio) must see
+        # their error; a blocked poll woken by it only looks again.
+        self.engine.signal.notify()
 
     def _append(self, conn: apsw.Connection, chunk: Chunk) -> None:
         if chunk.ids is not None:

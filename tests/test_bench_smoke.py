@@ -70,7 +70,7 @@ def test_bench_retention_quick_writes_every_workload(tmp_path: Path) -> None:
 RUN_SCRIPT = SCRIPT.parent / "run.py"
 RUN_WORKLOADS = {
     "send_100b", "send_1kib", "send_16kib", "send_bulk", "poll_100b", "durable_send", "latency_in_process",
-    "latency_across_processes", "scale", "txn_ctp", "send_message_id", "peers_produce", "peers_consume",
+    "latency_across_processes", "aio", "scale", "txn_ctp", "send_message_id", "peers_produce", "peers_consume",
     "peers_durable", "compaction", "server",
 }
 
@@ -137,4 +137,23 @@ def test_bench_txn_quick_writes_both_workloads(tmp_path: Path) -> None:
     assert set(rows) == {"txn_ctp", "send_message_id"}
     assert rows["txn_ctp"]["txn_rps"] > 0 and rows["txn_ctp"]["plain_rps"] > 0
     assert rows["send_message_id"]["ids_rps"] > 0 and rows["send_message_id"]["ratio"] > 0
+
+
+AIO_SCRIPT = SCRIPT.parent / "bench_aio.py"
+
+
+def test_bench_aio_quick_reports_every_number(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(AIO_SCRIPT), "--quick", "--json", str(out), "--dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    data = json.loads(out.read_text())["data"]
+    for key in ("sync_send_rps", "async_send_rps", "sync_consume_rps", "async_consume_rps",
+                "sync_latency_p50_ms", "async_latency_p50_ms", "async_latency_p99_ms", "stall_worst_ms",
+                "idle_stall_worst_ms"):
+        assert data[key] > 0, key
+    assert data["send_ratio"] > 0 and data["consume_ratio"] > 0
+    assert "async getmany() / sync poll()" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]

@@ -1,0 +1,841 @@
+"""asyncio front door, shaped like aiokafka: ``async with sqlog.aio.open("app.db") as log: ...``.
+
+SQLite work never runs on the event loop: admin calls and the clients' reads and commits run on a
+small thread pool owned by the log, each client's calls one at a time and in order (a "strand"
+on the pool, not a thread per client). Waiting is event-driven: the engine's commit signal
+(commits in this process) and one shared watcher thread per log (other processes' commits,
+`Engine.watch`) wake the loop through ``call_soon_threadsafe``; a task awaiting records holds
+no thread and polls nothing. Records are read into the sync client's buffer off the loop and
+handed out on the loop, so a cancelled ``getone()``/``getmany()`` loses nothing: positions move
+(and share records become deliveries) only when a call returns them, and the next call does.
+
+The producer wraps the sync producer: ``send()`` appends to its batch on the loop (microseconds,
+no I/O) and the log's writer thread commits batches (group commit: a thousand tasks sending at
+once share transactions); futures are resolved on the loop from the commit signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextvars
+import functools
+import inspect
+import itertools
+import math
+import os
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
+from typing import Any, TypeVar
+
+import sqlog
+
+from . import clock
+from .errors import InvalidConfigError, LogClosedError, SqlogError
+from .types import OffsetAndMetadata, OffsetAndTimestamp, Record, RecordMetadata, ShareRecord, TopicPartition
+
+__all__ = [
+    "AIOConsumer",
+    "AIOLog",
+    "AIOProducer",
+    "AIOShareConsumer",
+    "ConsumerRebalanceListener",
+    "open",
+]
+
+T = TypeVar("T")
+
+POOL_THREADS = 8
+"""Threads of a log's pool (created as needed): admin calls and clients' reads and commits."""
+
+WAIT_SLICE_S = 0.5
+"""A waiting getmany() looks again at least this often (group coordination, new topics)."""
+
+MAX_PENDING_SENDS = 10_000
+"""A producer's sends not yet durable before ``send()`` waits for the writer (back-pressure, as
+Kafka's ``buffer.memory``): bounds memory, the size of one commit and the garbage collector's work."""
+
+RESOLVE_SLICE = 500
+"""Send futures resolved per loop callback, so a large commit does not stall the loop."""
+
+_IN_LISTENER: contextvars.ContextVar[object] = contextvars.ContextVar("sqlog_aio_in_listener", default=None)
+
+
+# -- plumbing --------------------------------------------------------------------------------------
+class _Strand:
+    """Runs one client's blocking calls on the pool in submission order, one at a time."""
+
+    def __init__(self, pool: concurrent.futures.Executor) -> None:
+        self._pool = pool
+        self._queue: collections.deque[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = collections.deque()
+        self._lock = threading.Lock()
+        self._running = False
+
+    def idle(self) -> bool:
+        """Nothing queued or running: the loop may use the client itself (submissions come from the loop)."""
+        return not self._running
+
+    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        cf: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            self._queue.append((cf, fn))
+            start = not self._running
+            self._running = True
+        if start:
+            try:
+                self._pool.submit(self._drain)
+            except RuntimeError:  # the pool is shut down: the log is closed
+                with self._lock:
+                    self._queue.clear()
+                    self._running = False
+                cf.set_exception(LogClosedError("the log is closed"))
+        return cf
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                cf, fn = self._queue.popleft()
+            ok, value = False, None
+            if cf.set_running_or_notify_cancel():
+                try:
+                    value, ok = fn(), True
+                except BaseException as exc:  # handed to the awaiting task
+                    value = exc
+            with self._lock:
+                more = bool(self._queue)
+                if not more:
+                    self._running = False  # before the result: an awaiting task then finds the strand idle
+            if cf.running():
+                if ok:
+                    cf.set_result(value)
+                else:
+                    cf.set_exception(value)  # type: ignore[arg-type]
+            if not more:
+                return
+
+
+class _Waker:
+    """Wakes a log's waiting tasks on commits: one listener on the engine's commit signal for
+    the whole loop, coalesced into one ``call_soon_threadsafe`` however many tasks wait."""
+
+    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._engine = engine
+        self._loop = loop
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._posted = False
+        self._unlisten = engine.signal.listen(self._on_commit)
+
+    @property
+    def seq(self) -> int:
+        return int(self._engine.signal.seq)
+
+    def _on_commit(self) -> None:  # any thread
+        if self._waiters and not self._posted:
+            self._posted = True
+            try:
+                self._loop.call_soon_threadsafe(self.wake_all)
+            except RuntimeError:  # the loop is closed
+                pass
+
+    def wake_all(self) -> None:
+        self._posted = False
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait(self, seq: int, timeout: float) -> None:
+        """Until a commit moves the signal past ``seq`` (at once if it has) or ``timeout`` s pass."""
+        if self.seq != seq:
+            return
+        fut = self._loop.create_future()
+        self._waiters.add(fut)
+        handle = self._loop.call_later(timeout, _set_none, fut)
+        try:
+            if self.seq != seq:  # committed while we registered: its listener may have found no waiter
+                return
+            await fut
+        finally:
+            handle.cancel()
+            self._waiters.discard(fut)
+
+    def close(self) -> None:
+        self._unlisten()
+        self.wake_all()
+
+
+def _set_none(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _check_ms(name: str, value: object, allow_none: bool = False) -> float:
+    if value is None and allow_none:
+        return math.inf
+    if type(value) not in (int, float) or not 0 <= value < math.inf:  # type: ignore[operator]
+        raise InvalidConfigError(f"{name} must be a number of ms >= 0, not {value!r}")
+    return value / 1000  # type: ignore[operator]
+
+
+def _check_max(max_records: object, default: int) -> int:
+    limit = default if max_records is None else max_records
+    if type(limit) is not int or limit < 1:
+        raise InvalidConfigError(f"max_records must be an int >= 1 or None, not {max_records!r}")
+    return limit
+
+
+def _grouped(records: list[Any]) -> dict[TopicPartition, list[Any]]:
+    out: dict[TopicPartition, list[Any]] = {}
+    for (topic, partition), run in itertools.groupby(records, key=lambda r: (r.topic, r.partition)):
+        out.setdefault(TopicPartition(topic, partition), []).extend(run)
+    return out
+
+
+# -- the log -----------------------------------------------------------------------------------------
+def _admin(name: str) -> Any:
+    sync = getattr(sqlog.Log, name)
+
+    async def call(self: AIOLog, *args: Any, **kwargs: Any) -> Any:
+        return await self.run(functools.partial(getattr(self.log, name), *args, **kwargs))
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"Coroutine of `sqlog.Log.{name}`: {(sync.__doc__ or '').strip().splitlines()[0]}"
+    return call
+
+
+class AIOLog:
+    """An open sqlog file for asyncio; create with ``sqlog.aio.open``. Admin calls are coroutines
+    run on the log's thread pool; use from the event loop that opened it."""
+
+    def __init__(self, log: sqlog.Log, pool: concurrent.futures.ThreadPoolExecutor,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.log = log
+        """The sync `sqlog.Log` beneath (for code that runs in threads)."""
+        self.engine = log.engine
+        self.loop = loop
+        self.pool = pool
+        """The thread pool the log's blocking calls run on."""
+        self._loop_thread = threading.get_ident()
+        self.waker = _Waker(log.engine, loop)
+        self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._closing = False
+
+    @property
+    def path(self) -> str:
+        return self.log.path
+
+    @property
+    def closed(self) -> bool:
+        return self.log.closed
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run a blocking call on the log's pool and await it."""
+        if self._closing:
+            raise LogClosedError(f"{self.path}: the log is closed; open it again with sqlog.aio.open()")
+        return await self.loop.run_in_executor(self.pool, fn)
+
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
+    create_topic = _admin("create_topic")
+    list_topics = _admin("list_topics")
+    describe_topic = _admin("describe_topic")
+    alter_topic = _admin("alter_topic")
+    delete_topic = _admin("delete_topic")
+    list_groups = _admin("list_groups")
+    describe_group = _admin("describe_group")
+    delete_group = _admin("delete_group")
+    alter_group_offsets = _admin("alter_group_offsets")
+    reset_group_offsets = _admin("reset_group_offsets")
+    list_share_groups = _admin("list_share_groups")
+    describe_share_group = _admin("describe_share_group")
+    delete_share_group = _admin("delete_share_group")
+    sweep = _admin("sweep")
+    check = _admin("check")
+    checkpoint = _admin("checkpoint")
+    stats = _admin("stats")
+
+    # -- clients -----------------------------------------------------------------------------
+    def producer(self, **config: Any) -> AIOProducer:
+        """A new async producer; config as `sqlog.Producer` (``linger_ms`` defaults to 0, as aiokafka's)."""
+        return self._track(AIOProducer(self, **config))
+
+    def consumer(self, *topics: str, **config: Any) -> AIOConsumer:
+        """A new async consumer (subscribed to ``topics`` if given); config as `sqlog.Consumer`."""
+        return self._track(AIOConsumer(self, *topics, **config))
+
+    def share_consumer(self, group_id: str, **config: Any) -> AIOShareConsumer:
+        """A new async member of share group ``group_id``; config as `sqlog.ShareConsumer`."""
+        return self._track(AIOShareConsumer(self, group_id, **config))
+
+    def _track(self, client: T) -> T:
+        if self._closing:
+            raise LogClosedError(f"{self.path}: the log is closed; open it again with sqlog.aio.open()")
+        self._clients.add(client)
+        return client
+
+    async def close(self) -> None:
+        """Stop the clients (producers flush, consumers commit as configured), then close the log."""
+        if self._closing:
+            return
+        try:
+            for client in list(self._clients):
+                try:
+                    await client.stop()
+                except SqlogError:
+                    pass  # e.g. a final auto-commit refused: the log closes all the same
+            await self.run(self.log.close)
+        finally:
+            self._closing = True
+            self.waker.close()
+            self.pool.shutdown(wait=False)
+
+    async def __aenter__(self) -> AIOLog:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<sqlog.aio.AIOLog {self.path!r}{' closed' if self._closing else ''}>"
+
+
+class _Opening:
+    """What ``sqlog.aio.open()`` returns: await it, or use it with ``async with``."""
+
+    def __init__(self, path: str | os.PathLike[str], options: dict[str, Any]) -> None:
+        self._path = path
+        self._options = options
+        self._log: AIOLog | None = None
+
+    async def _open(self) -> AIOLog:
+        loop = asyncio.get_running_loop()
+        pool = concurrent.futures.ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="sqlog-aio")
+        try:
+            log = await loop.run_in_executor(pool, functools.partial(sqlog.open, self._path, **self._options))
+        except BaseException:
+            pool.shutdown(wait=False)
+            raise
+        return AIOLog(log, pool, loop)
+
+    def __await__(self) -> Generator[Any, None, AIOLog]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> AIOLog:
+        self._log = await self._open()
+        return self._log
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._log is not None:
+            await self._log.close()
+
+
+def open(path: str | os.PathLike[str], **options: Any) -> _Opening:  # noqa: A001 - sqlog.open's name
+    """Open (creating if needed) the log at ``path`` for asyncio, with `sqlog.open`'s options:
+    ``log = await sqlog.aio.open(path)`` or ``async with sqlog.aio.open(path) as log``."""
+    return _Opening(path, options)
+
+
+# -- the producer --------------------------------------------------------------------------------------
+class AIOProducer:
+    """Sends records; ``send()`` returns an `asyncio.Future` of `RecordMetadata`, done once the
+    record is durable. Tasks sending at once share transactions (group commit)."""
+
+    def __init__(self, log: AIOLog, **config: Any) -> None:
+        config.setdefault("linger_ms", 0)
+        self._log = log
+        self._loop = log.loop
+        self._sync = log.log.producer(**config)
+        self._sync.caller_writes = False  # the loop never writes: the log's writer thread does
+        self._pending: collections.deque[tuple[Any, asyncio.Future[Any]]] = collections.deque()
+        self._posted = False
+        self._room_made: asyncio.Future[None] | None = None
+        self._unlisten = log.engine.signal.listen(self._on_commit)
+        self._stopped = False
+
+    async def start(self) -> None:
+        """Nothing to connect: present for aiokafka's shape."""
+        if self._stopped:
+            raise LogClosedError("the producer is stopped")
+
+    async def stop(self) -> None:
+        """Flush and close; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            await self._log.run(self._sync.close)
+        finally:
+            self._unlisten()
+            self._resolve()
+
+    async def send(self, topic: str, value: Any = None, key: Any = None, partition: int | None = None,
+                   timestamp_ms: int | None = None,
+                   headers: Iterable[tuple[str, bytes | None]] | None = None) -> asyncio.Future[RecordMetadata]:
+        """Queue one record; returns a future of its `RecordMetadata`, set once it is durable.
+        Raises at once for what `sqlog.Producer.send` refuses (unknown topic, too large, ...)."""
+        sync = self._sync
+        while not sync.has_metadata(topic):  # a read of the file: off the loop
+            await self._log.run(functools.partial(sync.load_metadata, topic))
+        if len(self._pending) >= MAX_PENDING_SENDS:
+            await self._room()
+        return self._track(sync.send(topic, value, key=key, headers=headers, partition=partition,
+                                     timestamp_ms=timestamp_ms))
+
+    async def send_and_wait(self, topic: str, value: Any = None, key: Any = None, partition: int | None = None,
+                            timestamp_ms: int | None = None,
+                            headers: Iterable[tuple[str, bytes | None]] | None = None) -> RecordMetadata:
+        """Send one record and wait until it is durable."""
+        return await (await self.send(topic, value, key, partition, timestamp_ms, headers))
+
+    async def send_batch(self, topic: str, values: Iterable[Any], partition: int | None = None,
+                         timestamp_ms: int | None = None) -> asyncio.Future[list[RecordMetadata]]:
+        """Queue many keyless records for one partition (`sqlog.Producer.send_batch`); one future
+        of their `RecordMetadata` list."""
+        sync = self._sync
+        while not sync.has_metadata(topic):
+            await self._log.run(functools.partial(sync.load_metadata, topic))
+        return self._track(sync.send_batch(topic, values, partition=partition, timestamp_ms=timestamp_ms))
+
+    async def flush(self) -> None:
+        """Wait until every record sent so far is durable; raises the error of a failed write."""
+        await self._log.run(self._sync.flush)
+        self._resolve()
+
+    async def _room(self) -> None:
+        """Wait until half the pending sends are durable."""
+        while len(self._pending) >= MAX_PENDING_SENDS // 2:
+            self._room_made = self._loop.create_future()
+            await self._room_made
+
+    def _track(self, sync_future: Any) -> asyncio.Future[Any]:
+        fut = self._loop.create_future()
+        self._pending.append((sync_future, fut))
+        if sync_future.done():  # written before we queued it: its commit's listener may have missed it
+            self._resolve()
+        return fut
+
+    def _on_commit(self) -> None:  # the committing thread
+        if self._pending and not self._posted:
+            self._posted = True
+            try:
+                self._loop.call_soon_threadsafe(self._resolve)
+            except RuntimeError:  # the loop is closed
+                pass
+
+    def _resolve(self) -> None:
+        self._posted = False
+        pending = self._pending
+        room = self._room_made
+        if room is not None and len(pending) < MAX_PENDING_SENDS // 2 and not room.done():
+            room.set_result(None)
+        for _ in range(RESOLVE_SLICE):
+            if not pending or not pending[0][0].done():  # one producer's batches are written in order
+                break
+            sync_future, fut = pending.popleft()
+            if fut.done():  # cancelled by its awaiter
+                continue
+            try:
+                fut.set_result(sync_future.get(0))
+            except SqlogError as exc:
+                fut.set_exception(exc)
+        if room is not None and len(pending) < MAX_PENDING_SENDS // 2 and not room.done():
+            room.set_result(None)
+        if pending and pending[0][0].done() and not self._posted:
+            self._posted = True
+            self._loop.call_soon(self._resolve)  # the rest after other callbacks: no long stall
+
+    async def __aenter__(self) -> AIOProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+# -- what the two consumers share -------------------------------------------------------------------------
+class _Reader:
+    """A sync reading client driven from the loop: its blocking calls on a strand, records handed
+    out on the loop, waits on the log's waker."""
+
+    _sync: Any
+
+    def __init__(self, log: AIOLog, create: Callable[[], Any]) -> None:
+        self.log = log
+        """The `AIOLog` this client reads."""
+        self._log = log
+        self._loop = log.loop
+        self._strand = _Strand(log.pool)
+        self._error: BaseException | None = None  # of a queued plain call, raised by the next awaited one
+        self._stopped = False
+        self._sync = None
+        self._unwatch = log.engine.watch()  # other processes' commits wake the waker while this client lives
+
+        self._create_error: BaseException | None = None
+
+        def make() -> None:
+            try:
+                self._sync = create()
+            except BaseException as exc:  # raised by every later call (config errors, closed log)
+                self._create_error = exc
+
+        self._strand.submit(make)
+
+    def _keep_error(self, cf: concurrent.futures.Future[Any]) -> None:
+        if not cf.cancelled() and cf.exception() is not None:
+            self._error = cf.exception()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _need(self) -> Any:
+        if self._sync is None:
+            if self._create_error is not None:
+                raise self._create_error
+            raise LogClosedError("the client was not created")
+        return self._sync
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise LogClosedError("the consumer is stopped")
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` off the loop after the client's earlier calls."""
+        self._check_running()
+        self._raise_error()
+        if _IN_LISTENER.get() is self:  # the strand is blocked in this listener: run beside it
+            return await self._log.run(fn)
+        return await asyncio.wrap_future(self._strand.submit(fn), loop=self._loop)
+
+    def _plain(self, fn: Callable[[], T], queue_only: bool = False) -> T | None:
+        """A non-async call: now, on the loop, when the client is idle (errors raise at once), else
+        queued after the running calls (errors raise from the next awaited call)."""
+        self._check_running()
+        self._raise_error()
+        if not queue_only and self._sync is not None and (self._strand.idle() or _IN_LISTENER.get() is self):
+            return fn()
+        self._strand.submit(fn).add_done_callback(self._keep_error)
+        return None
+
+    async def _get(self, timeout_s: float, limit: int, fetch: Callable[[bool], int],
+                   take: Callable[[int], list[Any]], wake_in: Callable[[], float] | None = None) -> list[Any]:
+        """Records handed out on the loop, fetching (off the loop) and waiting until some come or
+        ``timeout_s`` passes. Cancelled anywhere, nothing is lost: fetched records stay buffered."""
+        loop = self._loop
+        deadline = loop.time() + timeout_s
+        waker = self._log.waker
+        first = True
+        while True:
+            self._check_running()
+            if self._sync is not None and self._strand.idle():
+                out = take(limit)
+                if out:
+                    return out
+            seq = waker.seq
+            again = not first
+            first = False
+            if await self._call(functools.partial(fetch, again)):
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            delay = min(remaining, WAIT_SLICE_S)
+            if wake_in is not None:
+                delay = max(min(delay, wake_in()), 0.0)
+            await waker.wait(seq, delay)
+
+    async def _stop(self, close: Callable[[], None]) -> None:
+        if self._stopped:
+            return
+        try:
+            if self._sync is not None or not self._strand.idle():
+                await self._call(lambda: self._sync is not None and close())
+        finally:
+            self._stopped = True
+            self._unwatch()
+            self._log.waker.wake_all()  # tasks waiting in getmany() see the stop
+
+
+# -- the consumer -------------------------------------------------------------------------------------
+class ConsumerRebalanceListener:
+    """aiokafka's listener: coroutines run on the event loop when the assignment changes, inside
+    a ``getone()``/``getmany()`` (or ``stop()``). Awaiting the consumer's calls (``commit()``,
+    ``position()``) from them is allowed."""
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Partitions about to be taken away, still owned: commit what was processed of them."""
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Partitions just given to this consumer."""
+
+    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        """Partitions already taken away (session expired); by default as revoked."""
+        await self.on_partitions_revoked(lost)
+
+
+class _OnLoop(sqlog.ConsumerRebalanceListener):
+    """Runs an async listener's callbacks on the loop while the sync consumer (on the pool) waits."""
+
+    def __init__(self, client: AIOConsumer, listener: Any) -> None:
+        self._client = client
+        self._listener = listener
+
+    def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        self._run(self._listener.on_partitions_revoked, partitions)
+
+    def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        self._run(self._listener.on_partitions_assigned, partitions)
+
+    def on_lost(self, partitions: set[TopicPartition]) -> None:
+        lost = getattr(self._listener, "on_partitions_lost", None) or self._listener.on_partitions_revoked
+        self._run(lost, partitions)
+
+    def _run(self, fn: Callable[[set[TopicPartition]], Any], partitions: set[TopicPartition]) -> None:
+        log = self._client.log
+        loop = log.loop
+        if loop.is_closed() or not loop.is_running() or log.on_loop_thread():
+            result = fn(partitions)  # no loop to run it on (closing at exit): a coroutine is dropped
+            if inspect.iscoroutine(result):
+                result.close()
+            return
+        asyncio.run_coroutine_threadsafe(self._in_listener(fn, partitions), loop).result()
+
+    async def _in_listener(self, fn: Callable[[set[TopicPartition]], Any], partitions: set[TopicPartition]) -> None:
+        token = _IN_LISTENER.set(self._client)
+        try:
+            result = fn(partitions)
+            if inspect.isawaitable(result):
+                await result
+        finally:
+            _IN_LISTENER.reset(token)
+
+
+class AIOConsumer(_Reader):
+    """Reads records: ``await getone()``, ``await getmany()``, ``async for``; config and group
+    behaviour as `sqlog.Consumer`. ``subscribe``/``assign``/``seek`` are plain methods, as in aiokafka."""
+
+    def __init__(self, log: AIOLog, *topics: str, **config: Any) -> None:
+        self._max_poll = config.get("max_poll_records", 500)
+        self._iter_timeout_s = _check_ms("consumer_timeout_ms", config.get("consumer_timeout_ms"), allow_none=True)
+        super().__init__(log, functools.partial(log.log.consumer, **config))
+        if topics:
+            self.subscribe(topics)
+
+    async def start(self) -> None:
+        """Wait until the consumer is set up (its config checked, its connection open)."""
+        await self._call(self._need)
+
+    async def stop(self) -> None:
+        """Leave the group / commit as configured (``close()`` of the sync consumer); idempotent."""
+        await self._stop(lambda: self._need().close())
+
+    # -- assignment -----------------------------------------------------------------------------
+    def subscribe(self, topics: Iterable[str] = (), listener: Any = None) -> None:
+        """Consume these topics; with a group_id the group assigns partitions at the next getmany().
+        ``listener``: a `sqlog.aio.ConsumerRebalanceListener` (coroutines, on the loop) or a
+        `sqlog.ConsumerRebalanceListener` (run on the pool)."""
+        if listener is not None and callable(getattr(listener, "on_partitions_assigned", None)):
+            listener = _OnLoop(self, listener)
+        names = list(topics) if not isinstance(topics, (str, bytes)) else topics
+        self._plain(lambda: self._need().subscribe(names, listener))
+
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        """Consume exactly these partitions, outside any group rebalancing."""
+        parts = list(partitions) if not isinstance(partitions, (str, bytes)) else partitions
+        self._plain(lambda: self._need().assign(parts))
+
+    def unsubscribe(self) -> None:
+        """Drop the subscription or assignment (a group member leaves its group, off the loop)."""
+        self._plain(lambda: self._need().unsubscribe(), queue_only=True)
+
+    def subscription(self) -> set[str]:
+        return set() if self._sync is None else self._sync.subscription()
+
+    def assignment(self) -> set[TopicPartition]:
+        return set() if self._sync is None else self._sync.assignment()
+
+    # -- records ---------------------------------------------------------------------------------
+    async def getmany(self, timeout_ms: int | float = 0,
+                      max_records: int | None = None) -> dict[TopicPartition, list[Record]]:
+        """Records by partition (at most ``max_records``), waiting up to ``timeout_ms`` for some."""
+        records = await self._records(_check_ms("timeout_ms", timeout_ms), _check_max(max_records, self._max_poll))
+        return _grouped(records)
+
+    async def getone(self) -> Record:
+        """The next record, waiting as long as it takes."""
+        while True:
+            records = await self._records(math.inf, 1)
+            if records:
+                return records[0]
+
+    def __aiter__(self) -> AsyncIterator[Record]:
+        return self
+
+    async def __anext__(self) -> Record:
+        """The next record; stops when the consumer stops, or after ``consumer_timeout_ms`` without one."""
+        if self._stopped:
+            raise StopAsyncIteration
+        try:
+            records = await self._records(self._iter_timeout_s, 1)
+        except LogClosedError:
+            if self._stopped:
+                raise StopAsyncIteration from None
+            raise
+        if not records:
+            raise StopAsyncIteration
+        return records[0]
+
+    async def _records(self, timeout_s: float, limit: int) -> list[Record]:
+        fetch_limit = max(limit, self._max_poll if type(self._max_poll) is int else 1)
+        return await self._get(timeout_s, limit, lambda again: self._need().fetch(fetch_limit),
+                               lambda n: self._need().take(n))
+
+    # -- positions and offsets -------------------------------------------------------------------
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read ``tp`` from ``offset`` next."""
+        self._plain(lambda: self._need().seek(tp, offset))
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        """Move to the log start of each partition (all assigned if none given)."""
+        await self._call(lambda: self._need().seek_to_beginning(*partitions))
+
+    async def seek_to_end(self, *partitions: TopicPartition) -> None:
+        """Move to the high watermark of each partition (all assigned if none given)."""
+        await self._call(lambda: self._need().seek_to_end(*partitions))
+
+    async def seek_to_committed(self, *partitions: TopicPartition) -> None:
+        """Move to the group's committed offset of each partition (all assigned if none given)."""
+        def run() -> None:
+            sync = self._need()
+            for tp in partitions or tuple(sync.assignment()):
+                offset = sync.committed(tp)
+                if offset is not None:
+                    sync.seek(tp, offset)
+        await self._call(run)
+
+    async def position(self, tp: TopicPartition) -> int:
+        """The offset of the next record this consumer returns from ``tp``."""
+        return await self._call(lambda: self._need().position(tp))
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset for ``tp``, or None."""
+        return await self._call(lambda: self._need().committed(tp))
+
+    async def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        parts = list(partitions)
+        return await self._call(lambda: self._need().beginning_offsets(parts))
+
+    async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        parts = list(partitions)
+        return await self._call(lambda: self._need().end_offsets(parts))
+
+    async def offsets_for_times(self, timestamps: Mapping[TopicPartition, int]
+                                ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
+        stamps = dict(timestamps) if isinstance(timestamps, Mapping) else timestamps
+        return await self._call(lambda: self._need().offsets_for_times(stamps))
+
+    async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata | int] | None = None) -> None:
+        """Store, per partition, the offset of the next record to read (default: the positions of
+        what getone()/getmany() returned)."""
+        await self._call(lambda: self._need().commit(offsets))
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self._plain(lambda: self._need().pause(*partitions))
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._plain(lambda: self._need().resume(*partitions))
+
+    def paused(self) -> set[TopicPartition]:
+        return set() if self._sync is None else self._sync.paused()
+
+    async def __aenter__(self) -> AIOConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+# -- the share consumer ----------------------------------------------------------------------------------
+class AIOShareConsumer(_Reader):
+    """A member of a share group (queue mode) for asyncio; config and semantics as `sqlog.ShareConsumer`."""
+
+    def __init__(self, log: AIOLog, group_id: str, **config: Any) -> None:
+        self._max_poll = config.get("max_poll_records", 500)
+        self._iter_timeout_s = _check_ms("consumer_timeout_ms", config.get("consumer_timeout_ms"), allow_none=True)
+        super().__init__(log, functools.partial(log.log.share_consumer, group_id, **config))
+
+    async def start(self) -> None:
+        await self._call(self._need)
+
+    async def stop(self) -> None:
+        """Apply acknowledgements and release what is held (``close()`` of the sync one); idempotent."""
+        await self._stop(lambda: self._need().close())
+
+    def subscribe(self, topics: Iterable[str]) -> None:
+        """Take records from every partition of these topics (applied off the loop, in order)."""
+        names = list(topics) if not isinstance(topics, (str, bytes)) else topics
+        self._plain(lambda: self._need().subscribe(names), queue_only=True)
+
+    def unsubscribe(self) -> None:
+        self._plain(lambda: self._need().unsubscribe(), queue_only=True)
+
+    def subscription(self) -> set[str]:
+        return set() if self._sync is None else self._sync.subscription()
+
+    async def getmany(self, timeout_ms: int | float = 0,
+                      max_records: int | None = None) -> dict[TopicPartition, list[ShareRecord]]:
+        """Acquired records by partition (at most ``max_records``), waiting up to ``timeout_ms``."""
+        records = await self._records(_check_ms("timeout_ms", timeout_ms), _check_max(max_records, self._max_poll))
+        return _grouped(records)
+
+    async def getone(self) -> ShareRecord:
+        while True:
+            records = await self._records(math.inf, 1)
+            if records:
+                return records[0]
+
+    def __aiter__(self) -> AsyncIterator[ShareRecord]:
+        return self
+
+    async def __anext__(self) -> ShareRecord:
+        if self._stopped:
+            raise StopAsyncIteration
+        try:
+            records = await self._records(self._iter_timeout_s, 1)
+        except LogClosedError:
+            if self._stopped:
+                raise StopAsyncIteration from None
+            raise
+        if not records:
+            raise StopAsyncIteration
+        return records[0]
+
+    async def _records(self, timeout_s: float, limit: int) -> list[ShareRecord]:
+        fetch_limit = max(limit, self._max_poll if type(self._max_poll) is int else 1)
+
+        def wake_in() -> float:
+            expiry = None if self._sync is None else self._sync.next_lock_expiry_ms
+            return math.inf if expiry is None else (expiry - clock.monotonic_ms()) / 1000 + 0.001
+
+        return await self._get(timeout_s, limit, lambda again: self._need().fetch(fetch_limit, look_first=again),
+                               lambda n: self._need().take(n), wake_in)
+
+    def acknowledge(self, record: ShareRecord, type: str = "accept") -> None:  # noqa: A002 - Kafka's name
+        """Mark how a delivered record ended (accept / release / reject / renew); applied by commit()."""
+        self._plain(lambda: self._need().acknowledge(record, type))
+
+    async def commit(self) -> None:
+        """Apply pending acknowledgements now (InvalidRecordStateError for expired locks)."""
+        await self._call(lambda: self._need().commit())
+
+    async def __aenter__(self) -> AIOShareConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
