@@ -221,9 +221,10 @@ def _topic_json(d: sqlog.TopicDescription) -> dict[str, Any]:
 # -- topics ------------------------------------------------------------------------------------
 def cmd_topics_create(args: argparse.Namespace) -> int:
     with _open_log(args, create=True) as log:
+        existed = args.if_not_exists and args.name in log.list_topics()
         log.create_topic(args.name, partitions=args.partitions, retention_ms=args.retention_ms,
-                         retention_bytes=args.retention_bytes)
-    print(f"Created topic {args.name}.")
+                         retention_bytes=args.retention_bytes, exist_ok=args.if_not_exists)
+    print(f"Topic {args.name} already exists." if existed else f"Created topic {args.name}.")
     return 0
 
 
@@ -811,6 +812,8 @@ def _add_topics(subparsers: Any) -> None:
                  "Create a topic (and the log file, if it does not exist yet).")
     p.add_argument("name", help="topic name: 1 to 249 of letters, digits, '.', '_', '-'")
     p.add_argument("--partitions", type=_positive_int, default=1, metavar="N", help="partition count (default 1)")
+    p.add_argument("--if-not-exists", action="store_true",
+                   help="succeed quietly if the topic already exists with this partition count")
     _retention_options(p)
 
     p = _command(commands, "list", "list topics with partitions, records and retention", cmd_topics_list)

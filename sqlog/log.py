@@ -81,14 +81,19 @@ class Log:
 
     # -- topics ----------------------------------------------------------------------------
     def create_topic(self, name: str, partitions: int = 1, retention_ms: int | None = None,
-                     retention_bytes: int | None = None, retention_policy: str = "limits") -> TopicDescription:
+                     retention_bytes: int | None = None, retention_policy: str = "limits",
+                     exist_ok: bool = False) -> TopicDescription:
         """Create a topic; offsets of each partition start at 0.
+
+        ``exist_ok=True``: if the topic exists with the same partition count, describe it and
+        change nothing (kafka-topics.sh's ``--if-not-exists``); another count still raises
+        TopicAlreadyExistsError.
 
         ``retention_policy="interest"``: retention never removes records that a consumer group
         (by its committed offset) or a share group (by its start offset) reading the topic still needs.
         """
         with self.engine.write() as conn:
-            topics.create(conn, name, partitions, retention_ms, retention_bytes, retention_policy)
+            topics.create(conn, name, partitions, retention_ms, retention_bytes, retention_policy, exist_ok)
             self.engine.topics_changed()
             return topics.describe(conn, name)
 

@@ -110,15 +110,31 @@ def create(
     retention_ms: int | None,
     retention_bytes: int | None,
     retention_policy: str = "limits",
+    exist_ok: bool = False,
 ) -> TopicMeta:
-    """Insert the topic and its partition tables; run inside a write transaction."""
+    """Insert the topic and its partition tables; run inside a write transaction.
+
+    ``exist_ok``: a topic of that name with the same partition count is returned as it is;
+    one with another count is still a TopicAlreadyExistsError."""
     validate_name(name)
     _check_partitions(partitions)
     retention_ms = check_retention(retention_ms, "retention_ms")
     retention_bytes = check_retention(retention_bytes, "retention_bytes")
     check_policy(retention_policy)
-    if lookup(conn, name) is not None:
-        raise TopicAlreadyExistsError(f"topic {name!r} already exists")
+    if type(exist_ok) is not bool:
+        raise InvalidConfigError(f"exist_ok must be True or False, not {exist_ok!r}")
+    found = lookup(conn, name)
+    if found is not None:
+        if not exist_ok:
+            raise TopicAlreadyExistsError(
+                f"topic {name!r} already exists; pass exist_ok=True (CLI: --if-not-exists) to accept it as it is"
+            )
+        if found.partitions != partitions:
+            raise TopicAlreadyExistsError(
+                f"topic {name!r} already exists with {found.partitions} partition(s), not {partitions}; "
+                "alter_topic() grows it, or pick another name"
+            )
+        return found
     conn.execute(
         "INSERT INTO topics(name, retention_ms, retention_bytes, created_ms) VALUES (?, ?, ?, ?)",
         (name, retention_ms, retention_bytes, wall_ms()),

@@ -170,6 +170,16 @@ def test_topics_create_list_describe_alter_delete(db: str) -> None:
     assert "unknown topic 'orders'" in one_line_error(run("--db", db, "topics", "delete", "orders"))
 
 
+def test_topics_create_if_not_exists(db: str) -> None:
+    assert run("--db", db, "topics", "create", "orders", "--partitions", "2").returncode == 0
+    err = one_line_error(run("--db", db, "topics", "create", "orders", "--partitions", "2"))
+    assert "already exists" in err and "--if-not-exists" in err
+    again = run("--db", db, "topics", "create", "orders", "--partitions", "2", "--if-not-exists")
+    assert again.returncode == 0 and again.stdout == "Topic orders already exists.\n"
+    assert "not 3" in one_line_error(run("--db", db, "topics", "create", "orders", "--partitions", "3",
+                                         "--if-not-exists"))
+
+
 def test_sqlog_db_environment_variable(tmp_path: Path) -> None:
     env_db, flag_db = str(tmp_path / "env.db"), str(tmp_path / "flag.db")
     assert run("topics", "create", "from-env", env={"SQLOG_DB": env_db}).returncode == 0

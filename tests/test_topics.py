@@ -26,6 +26,22 @@ def send_all(log: sqlog.Log, topic: str, values: list[bytes], **kwargs: object) 
 # -- create_topic -------------------------------------------------------------------------
 
 
+def test_create_topic_exist_ok(log: sqlog.Log) -> None:
+    first = log.create_topic("orders", partitions=3, retention_ms=60_000)
+    send_all(log, "orders", [b"a"])
+    again = log.create_topic("orders", partitions=3, exist_ok=True)  # quietly: nothing changes
+    assert again == log.describe_topic("orders") and again.retention_ms == first.retention_ms
+    assert sum(p.records for p in again.partitions) == 1
+    with pytest.raises(sqlog.TopicAlreadyExistsError, match="exist_ok=True"):
+        log.create_topic("orders", partitions=3)
+    with pytest.raises(sqlog.TopicAlreadyExistsError, match="with 3 partition.*not 4"):
+        log.create_topic("orders", partitions=4, exist_ok=True)
+    with pytest.raises(sqlog.InvalidConfigError, match="exist_ok"):
+        log.create_topic("other", exist_ok="yes")  # type: ignore[arg-type]
+    assert log.create_topic("new", exist_ok=True).name == "new"
+
+
+
 def test_create_topic_defaults(log: sqlog.Log) -> None:
     desc = log.create_topic("orders")
     assert desc == sqlog.TopicDescription(
