@@ -14,7 +14,16 @@ import apsw
 from . import groups, partitions, topics
 from .assignors import STRATEGIES
 from .checksum import mismatches
-from .config import MAX_INT32, check_bool, check_config, check_int, check_offset
+from .config import (
+    CONSUMER_OPTIONS,
+    MAX_INT32,
+    check_bool,
+    check_config,
+    check_int,
+    check_offset,
+    defaults,
+    describe,
+)
 from .engine import Engine
 from .errors import (
     CommitFailedError,
@@ -31,25 +40,7 @@ from .reading import RETRY, deserialize, deserialize_error, next_from, poll_dead
 from .serde import decode_headers, serde_function
 from .types import ConsumerGroupMetadata, OffsetAndMetadata, OffsetAndTimestamp, Record, TopicPartition
 
-CONSUMER_DEFAULTS: dict[str, Any] = {
-    "group_id": None,
-    "auto_offset_reset": "latest",
-    "enable_auto_commit": True,
-    "auto_commit_interval_ms": 5_000,
-    "key_deserializer": None,
-    "value_deserializer": None,
-    "max_poll_records": 500,
-    "check_crcs": True,  # verify each record's checksum (Kafka's check.crcs): CorruptRecordError if damaged
-    "consumer_timeout_ms": None,  # iteration stops after this long without a record (None: never)
-    "metadata_max_age_ms": 5_000,
-    # Kafka's group settings: they apply to a consumer with a group_id that calls subscribe().
-    "client_id": "sqlog",  # prefix of the member id, shown by describe_group
-    "partition_assignment_strategy": "range",  # or "roundrobin", "sticky", "cooperative-sticky"
-    "session_timeout_ms": 45_000,
-    # None: derived from session_timeout_ms (a third of it, at most 3000, Kafka's default and advice).
-    "heartbeat_interval_ms": None,
-    "max_poll_interval_ms": 300_000,
-}
+CONSUMER_DEFAULTS: dict[str, Any] = defaults(CONSUMER_OPTIONS)
 _RESETS = ("earliest", "latest", "none")
 
 
@@ -111,7 +102,8 @@ def heartbeat_for(session_timeout_ms: int) -> int:
 
 
 class Consumer:
-    """Reads records from assigned or subscribed partitions; use from one thread, as in Kafka."""
+    __doc__ = ("Reads records from assigned or subscribed partitions; use from one thread, as in Kafka.\n\n"
+               "Config keys (``log.consumer(**config)``):\n\n" + describe(CONSUMER_OPTIONS))
 
     def __init__(self, engine: Engine, **config: Any) -> None:
         cfg = check_config(config, CONSUMER_DEFAULTS, "consumer")

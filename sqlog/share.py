@@ -26,7 +26,7 @@ import apsw
 
 from . import clock, share_groups, topics
 from .checksum import matches
-from .config import check_bool, check_config, check_int
+from .config import SHARE_CONSUMER_OPTIONS, check_bool, check_config, check_int, defaults, describe
 from .engine import Engine
 from .errors import (
     CorruptRecordError,
@@ -43,26 +43,7 @@ from .serde import decode_headers, serde_function
 from .share_groups import ACKNOWLEDGE_TYPES, Acknowledgement, ShareOutcome, ShareSettings, ShareTransaction
 from .types import ShareRecord, TopicPartition
 
-SHARE_CONSUMER_DEFAULTS: dict[str, Any] = {
-    # Where a share group starts reading a partition it has never read: "earliest" (a job
-    # enqueued before the first worker started must still be done) or "latest".
-    "auto_offset_reset": "earliest",
-    "record_lock_duration_ms": 30_000,
-    "delivery_count_limit": 5,
-    "dead_letter_topic": None,
-    # "explicit": every record is acknowledged with acknowledge(); "implicit": every record a
-    # poll returned is accepted at the next poll, commit() or close().
-    "acknowledgement_mode": "explicit",
-    "key_deserializer": None,
-    "value_deserializer": None,
-    "max_poll_records": 500,
-    "check_crcs": True,  # verify each record's checksum: a damaged record is rejected, CorruptRecordError
-    "partition_max_record_locks": 2_000,
-    "consumer_timeout_ms": None,  # iteration stops after this long without a record (None: never)
-    # Called as callback(offsets: dict[TopicPartition, set[int]], exception) after a poll() or
-    # close() applied acknowledgements (exception: InvalidRecordStateError or None).
-    "acknowledgement_commit_callback": None,
-}
+SHARE_CONSUMER_DEFAULTS: dict[str, Any] = defaults(SHARE_CONSUMER_OPTIONS)
 
 
 class _Delivered:
@@ -87,7 +68,11 @@ class ShareConsumer:
     Renewing a lock: ``acknowledge(record, type="renew")`` then ``commit()`` (Kafka's KIP-1222
     RENEW) extends the record's lock by ``record_lock_duration_ms`` from now; the record stays
     this consumer's and still needs its final acknowledgement.
+
+    Config keys (``log.share_consumer(group_id, **config)``):
+
     """
+    __doc__ = (__doc__ or "").rstrip() + "\n\n" + describe(SHARE_CONSUMER_OPTIONS)
 
     def __init__(self, engine: Engine, group_id: str, **config: Any) -> None:
         cfg = check_config(config, SHARE_CONSUMER_DEFAULTS, "share consumer")
