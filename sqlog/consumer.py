@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
@@ -33,6 +34,7 @@ from .errors import (
     LogClosedError,
     OffsetOutOfRange,
     SerializationError,
+    SqlogError,
     UnknownTopicOrPartitionError,
     translated,
 )
@@ -41,6 +43,7 @@ from .serde import decode_headers, serde_function
 from .types import ConsumerGroupMetadata, OffsetAndMetadata, OffsetAndTimestamp, Record, TopicPartition
 
 CONSUMER_DEFAULTS: dict[str, Any] = defaults(CONSUMER_OPTIONS)
+logger = logging.getLogger("sqlog")
 _RESETS = ("earliest", "latest", "none")
 
 
@@ -160,6 +163,8 @@ class Consumer:
         self._next_commit = time.monotonic() + self._auto_commit_s
         self._buffer: collections.deque[Record] = collections.deque()
         self._rr = 0
+        self._skipped: dict[TopicPartition, int] = {}
+        self._skips_pending: dict[tuple[int, int], int] = {}  # (topic_id, partition): not yet in the file
         self._closed = False
         engine.track(self)
 
@@ -400,10 +405,11 @@ class Consumer:
         return partitions.bounds(self._conn, part.topic_id, part.tp.partition, str(part.tp))
 
     def _reset_position(self, part: _Partition, offset: int | None, start: int, end: int) -> int:
-        if self._reset == "earliest":
-            return start
-        if self._reset == "latest":
-            return end
+        if self._reset in ("earliest", "latest"):
+            new = start if self._reset == "earliest" else end
+            if offset is not None and offset < new:
+                self._skip(part, offset, new, start)
+            return new
         if offset is None:
             raise OffsetOutOfRange(
                 f"{part.tp}: no committed offset and auto_offset_reset='none'; seek() to a position first"
@@ -412,6 +418,40 @@ class Consumer:
             f"{part.tp}: offset {offset} is outside the log [{start}, {end}] and auto_offset_reset='none'; "
             "seek() to a valid offset"
         )
+
+    def _skip(self, part: _Partition, offset: int, new: int, start: int) -> None:
+        """auto_offset_reset jumped from ``offset`` to ``new``: say so on the ``sqlog`` logger and count it."""
+        n = new - offset
+        why = "retention removed them" if new == start else "auto_offset_reset='latest'"
+        logger.warning(
+            "%s: offset %d is below the log start offset %d; auto_offset_reset=%r moves to %d, "
+            "skipping %d record(s), offsets %d to %d (%s)%s",
+            f"{part.tp.topic}-{part.tp.partition}", offset, start, self._reset, new, n, offset, new - 1, why,
+            f" [group {self._group!r}]" if self._group else "",
+        )
+        self._skipped[part.tp] = self._skipped.get(part.tp, 0) + n
+        if self._group is not None:
+            key = (part.topic_id, part.tp.partition)
+            self._skips_pending[key] = self._skips_pending.get(key, 0) + n
+
+    def _store_skips(self) -> None:
+        """Add the skips counted since the last store to the group's counts (describe_group);
+        kept for the next try if the write fails."""
+        pending, self._skips_pending = self._skips_pending, {}
+        try:
+            with self._engine.write() as conn:
+                groups.add_skipped(conn, self._group, [(t, p, n) for (t, p), n in pending.items()])  # type: ignore[arg-type]
+        except Exception:
+            for key, n in pending.items():
+                self._skips_pending[key] = self._skips_pending.get(key, 0) + n
+            raise
+
+    def skipped_records(self) -> dict[TopicPartition, int]:
+        """Per partition, how many records this consumer jumped over because ``auto_offset_reset``
+        moved a position or committed offset that had fallen below the log start (each jump is
+        also a warning on the ``sqlog`` logger). Partitions with no skip are left out."""
+        self._check_open()
+        return dict(self._skipped)
 
     def _resolve(self, part: _Partition) -> int:
         if part.position is None:
@@ -427,7 +467,10 @@ class Consumer:
         """The offset of the next record this consumer will read from ``tp``."""
         self._check_open()
         with translated(self._path):
-            return self._resolve(self._part(tp))
+            position = self._resolve(self._part(tp))
+        if self._skips_pending:
+            self._store_skips()
+        return position
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Read ``tp`` from ``offset`` at the next poll (checked against the log then)."""
@@ -536,7 +579,13 @@ class Consumer:
             return records
 
         # Nothing new: sleep until this process commits, checking every few ms for others.
-        return read_blocking(self._engine, self._conn, deadline, attempt, lambda: self._wake_early(grouped))
+        records = read_blocking(self._engine, self._conn, deadline, attempt, lambda: self._wake_early(grouped))
+        if self._skips_pending:
+            try:
+                self._store_skips()
+            except SqlogError:
+                pass  # never lose the records read (locked, disk full...): the count goes with the next poll
+        return records
 
     def _wake_early(self, grouped: bool) -> bool:
         """Stop a blocked poll's wait: closed meanwhile (raises), subscribed topics due for a look,

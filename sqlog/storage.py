@@ -197,6 +197,11 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     """
     INSERT OR REPLACE INTO settings(key, value) VALUES ('liveness_clock', 'wall');
     """,
+    # 6: records a group's consumers skipped when auto_offset_reset moved them past records
+    # (a committed offset or position below the log start), per partition, shown by describe_group.
+    """
+    ALTER TABLE committed_offsets ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings
