@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -24,7 +25,7 @@ from typing import Any
 
 import apsw
 
-from . import clock, share_groups, topics
+from . import clock, liveness, share_groups, topics
 from .checksum import matches
 from .config import SHARE_CONSUMER_OPTIONS, check_bool, check_config, check_int, defaults, describe
 from .engine import Engine
@@ -35,6 +36,7 @@ from .errors import (
     InvalidRecordStateError,
     LogClosedError,
     SqlogError,
+    translated,
 )
 from .groups import validate_group_id
 from .reading import RETRY, deserialize, deserialize_error, next_from, poll_deadline, read_blocking
@@ -44,6 +46,9 @@ from .share_groups import ACKNOWLEDGE_TYPES, Acknowledgement, ShareOutcome, Shar
 from .types import ShareRecord, TopicPartition
 
 SHARE_CONSUMER_DEFAULTS: dict[str, Any] = defaults(SHARE_CONSUMER_OPTIONS)
+DEAD_CHECK_S = 0.25
+"""How often a blocked poll looks for a member whose process on this machine is gone (a poll's
+own transaction always looks)."""
 
 
 class _Delivered:
@@ -126,6 +131,8 @@ class ShareConsumer:
         self._delivered: dict[tuple[str, int, int], _Delivered] = {}
         self._rr = 0
         self._next_expiry_ms: int | None = None
+        self._registered_pid: int | None = None  # the process recorded in share_members for this member
+        self._dead_check_at = 0.0  # when a blocked poll next looks for members whose process is gone
         self._closed = False
         # A read connection for a blocked poll: data_version and a cheap look before taking the write lock.
         self._conn: apsw.Connection = engine.reader()
@@ -226,12 +233,25 @@ class ShareConsumer:
         read_blocking(self._engine, self._conn, deadline, attempt, self._lock_expired)
 
     def _lock_expired(self) -> bool:
-        """A blocked poll also wakes when some consumer's lock comes due (no commit marks that)."""
+        """A blocked poll also wakes when some consumer's lock comes due (no commit marks that), or
+        (looked at every `DEAD_CHECK_S`) when another member's process on this machine is gone."""
         self._check_open()
-        return self._next_expiry_ms is not None and clock.monotonic_ms() >= self._next_expiry_ms
+        if self._next_expiry_ms is not None and clock.monotonic_ms() >= self._next_expiry_ms:
+            return True
+        now = time.monotonic()
+        if now < self._dead_check_at:
+            return False
+        self._dead_check_at = now + DEAD_CHECK_S
+        return self._dead_member()
+
+    def _dead_member(self) -> bool:
+        with translated(self._path):
+            return share_groups.dead_member(self._conn, self.group_id, self.member_id)
 
     def _maybe_available(self) -> bool:
         """A read-only look (no write lock) at whether a poll's transaction could take anything."""
+        if self._dead_member():
+            return True  # its locks are released by the next transaction
         maybe, next_expiry_ms = share_groups.look(
             self._conn, self.group_id, self._subscription_json, self._settings.partition_max_record_locks,
             clock.monotonic_ms(),
@@ -353,7 +373,8 @@ class ShareConsumer:
         self._callback(offsets, self._failure(outcome.failed) if outcome.failed else None)
 
     # -- the transaction -------------------------------------------------------------------
-    def _transact(self, acquire: int, release_all: bool = False, release_buffer: bool = False) -> ShareOutcome:
+    def _transact(self, acquire: int, release_all: bool = False, release_buffer: bool = False,
+                  leave: bool = False) -> ShareOutcome:
         """One write transaction: apply pending acknowledgements, expire locks, acquire up to
         ``acquire`` records, release what this consumer holds (``release_all``) or has buffered
         (``release_buffer``), advance start offsets, dead-letter what was archived."""
@@ -374,6 +395,12 @@ class ShareConsumer:
                 tx.release_buffered(buffered)
             if release_all:
                 tx.release_member()
+            pid = os.getpid()
+            if leave:
+                tx.forget_member()
+            elif acquire and self._registered_pid != pid:
+                tx.register(pid, liveness.PID_NAMESPACE, liveness.start_time(pid))
+            tx.expire_dead()
             tx.expire()
             rows = tx.subscribed()
             if acquire:
@@ -384,6 +411,7 @@ class ShareConsumer:
                 append_rows(conn, batch.topic_id, batch.partition, batch.rows, batch.nbytes, batch.max_ts, self._path)
             out = tx.finish(waiting=acquire > 0 and not tx.outcome.acquired)
         # Committed: only now does this consumer's bookkeeping follow.
+        self._registered_pid = None if leave else pid if acquire else self._registered_pid
         failed = set(out.failed)
         for key, d in pending:
             if d.ack == "renew" and key not in failed:
@@ -413,7 +441,7 @@ class ShareConsumer:
         try:
             if not self._engine.closed:
                 self._settle_implicit()
-                self._report(self._transact(acquire=0, release_all=True))
+                self._report(self._transact(acquire=0, release_all=True, leave=True))
         finally:
             self._closed = True
             self._buffer.clear()

@@ -38,7 +38,7 @@ from typing import Any
 import apsw
 import attrs
 
-from . import topics
+from . import liveness, topics
 from .checksum import CHECK_COLUMN
 from .errors import GroupIdNotFoundError, GroupNotEmptyError
 from .groups import validate_group_id
@@ -197,6 +197,19 @@ class ShareOutcome:
     next_expiry_ms: int | None = None  # the next lock deadline ahead, when a poll found nothing
 
 
+_MEMBERS = ("SELECT member_id, pid, pid_namespace, pid_start_time FROM share_members"
+            " WHERE share_group_id = ? AND member_id != ?")
+
+
+def dead_member(conn: apsw.Connection, group_id: str, member_id: str) -> bool:
+    """Whether a member of the group other than ``member_id`` has a process on this machine
+    that is gone (a read: a blocked poll's cheap look before its write transaction)."""
+    row = conn.execute(_GROUP_ID, (group_id,)).fetchone()
+    return row is not None and any(
+        liveness.process_gone(pid, ns, start) for _, pid, ns, start in conn.execute(_MEMBERS, (row[0], member_id))
+    )
+
+
 class ShareTransaction:
     """The work of one share transaction, on a connection inside a write transaction.
 
@@ -270,6 +283,28 @@ class ShareTransaction:
             _RELEASE_MEMBER, (self.sg, self.settings.delivery_count_limit, self.member_id)
         ).fetchall():
             self._ended(topic_id, partition, offset, state, count)
+
+    def register(self, pid: int, namespace: str, start: int | None) -> None:
+        """Record this member's process (`liveness`), so others can release its locks if it dies."""
+        self.conn.execute("INSERT OR REPLACE INTO share_members VALUES (?, ?, ?, ?, ?)",
+                          (self.member_id, self.sg, pid, namespace, start))
+
+    def forget_member(self) -> None:
+        """This member leaves (close): its process record goes."""
+        self.conn.execute("DELETE FROM share_members WHERE member_id = ?", (self.member_id,))
+
+    def expire_dead(self) -> None:
+        """Release at once the locks of members whose process on this machine is gone (same boot
+        and pid namespace: `liveness.process_gone`), as if their locks had expired: available
+        again, or archived at the delivery-count limit. Elsewhere the lock deadline decides."""
+        conn, sg, limit = self.conn, self.sg, self.settings.delivery_count_limit
+        for member, pid, namespace, start in conn.execute(_MEMBERS, (sg, self.member_id)).fetchall():
+            if liveness.process_gone(pid, namespace, start):
+                for topic_id, partition, offset, state, count in conn.execute(
+                    _RELEASE_MEMBER, (sg, limit, member)
+                ).fetchall():
+                    self._ended(topic_id, partition, offset, state, count)
+                conn.execute("DELETE FROM share_members WHERE member_id = ?", (member,))
 
     def expire(self) -> None:
         """Locks past their deadline: available again, or archived at the delivery-count limit."""
@@ -483,5 +518,5 @@ def delete(conn: apsw.Connection, group_id: str, now: int) -> None:
             f"share group {group_id!r} has records locked by live consumers; close them (or wait for their locks "
             "to expire) before deleting it"
         )
-    for table in ("share_records", "share_partitions", "share_groups"):
+    for table in ("share_records", "share_partitions", "share_members", "share_groups"):
         conn.execute(f"DELETE FROM {table} WHERE share_group_id = ?", (sg,))

@@ -202,6 +202,17 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     """
     ALTER TABLE committed_offsets ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: share-group members' processes (liveness.py's facts), so a consumer whose process on this
+    # machine is gone has its record locks released at once instead of at their deadline.
+    """
+    CREATE TABLE share_members(
+        member_id      TEXT PRIMARY KEY,
+        share_group_id INTEGER NOT NULL,
+        pid            INTEGER NOT NULL,
+        pid_namespace  TEXT NOT NULL,   -- liveness.PID_NAMESPACE: '' where pids cannot be judged
+        pid_start_time INTEGER          -- liveness.start_time(pid)
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings
