@@ -47,6 +47,20 @@ def check_offset(value: object, what: str) -> None:
         raise InvalidConfigError(f"{what} must be an int from 0 to 2**63-1, not {value!r}")
 
 
+def check_ms(name: str, value: object) -> float:
+    """A wait in milliseconds (an int or float >= 0); a float between 0 and 1 is refused, since it
+    is almost always seconds meant (confluent-kafka's ``poll(1.0)``), and would busy-wait."""
+    if type(value) not in (int, float) or not 0 <= value < math.inf:  # type: ignore[operator]
+        raise InvalidConfigError(f"{name} must be a number of milliseconds >= 0, not {value!r}")
+    if type(value) is float and 0 < value < 1:
+        raise InvalidConfigError(
+            f"{name} is in milliseconds: {value!r} means {value} ms, not {value} s (confluent-kafka's poll() "
+            f"takes seconds; sqlog, like kafka-python and Kafka's Java client, takes ms); "
+            f"pass {name}={round(value * 1000)} for {value} s"
+        )
+    return value  # type: ignore[return-value]
+
+
 def check_timeout(timeout: object) -> None:
     """A wait's ``timeout``: None (no limit) or a finite number of seconds >= 0."""
     if timeout is not None and (

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sized
 from typing import Any, TypeVar
 
-from .config import MAX_INT32
+from .config import MAX_INT32, check_ms
 from .engine import Engine
 from .errors import InvalidConfigError, SerializationError, translated
 from .storage import data_version, wait_for_commit
@@ -32,8 +32,7 @@ ITERATION_SLICE_S = 1.0
 def poll_deadline(timeout_ms: object, max_records: object, default_max_records: int) -> tuple[float, int]:
     """Check ``poll(timeout_ms, max_records)``'s arguments: the monotonic deadline and the record
     limit (``default_max_records``, the max_poll_records config, when ``max_records`` is None)."""
-    if type(timeout_ms) not in (int, float) or not 0 <= timeout_ms < math.inf:  # type: ignore[operator]
-        raise InvalidConfigError(f"timeout_ms must be a number >= 0, not {timeout_ms!r}")
+    check_ms("timeout_ms", timeout_ms)
     limit = default_max_records if max_records is None else max_records
     if type(limit) is not int or not 1 <= limit <= MAX_INT32:
         raise InvalidConfigError(f"max_records must be an int from 1 to {MAX_INT32}, not {max_records!r}")

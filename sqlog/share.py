@@ -36,6 +36,7 @@ from .errors import (
     InvalidRecordStateError,
     LogClosedError,
     SqlogError,
+    UnknownTopicOrPartitionError,
     translated,
 )
 from .groups import validate_group_id
@@ -115,7 +116,13 @@ class ShareConsumer:
         self._engine = engine
         self._path = engine.path
         if dlq is not None:
-            engine.topic_meta(dlq)  # the dead-letter topic must exist (UnknownTopicOrPartitionError)
+            try:
+                engine.topic_meta(dlq)  # the dead-letter topic must exist
+            except UnknownTopicOrPartitionError:
+                raise UnknownTopicOrPartitionError(
+                    f"dead_letter_topic={dlq!r}: no such topic; create it first "
+                    f"(log.create_topic({dlq!r}, exist_ok=True)) or leave dead_letter_topic unset"
+                ) from None
         self._settings = ShareSettings(
             group_id=self.group_id,
             delivery_count_limit=limit,
