@@ -509,9 +509,9 @@ def _share_group_json(d: sqlog.ShareGroupDescription) -> dict[str, Any]:
         "lag": d.lag,
         "partitions": [
             {"topic": p.topic, "partition": p.partition, "start_offset": p.start_offset,
-             "end_offset": p.end_offset, "log_end_offset": p.high_watermark, "in_flight": p.in_flight,
+             "log_end_offset": p.log_end_offset, "in_flight": p.in_flight,
              "acquired": p.acquired, "available": p.available, "acknowledged": p.acknowledged,
-             "archived": p.archived, "lag": p.lag}
+             "archived": p.archived, "dead_lettered": p.dead_lettered, "lag": p.lag}
             for p in d.partitions
         ],
     }
@@ -567,9 +567,9 @@ def _print_consumer_group(d: sqlog.GroupDescription, now: int) -> None:
 
 def _print_share_group(d: sqlog.ShareGroupDescription) -> None:
     print(_table(["GROUP", "TOPIC", "PARTITION", "START-OFFSET", "LOG-END-OFFSET", "IN-FLIGHT", "ACQUIRED",
-                  "AVAILABLE", "ARCHIVED"],
-                 [[d.group_id, p.topic, p.partition, p.start_offset, p.high_watermark, p.in_flight, p.acquired,
-                   p.available, p.archived] for p in d.partitions]))
+                  "AVAILABLE", "ACKNOWLEDGED", "ARCHIVED", "DEAD-LETTERED", "LAG"],
+                 [[d.group_id, p.topic, p.partition, p.start_offset, p.log_end_offset, p.in_flight, p.acquired,
+                   p.available, p.acknowledged, p.archived, p.dead_lettered, p.lag] for p in d.partitions]))
     print()
     print(f"Share group {d.group_id}: state={d.state}  lag={d.lag}")
 

@@ -382,7 +382,17 @@ class ShareTransaction:
         without a dead-letter topic (or when it was deleted since: archived without a copy). The
         caller appends them in this transaction."""
         dlq = self.settings.dead_letter_topic
-        if not self.dead or dlq is None:
+        if not self.dead:
+            return []
+        counts: dict[tuple[int, int], int] = {}
+        for topic_id, partition, *_ in self.dead:
+            counts[(topic_id, partition)] = counts.get((topic_id, partition), 0) + 1
+        self.conn.executemany(
+            "UPDATE share_partitions SET dead_lettered = dead_lettered + ?"
+            " WHERE share_group_id = ? AND topic_id = ? AND partition = ?",
+            [(n, self.sg, t, p) for (t, p), n in counts.items()],
+        )
+        if dlq is None:
             return []
         meta = topics.lookup(self.conn, dlq)
         if meta is None:
@@ -485,8 +495,8 @@ def describe(conn: apsw.Connection, group_id: str, now: int) -> ShareGroupDescri
         return ShareGroupDescription(group_id, "Dead", ())
     sg = row[0]
     parts = []
-    for name, topic_id, partition, start, end, high in conn.execute(
-        "SELECT t.name, s.topic_id, s.partition, s.start_offset, s.end_offset, p.next_offset"
+    for name, topic_id, partition, start, end, high, dead in conn.execute(
+        "SELECT t.name, s.topic_id, s.partition, s.start_offset, s.end_offset, p.next_offset, s.dead_lettered"
         " FROM share_partitions s JOIN topics t USING (topic_id) JOIN partitions p USING (topic_id, partition)"
         " WHERE s.share_group_id = ? ORDER BY t.name, s.partition",
         (sg,),
@@ -499,8 +509,8 @@ def describe(conn: apsw.Connection, group_id: str, now: int) -> ShareGroupDescri
             (sg, topic_id, partition, now),
         ).fetchone()
         lag = high - start - acknowledged - archived
-        parts.append(SharePartitionState(name, partition, start, end, high, end - start, acquired, available,
-                                         acknowledged, archived, lag))
+        parts.append(SharePartitionState(name, partition, start, high, end - start, acquired, available,
+                                         acknowledged, archived, dead, lag))
     held = conn.execute(_HELD, (sg, now)).fetchone()[0]
     return ShareGroupDescription(group_id, "Stable" if held else "Empty", tuple(parts))
 

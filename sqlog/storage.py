@@ -213,6 +213,11 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
         pid_start_time INTEGER          -- liveness.start_time(pid)
     ) WITHOUT ROWID;
     """,
+    # 8: a running count per share group and partition of the records archived (rejected or past
+    # delivery_count_limit: each copied to the dead-letter topic when one is set), for describe.
+    """
+    ALTER TABLE share_partitions ADD COLUMN dead_lettered INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings

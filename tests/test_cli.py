@@ -626,7 +626,8 @@ def _seed_share(db: str) -> None:
         log.alter_group_offsets("billing", {sqlog.TopicPartition("jobs", 0): 5})
 
 
-SHARE_HEADER = "GROUP TOPIC PARTITION START-OFFSET LOG-END-OFFSET IN-FLIGHT ACQUIRED AVAILABLE ARCHIVED".split()
+SHARE_HEADER = ("GROUP TOPIC PARTITION START-OFFSET LOG-END-OFFSET IN-FLIGHT ACQUIRED AVAILABLE ACKNOWLEDGED ARCHIVED "
+                "DEAD-LETTERED LAG").split()
 
 
 def test_groups_list_describe_and_delete_share_groups(db: str) -> None:
@@ -650,19 +651,19 @@ def test_groups_list_describe_and_delete_share_groups(db: str) -> None:
         {"group": "jobs-g", "type": "share", "state": "Empty", "generation": None, "members": None, "lag": 3}]
 
     assert share.returncode == 0 and share.stderr == "", share
-    assert table(share.stdout) == [SHARE_HEADER, ["jobs-g", "jobs", "0", "0", "5", "3", "0", "1", "1"]]
+    assert table(share.stdout) == [SHARE_HEADER, ["jobs-g", "jobs", "0", "0", "5", "3", "0", "1", "1", "1", "1", "3"]]
     assert share.stdout.splitlines()[-1] == "Share group jobs-g: state=Empty  lag=3"
     assert json.loads(share_json.stdout) == {"group": "jobs-g", "type": "share", "state": "Empty", "lag": 3,
                                              "partitions": [{
-                                                 "topic": "jobs", "partition": 0, "start_offset": 0, "end_offset": 3,
+                                                 "topic": "jobs", "partition": 0, "start_offset": 0,
                                                  "log_end_offset": 5, "in_flight": 3, "acquired": 0, "available": 1,
-                                                 "acknowledged": 1, "archived": 1, "lag": 3}]}
+                                                 "acknowledged": 1, "archived": 1, "dead_lettered": 1, "lag": 3}]}
     # One id, both kinds: the consumer group's section, then the share group's.
     assert both.returncode == 0, both
     consumer_part, share_part = both.stdout.split("\n\nGROUP ")
     assert table(consumer_part)[1:] == [["both", "jobs", "0", "4", "5", "1", "-", "-", "-"]]
     assert consumer_part.splitlines()[-1].startswith("Group both: state=Empty")
-    assert table("GROUP " + share_part) == [SHARE_HEADER, ["both", "jobs", "0", "1", "5", "0", "0", "0", "0"]]
+    assert table("GROUP " + share_part) == [SHARE_HEADER, ["both", "jobs", "0", "1", "5", "0", "0", "0", "0", "0", "0", "4"]]
     assert share_part.splitlines()[-1] == "Share group both: state=Empty  lag=4"
     assert [(d["type"], d["lag"]) for d in json.loads(both_json.stdout)] == [("consumer", 1), ("share", 4)]
     assert json.loads(both_share.stdout)["type"] == "share"
@@ -695,7 +696,7 @@ def test_groups_share_group_with_a_held_record_is_stable_and_not_deleted(db: str
         assert len(worker.poll(timeout_ms=5000)) == 2  # acquired, not acknowledged: locked for 2 min
         described, delete_share = run_many(["--db", db, "groups", "describe", "held", "--type", "share"],
                                            ["--db", db, "groups", "delete", "held", "--type", "share"])
-        assert table(described.stdout)[1:] == [["held", "jobs", "0", "0", "3", "2", "2", "0", "0"]], described
+        assert table(described.stdout)[1:] == [["held", "jobs", "0", "0", "3", "2", "2", "0", "0", "0", "0", "3"]], described
         assert "state=Stable" in described.stdout.splitlines()[-1]
         assert "locked by live consumers" in one_line_error(delete_share) and delete_share.stdout == ""
         # Both kinds: the consumer group goes, the share group's refusal is the one error line.

@@ -621,11 +621,20 @@ def test_describe_counts_and_states(log: sqlog.Log) -> None:
     desc = log.describe_share_group("workers")
     assert desc.state == "Stable"
     (part,) = desc.partitions
-    assert part == sqlog.SharePartitionState("jobs", 0, 0, 4, 10, 4, 1, 1, 1, 1, 8)
+    assert part == sqlog.SharePartitionState("jobs", 0, start_offset=0, log_end_offset=10, in_flight=4, acquired=1,
+                                             available=1, acknowledged=1, archived=1, dead_lettered=1, lag=8)
+    assert (part.high_watermark, part.end_offset) == (10, 4)  # the former names, as properties
     assert desc.lag == 8
     consumer.acknowledge(records[0])
     consumer.close()
     assert log.describe_share_group("workers").state == "Empty"
+    # dead_lettered is a running count: it stays after the archived record fell behind the start offset.
+    drain = _share(log, acknowledgement_mode="implicit")
+    while drain.poll(timeout_ms=100):
+        pass
+    drain.close()
+    (part,) = log.describe_share_group("workers").partitions
+    assert (part.start_offset, part.in_flight, part.archived, part.dead_lettered, part.lag) == (10, 0, 0, 1, 0)
 
 
 def test_delete_share_group(log: sqlog.Log) -> None:
