@@ -27,6 +27,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import select
 import sys
 import time
@@ -242,13 +243,17 @@ def cmd_topics_list(args: argparse.Namespace) -> int:
 
 def cmd_topics_describe(args: argparse.Namespace) -> int:
     with _open_log(args) as log:
-        d = _describe(log, args.name)
+        described = _describe_all(log) if args.name is None else [_describe(log, args.name)]
     if args.format == "json":
-        _print_json(_topic_json(d))
+        # One topic named: its object; none named: a list of every topic's.
+        _print_json(_topic_json(described[0]) if args.name is not None else [_topic_json(d) for d in described])
         return 0
-    print(f"Topic: {d.name}  partitions={len(d.partitions)}  {_retention_text(d)}")
-    rows = [[p.partition, p.log_start_offset, p.high_watermark, p.records, p.bytes] for p in d.partitions]
-    print(_table(["PARTITION", "LOG-START", "HIGH-WATERMARK", "RECORDS", "BYTES"], rows))
+    for i, d in enumerate(described):
+        if i:
+            print()
+        print(f"Topic: {d.name}  partitions={len(d.partitions)}  {_retention_text(d)}")
+        rows = [[p.partition, p.log_start_offset, p.high_watermark, p.records, p.bytes] for p in d.partitions]
+        print(_table(["PARTITION", "LOG-START", "HIGH-WATERMARK", "RECORDS", "BYTES"], rows))
     return 0
 
 
@@ -331,11 +336,76 @@ def _json_line(record: sqlog.Record) -> bytes:
         return json.dumps(obj).encode("ascii") + b"\n"
 
 
-def _text_line(record: sqlog.Record, print_key: bool) -> bytes:
-    value = b"null" if record.value is None else record.value
-    if print_key:
-        return (b"null" if record.key is None else record.key) + b"\t" + value + b"\n"
-    return value + b"\n"
+def _text_line(record: sqlog.Record, args: argparse.Namespace) -> bytes:
+    """kafka-console-consumer's text line: [CreateTime:ts] [Partition:p] [Offset:o] [headers] [key] value,
+    tab-separated, each field as its --print-* option asks."""
+    fields = []
+    if args.print_timestamp:
+        fields.append(b"CreateTime:%d" % record.timestamp_ms)
+    if args.print_partition:
+        fields.append(b"Partition:%d" % record.partition)
+    if args.print_offset:
+        fields.append(b"Offset:%d" % record.offset)
+    if args.print_headers:
+        fields.append(b",".join(k.encode("utf-8", "surrogateescape") + b":" + (b"null" if v is None else v)
+                                for k, v in record.headers) or b"NO_HEADERS")
+    if args.print_key:
+        fields.append(b"null" if record.key is None else record.key)
+    fields.append(b"null" if record.value is None else record.value)
+    return b"\t".join(fields) + b"\n"
+
+
+_TEMPLATE = re.compile(r"%(.)|\\(.)", re.S)
+
+
+def _template_renderer(template: str) -> Callable[[sqlog.Record], bytes]:
+    """kcat's -f: %t topic, %p partition, %o offset, %k key, %s value, %S value size, %K key size,
+    %T timestamp (ms), %h headers (k=v,...), %% a percent; \\n \\t \\\\ escapes."""
+    escapes = {"n": b"\n", "t": b"\t", "\\": b"\\"}
+    parts: list[Any] = []  # bytes, or a one-letter code
+    pos = 0
+    for m in _TEMPLATE.finditer(template):
+        parts.append(template[pos:m.start()].encode())
+        code, escape = m.group(1), m.group(2)
+        if escape is not None:
+            if escape not in escapes:
+                raise CliError(f"--format: unknown escape \\{escape} (known: \\n \\t \\\\)")
+            parts.append(escapes[escape])
+        elif code == "%":
+            parts.append(b"%")
+        elif code in "tpoTkKsSh":
+            parts.append(code)
+        else:
+            raise CliError(f"--format: unknown %{code} (known: %t %p %o %k %K %s %S %T %h %%)")
+        pos = m.end()
+    parts.append(template[pos:].encode())
+
+    def render(r: sqlog.Record) -> bytes:
+        out = []
+        for part in parts:
+            if isinstance(part, bytes):
+                out.append(part)
+            elif part == "t":
+                out.append(r.topic.encode())
+            elif part == "p":
+                out.append(b"%d" % r.partition)
+            elif part == "o":
+                out.append(b"%d" % r.offset)
+            elif part == "T":
+                out.append(b"%d" % r.timestamp_ms)
+            elif part == "k":
+                out.append(r.key or b"")
+            elif part == "K":
+                out.append(b"%d" % (-1 if r.key is None else len(r.key)))
+            elif part == "s":
+                out.append(r.value or b"")
+            elif part == "S":
+                out.append(b"%d" % (-1 if r.value is None else len(r.value)))
+            else:  # "h"
+                out.append(b",".join(k.encode("utf-8", "surrogateescape") + b"=" + (v or b"") for k, v in r.headers))
+        return b"".join(out)
+
+    return render
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
@@ -347,8 +417,10 @@ def cmd_consume(args: argparse.Namespace) -> int:
     render: Callable[[sqlog.Record], bytes]
     if args.format == "json":
         render = _json_line
+    elif args.format == "text":
+        render = lambda r: _text_line(r, args)  # noqa: E731
     else:
-        render = lambda r: _text_line(r, args.print_key)  # noqa: E731
+        render = _template_renderer(args.format)
     with _open_log(args) as log:
         _describe(log, args.topic, [args.partition])
         config: dict[str, Any] = {
@@ -620,7 +692,11 @@ def _moved_offsets(args: argparse.Namespace, group: sqlog.GroupDescription | Non
     partition's [log start, log end]."""
     def clamp(tp: sqlog.TopicPartition, offset: int) -> int:
         start, end = bounds[tp.partition]
-        return min(max(offset, start), end)
+        new = min(max(offset, start), end)
+        if new != offset:
+            print(f"Note: {tp.topic}-{tp.partition}: offset {offset} is outside its log [{start}, {end}]; "
+                  f"clamped to {new}.", file=sys.stderr)
+        return new
 
     if args.to_offset is not None:
         return {tp: clamp(tp, args.to_offset) for tp in tps}
@@ -790,6 +866,12 @@ class _SubcommandFormatter(argparse.HelpFormatter):
             self._action_max_length = max(self._action_max_length, width)
 
 
+def _consume_format(text: str) -> str:
+    if text in ("text", "json") or "%" in text:
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: use text, json, or a template with %-codes such as '%p:%o %s\\n'")
+
+
 def _format_option(parser: argparse.ArgumentParser,
                    summary: str = "text (default): aligned for people; json: one document for scripts") -> None:
     """The --format option of every command that prints: text or json."""
@@ -821,7 +903,7 @@ def _add_topics(subparsers: Any) -> None:
 
     p = _command(commands, "describe", "show a topic's retention and each partition's offsets and size",
                  cmd_topics_describe)
-    p.add_argument("name", help="topic name")
+    p.add_argument("name", nargs="?", help="topic name (default: every topic; json: then a list)")
     _format_option(p)
 
     p = _command(commands, "alter", "grow a topic's partitions or change its retention", cmd_topics_alter,
@@ -866,8 +948,16 @@ def _add_consume(subparsers: Any) -> None:
     p.add_argument("--max-messages", type=_positive_int, metavar="N", help="exit after printing N records")
     p.add_argument("--timeout-ms", type=_non_negative_int, metavar="MS",
                    help="exit after MS milliseconds without a new record (default: follow forever)")
-    _format_option(p, "text (default) or json (one object per line)")
-    p.add_argument("--print-key", action="store_true", help="text format: print key<TAB>value")
+    p.add_argument("--format", type=_consume_format, default="text", metavar="FORMAT",
+                   help="text (default), json (one object per line), or a kcat-like template such as "
+                        "'%%p:%%o %%k=%%s\\n' (%%t topic, %%p partition, %%o offset, %%T timestamp, %%k key, "
+                        "%%s value, %%K/%%S key/value size, %%h headers, %%%% percent; \\n \\t escapes)")
+    p.add_argument("--print-key", action="store_true", help="text format: print the key before the value")
+    p.add_argument("--print-headers", action="store_true",
+                   help="text format: print the headers (name:value,... or NO_HEADERS) before key and value")
+    p.add_argument("--print-partition", action="store_true", help="text format: print Partition:N first")
+    p.add_argument("--print-offset", action="store_true", help="text format: print Offset:N first")
+    p.add_argument("--print-timestamp", action="store_true", help="text format: print CreateTime:MS first")
 
 
 def _type_option(parser: argparse.ArgumentParser) -> None:
