@@ -39,7 +39,7 @@ from .errors import (
     UnknownTopicOrPartitionError,
     translated,
 )
-from .groups import validate_group_id
+from .groups import storable_str, validate_group_id
 from .reading import RETRY, deserialize, deserialize_error, next_from, poll_deadline, read_blocking
 from .retention import append_rows
 from .serde import decode_headers, serde_function
@@ -47,6 +47,8 @@ from .share_groups import ACKNOWLEDGE_TYPES, Acknowledgement, ShareOutcome, Shar
 from .types import ShareRecord, TopicPartition
 
 SHARE_CONSUMER_DEFAULTS: dict[str, Any] = defaults(SHARE_CONSUMER_OPTIONS)
+MAX_REASON_CHARS = 10_000
+"""The longest ``acknowledge(..., reason=...)`` kept (a header value of the dead letter)."""
 DEAD_CHECK_S = 0.25
 """How often a blocked poll looks for a member whose process on this machine is gone (a poll's
 own transaction always looks)."""
@@ -55,12 +57,13 @@ own transaction always looks)."""
 class _Delivered:
     """A record this consumer returned and has not finished: its acquisition and pending acknowledgement."""
 
-    __slots__ = ("topic_id", "delivery_count", "ack")
+    __slots__ = ("topic_id", "delivery_count", "ack", "reason")
 
-    def __init__(self, topic_id: int, delivery_count: int, ack: str | None = None) -> None:
+    def __init__(self, topic_id: int, delivery_count: int, ack: str | None = None, reason: str | None = None) -> None:
         self.topic_id = topic_id
         self.delivery_count = delivery_count
         self.ack = ack  # None, or one of ACKNOWLEDGE_TYPES, applied at the next poll/commit/close
+        self.reason = reason  # why it was rejected or released: a dead letter's __dlq.errors.message
 
 
 def _positive(config: dict[str, Any], name: str) -> int:
@@ -279,7 +282,9 @@ class ShareConsumer:
                 if out:
                     break  # return what precedes it; the next poll raises
                 buffer.popleft()
-                delivered[(topic, partition, offset)] = _Delivered(topic_id, count, "reject")
+                delivered[(topic, partition, offset)] = _Delivered(
+                    topic_id, count, "reject", "the record does not match its checksum"
+                )
                 raise CorruptRecordError(
                     f"{topic}-{partition} offset {offset}: the record does not match its checksum (it changed on "
                     "disk after it was written); it is rejected (archived, and copied to the dead-letter topic if "
@@ -314,13 +319,16 @@ class ShareConsumer:
         return self._take(1)[0]
 
     # -- acknowledgements ------------------------------------------------------------------
-    def acknowledge(self, record: ShareRecord, type: str = "accept") -> None:
+    def acknowledge(self, record: ShareRecord, type: str = "accept", reason: str | None = None) -> None:
         """Mark how a delivered record ended; applied by the next ``commit()``, ``poll()`` or ``close()``.
 
         ``"accept"``: done. ``"release"``: deliver it again (to any consumer) now; archived instead
         at the delivery-count limit. ``"reject"``: archive it (to the dead-letter topic, if any).
         ``"renew"``: extend its lock by ``record_lock_duration_ms`` (apply it with ``commit()``); the
         record still needs its final acknowledgement.
+
+        ``reason`` (reject or release only): why, in the dead letter's ``__dlq.errors.message``
+        header if the record is archived (instead of Kafka's generic text).
         """
         self._check_open()
         if self._implicit:
@@ -330,6 +338,11 @@ class ShareConsumer:
             )
         if type not in ACKNOWLEDGE_TYPES:
             raise InvalidConfigError(f"type must be one of {ACKNOWLEDGE_TYPES}, not {type!r}")
+        if reason is not None:
+            if type not in ("reject", "release"):
+                raise InvalidConfigError(f"reason goes with type='reject' or 'release' (a dead letter's message), "
+                                         f"not {type!r}")
+            storable_str(reason, "reason", MAX_REASON_CHARS)
         if not isinstance(record, ShareRecord):
             raise InvalidConfigError(f"acknowledge() takes a ShareRecord this consumer returned, not {record!r}")
         d = self._delivered.get((record.topic, record.partition, record.offset))
@@ -343,6 +356,7 @@ class ShareConsumer:
                 f"{record.topic}-{record.partition} offset {record.offset} is already acknowledged ({d.ack})"
             )
         d.ack = type
+        d.reason = reason
 
     def commit(self) -> None:
         """Apply pending acknowledgements now (in implicit mode: accept every returned record).
@@ -389,6 +403,7 @@ class ShareConsumer:
         acks: list[Acknowledgement] = [
             (t, p, o, d.topic_id, d.delivery_count, d.ack) for (t, p, o), d in pending if d.ack is not None
         ]
+        messages = {key: d.reason for key, d in pending if d.reason is not None}
         buffered = list(self._buffer) if release_buffer else []
         with self._engine.write() as conn:
             now = clock.monotonic_ms()  # lock deadlines
@@ -397,7 +412,7 @@ class ShareConsumer:
             tx = ShareTransaction(conn, sg, self.member_id, self._settings, self._subscription_json, now, wall,
                                   rr=self._rr)
             if acks:
-                tx.acknowledge(acks)
+                tx.acknowledge(acks, messages)
             if buffered:
                 tx.release_buffered(buffered)
             if release_all:

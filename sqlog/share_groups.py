@@ -232,12 +232,14 @@ class ShareTransaction:
         self.rr = rr
         self.outcome = ShareOutcome()
         self.touched: set[tuple[int, int]] = set()  # partitions whose start offset may advance
-        self.dead: list[tuple[int, int, int, int, str]] = []  # (topic_id, partition, offset, count, reason)
+        # (topic_id, partition, offset, count, reason, message: the app's reason, or None for Kafka's text)
+        self.dead: list[tuple[int, int, int, int, str, str | None]] = []
         self.changed = False
 
-    def acknowledge(self, acks: Sequence[Acknowledgement]) -> None:
+    def acknowledge(self, acks: Sequence[Acknowledgement], messages: dict[RecordKey, str] | None = None) -> None:
         """Apply acknowledgements, each only while the record is still this member's delivery;
-        the refused go to ``outcome.failed``, the applied (except renewals) to ``outcome.done``."""
+        the refused go to ``outcome.failed``, the applied (except renewals) to ``outcome.done``.
+        ``messages``: the application's reason per record, for a dead letter's ``__dlq.errors.message``."""
         conn, sg, member, out = self.conn, self.sg, self.member_id, self.outcome
         extra = {
             "accept": (),
@@ -265,7 +267,7 @@ class ShareTransaction:
                 self.touched.add((topic_id, partition))
                 if state == ARCHIVED:
                     reason = REJECTED if kind == "reject" else DELIVERY_COUNT_EXCEEDED
-                    self.dead.append((topic_id, partition, offset, count, reason))
+                    self.dead.append((topic_id, partition, offset, count, reason, (messages or {}).get(key)))
 
     def release_buffered(self, buffered: Iterable[Acquired]) -> None:
         """Give back records acquired but never returned to the application."""
@@ -317,7 +319,7 @@ class ShareTransaction:
         self.changed = True
         if state == ARCHIVED:
             self.touched.add((topic_id, partition))
-            self.dead.append((topic_id, partition, offset, count, DELIVERY_COUNT_EXCEEDED))
+            self.dead.append((topic_id, partition, offset, count, DELIVERY_COUNT_EXCEEDED, None))
 
     def subscribed(self) -> list[list[Any]]:
         """The subscribed partitions and the group's state of each, set up where missing:
@@ -400,7 +402,7 @@ class ShareTransaction:
         names = dict(self.conn.execute("SELECT topic_id, name FROM topics"))
         group = self.settings.group_id.encode()
         chunks: dict[int, list[DeadLetterRow]] = {}
-        for topic_id, partition, offset, count, reason in self.dead:
+        for topic_id, partition, offset, count, reason, message in self.dead:
             row = self.conn.execute(
                 f"SELECT key, value, headers FROM {partition_table(topic_id, partition)} WHERE offset = ?", (offset,)
             ).fetchone()
@@ -414,7 +416,7 @@ class ShareTransaction:
                 (DLQ_GROUP, group),
                 (DLQ_DELIVERY_COUNT, str(count).encode()),
                 (DLQ_REASON, reason.encode()),
-                (DLQ_MESSAGE, _MESSAGES[reason].encode()),
+                (DLQ_MESSAGE, (_MESSAGES[reason] if message is None else message).encode()),
             )
             # Kafka's routing: source partition modulo the dead-letter topic's partitions.
             chunks.setdefault(partition % meta.partitions, []).append(

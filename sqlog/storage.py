@@ -32,6 +32,14 @@ def _add_crc_columns(conn: apsw.Connection) -> None:
             conn.execute(f"ALTER TABLE {name} ADD COLUMN crc INTEGER")
 
 
+def _add_column(conn: apsw.Connection, table: str, column_ddl: str) -> None:
+    """``ALTER TABLE table ADD COLUMN column_ddl`` unless the column is there (migrations run again
+    on a file whose user_version was set back stay harmless)."""
+    name = column_ddl.split()[0]
+    if not conn.execute("SELECT 1 FROM pragma_table_info(?) WHERE name = ?", (table, name)).fetchone():
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column_ddl}")
+
+
 # The schema as numbered DDL: MIGRATIONS[i] takes user_version i to i + 1.
 # Every partition is its own table, p<topic_id>_<partition>, named by numbers only
 # (see partition_table); its INTEGER PRIMARY KEY is the offset.
@@ -199,13 +207,11 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     """,
     # 6: records a group's consumers skipped when auto_offset_reset moved them past records
     # (a committed offset or position below the log start), per partition, shown by describe_group.
-    """
-    ALTER TABLE committed_offsets ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0;
-    """,
+    lambda conn: _add_column(conn, "committed_offsets", "skipped INTEGER NOT NULL DEFAULT 0"),
     # 7: share-group members' processes (liveness.py's facts), so a consumer whose process on this
     # machine is gone has its record locks released at once instead of at their deadline.
     """
-    CREATE TABLE share_members(
+    CREATE TABLE IF NOT EXISTS share_members(
         member_id      TEXT PRIMARY KEY,
         share_group_id INTEGER NOT NULL,
         pid            INTEGER NOT NULL,
@@ -215,9 +221,7 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     """,
     # 8: a running count per share group and partition of the records archived (rejected or past
     # delivery_count_limit: each copied to the dead-letter topic when one is set), for describe.
-    """
-    ALTER TABLE share_partitions ADD COLUMN dead_lettered INTEGER NOT NULL DEFAULT 0;
-    """,
+    lambda conn: _add_column(conn, "share_partitions", "dead_lettered INTEGER NOT NULL DEFAULT 0"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings

@@ -146,6 +146,25 @@ def test_release_at_the_delivery_count_limit_archives(log: sqlog.Log) -> None:
     assert dict(dead.headers)[DLQ_REASON] == b"delivery_count_exceeded"
 
 
+def test_acknowledge_reason_lands_in_the_dead_letter_message(log: sqlog.Log) -> None:
+    log.create_topic("jobs.dlq")
+    _fill(log, 3)
+    consumer = _share(log, delivery_count_limit=1, dead_letter_topic="jobs.dlq")
+    a, b, c = consumer.poll(timeout_ms=200)
+    with pytest.raises(sqlog.InvalidConfigError, match="reason goes with type='reject' or 'release'"):
+        consumer.acknowledge(a, "accept", reason="fine")
+    with pytest.raises(sqlog.InvalidConfigError, match="reason must be a str"):
+        consumer.acknowledge(a, "reject", reason=b"bytes")  # type: ignore[arg-type]
+    consumer.acknowledge(a, "reject", reason="invalid order: missing 'item' (schema v2)")
+    consumer.acknowledge(b, "release", reason="payment service timed out")  # at the limit: archived
+    consumer.acknowledge(c, "reject")
+    consumer.commit()
+    messages = {dict(d.headers)[DLQ_OFFSET]: dict(d.headers)[DLQ_MESSAGE] for d in _dead(log)}
+    assert messages == {b"0": b"invalid order: missing 'item' (schema v2)", b"1": b"payment service timed out",
+                        b"2": b"Offset rejected by client."}
+    consumer.close()
+
+
 def test_archived_without_a_dead_letter_topic_is_just_done(log: sqlog.Log) -> None:
     _fill(log, 2)
     consumer = _share(log)
