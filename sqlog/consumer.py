@@ -202,7 +202,8 @@ class Consumer:
         new: dict[TopicPartition, _Partition] = {}
         for tp in _iterable(partitions, "assign()", "TopicPartition objects"):
             meta = self._existing(tp)
-            new[tp] = self._parts.get(tp) or _Partition(tp, meta.topic_id)
+            kept = self._parts.get(tp)
+            new[tp] = kept if kept is not None and kept.topic_id == meta.topic_id else _Partition(tp, meta.topic_id)
         self._parts = new
         self._manual = bool(new)
         self._buffer.clear()
@@ -361,6 +362,22 @@ class Consumer:
             if not self._engine.closed:
                 m.leave()
 
+    def _rebind(self) -> bool:
+        """assign(): partitions whose topic was deleted and created again move to the new topic
+        (their position resolves anew, as Kafka resumes there); True if any moved."""
+        moved = False
+        with translated(self._path):
+            for tp, part in list(self._parts.items()):
+                meta = topics.lookup(self._conn, tp.topic)
+                if meta is not None and meta.topic_id != part.topic_id and tp.partition < meta.partitions:
+                    fresh = _Partition(tp, meta.topic_id)
+                    fresh.paused = part.paused
+                    self._parts[tp] = fresh
+                    moved = True
+        if moved:
+            self._buffer.clear()
+        return moved
+
     def _refresh(self, force: bool = False) -> None:
         """Bring a subscription's partitions up to date with the topics table."""
         if self._subscription is None:
@@ -467,7 +484,12 @@ class Consumer:
         """The offset of the next record this consumer will read from ``tp``."""
         self._check_open()
         with translated(self._path):
-            position = self._resolve(self._part(tp))
+            try:
+                position = self._resolve(self._part(tp))
+            except UnknownTopicOrPartitionError:
+                if not self._rebind():
+                    raise
+                position = self._resolve(self._part(tp))
         if self._skips_pending:
             self._store_skips()
         return position
@@ -492,7 +514,14 @@ class Consumer:
         with translated(self._path):
             for tp in partitions or tuple(self._parts):
                 part = self._part(tp)
-                part.position = self._bounds(part)[which]
+                try:
+                    bound = self._bounds(part)[which]
+                except UnknownTopicOrPartitionError:
+                    if not self._rebind():
+                        raise
+                    part = self._part(tp)
+                    bound = self._bounds(part)[which]
+                part.position = bound
         self._buffer.clear()
 
     def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
@@ -506,7 +535,11 @@ class Consumer:
     def _any_bounds(self, tp: TopicPartition) -> tuple[int, int]:
         self._check_open()
         meta = self._existing(tp)  # first: it checks the fields the dict lookup hashes
-        part = self._parts.get(tp) or _Partition(tp, meta.topic_id)
+        part = self._parts.get(tp)
+        if part is not None and part.topic_id != meta.topic_id:
+            self._rebind()
+            part = self._parts.get(tp)
+        part = part or _Partition(tp, meta.topic_id)
         with translated(self._path):
             return self._bounds(part)
 
@@ -623,7 +656,11 @@ class Consumer:
                     return []
                 self._refresh(force=True)
                 if self._manual:
-                    raise UnknownTopicOrPartitionError(f"{part.tp} no longer exists (topic deleted?)") from None
+                    if self._rebind():  # created again meanwhile: read the new topic, as Kafka does
+                        return self._fetch(limit, advance)
+                    raise UnknownTopicOrPartitionError(
+                        f"{part.tp} no longer exists (topic deleted?); poll() reads it again once it is created"
+                    ) from None
                 return []
             part.position = pos  # moved if retention passed it (auto_offset_reset)
             if not rows:
