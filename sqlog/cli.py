@@ -560,7 +560,8 @@ def _group_json(d: sqlog.GroupDescription, now_ms: int) -> dict[str, Any]:
             {"topic": p.topic, "partition": p.partition, "committed_offset": p.committed_offset,
              "log_end_offset": p.log_end_offset, "lag": p.lag, "member_id": p.owner,
              "host": members[p.owner].host if p.owner in members else None,
-             "client_id": members[p.owner].client_id if p.owner in members else None}
+             "client_id": members[p.owner].client_id if p.owner in members else None,
+             "metadata": p.metadata, "skipped": p.skipped}
             for p in d.partitions
         ],
         "members": [

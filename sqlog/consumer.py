@@ -775,15 +775,19 @@ class Consumer:
             return groups.Fence(None)
         return groups.Fence(m.member_id, {(p.topic_id, p.tp.partition): p.generation for p in self._parts.values()})
 
-    def committed(self, tp: TopicPartition) -> int | None:
-        """The group's committed offset for ``tp``, or None."""
+    def committed(self, tp: TopicPartition, metadata: bool = False) -> int | OffsetAndMetadata | None:
+        """The group's committed offset for ``tp``, or None; with ``metadata=True`` (kafka-python's
+        shape) an `OffsetAndMetadata` with the metadata string committed with it."""
         self._check_open()
         if self._group is None:
             raise IllegalStateError("committed() needs a group_id")
+        check_bool("metadata", metadata)
         meta = self._existing(tp)
         with translated(self._path):
             found = groups.fetch(self._conn, self._group, meta.topic_id, tp.partition)
-        return None if found is None else found[0]
+        if found is None:
+            return None
+        return OffsetAndMetadata(found[0], found[1]) if metadata else found[0]
 
     # -- lifecycle -------------------------------------------------------------------------
     def _meta(self, topic: str) -> topics.TopicMeta:

@@ -521,11 +521,11 @@ def describe(conn: apsw.Connection, group_id: str) -> GroupDescription:
             " WHERE group_id = ? ORDER BY member_id", (group_id,)
         ) if m in live
     )
-    committed, skipped = {}, {}
-    for t, p, o, n in conn.execute(
-        "SELECT topic_id, partition, offset, skipped FROM committed_offsets WHERE group_id = ?", (group_id,)
+    committed, skipped, metadata = {}, {}, {}
+    for t, p, o, n, m in conn.execute(
+        "SELECT topic_id, partition, offset, skipped, metadata FROM committed_offsets WHERE group_id = ?", (group_id,)
     ):
-        committed[(t, p)], skipped[(t, p)] = o, n
+        committed[(t, p)], skipped[(t, p)], metadata[(t, p)] = o, n, m
     parts = []
     for key in sorted(set(committed) | set(owners) | (set(targets) if live else set()),
                       key=lambda k: (names.get(k[0], ""), k[1])):
@@ -535,7 +535,7 @@ def describe(conn: apsw.Connection, group_id: str) -> GroupDescription:
         c = committed.get(key)
         parts.append(GroupPartitionDescription(names[key[0]], key[1], c, end[0], None if c is None else max(end[0] - c, 0),
                                                owners[key][0] if key in owners else None,
-                                               skipped=skipped.get(key, 0)))
+                                               skipped=skipped.get(key, 0), metadata=metadata.get(key, "")))
     if not members:
         state = "Empty"
     elif all(m in live and k in owners and owners[k][0] == m for k, m in targets.items()) and all(

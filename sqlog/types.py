@@ -163,6 +163,8 @@ class GroupPartitionDescription:
     log_end_offset: int
     lag: int | None
     owner: str | None  # member_id, or None while nobody owns it
+    metadata: str = ""
+    """The metadata string committed with the offset (``OffsetAndMetadata.metadata``)."""
     skipped: int = 0
     """Records the group's consumers jumped over when ``auto_offset_reset`` moved a committed
     offset or position that had fallen below the log start (counted once the group has committed here)."""

@@ -420,7 +420,8 @@ def test_groups_list_and_describe_show_lag_after_consume_group(db: str) -> None:
     assert (data["group"], data["type"], data["state"], data["lag"], data["members"]) == (
         "billing", "consumer", "Empty", 3, [])
     assert data["partitions"][0] == {"topic": "orders", "partition": 0, "committed_offset": 4, "log_end_offset": 7,
-                                     "lag": 3, "member_id": None, "host": None, "client_id": None}
+                                     "lag": 3, "member_id": None, "host": None, "client_id": None,
+                                     "metadata": "", "skipped": 0}
     # A group that committed only partition 1 (consume --partition, outside any membership).
     assert table(other.stdout)[1:] == [["audit", "orders", "1", "1", "2", "1", "-", "-", "-"]]
     for done in (unknown, unknown_json):
