@@ -732,7 +732,9 @@ class Consumer:
         if self._group is None:
             raise IllegalStateError("commit() needs a group_id; create the consumer with group_id=...")
         if offsets is None:
-            self._commit_positions()
+            # Positions as they are, checked as commit({tp: offset}) checks them: one sought past
+            # the high watermark raises CommitFailedError here too, never a silent no-op.
+            self._commit_positions(explicit=True)
             return
         if not isinstance(offsets, Mapping):
             raise InvalidConfigError("commit() takes a dict {TopicPartition: offset or OffsetAndMetadata}")
@@ -749,15 +751,15 @@ class Consumer:
         with self._engine.write() as conn:
             groups.commit(conn, self._group, rows, self._fence())
 
-    def _commit_positions(self, only: Iterable[TopicPartition] | None = None) -> None:
+    def _commit_positions(self, only: Iterable[TopicPartition] | None = None, explicit: bool = False) -> None:
         parts = self._parts if only is None else {tp: self._parts[tp] for tp in only}
         rows = [(tp, part.topic_id, part.position, "") for tp, part in parts.items() if part.position is not None]
         if only is None:
             self._next_commit = time.monotonic() + self._auto_commit_s
         if rows:
-            # A position sought past the end is not committed until a fetch has validated it.
+            # Auto-commit leaves out a position sought past the end until a fetch has validated it.
             with self._engine.write() as conn:
-                groups.commit(conn, self._group, rows, self._fence(), skip_beyond_end=True)  # type: ignore[arg-type]
+                groups.commit(conn, self._group, rows, self._fence(), skip_beyond_end=not explicit)  # type: ignore[arg-type]
 
     def _fence(self) -> groups.Fence:
         """Commits of a group member are fenced by ownership and claim generation. A consumer outside

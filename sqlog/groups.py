@@ -591,7 +591,10 @@ def commit(conn: apsw.Connection, group_id: str, rows: list[tuple[TopicPartition
         if offset > found[0]:
             if skip_beyond_end:
                 continue
-            raise CommitFailedError(f"cannot commit offset {offset} for {tp}: beyond its high watermark {found[0]}")
+            raise CommitFailedError(
+                f"cannot commit offset {offset} for {tp.topic}-{tp.partition}: beyond its high watermark {found[0]} "
+                "(nothing was committed); seek() to an offset within the log, or poll() to apply auto_offset_reset"
+            )
         keep.append(row)
     store(conn, group_id, [(t, tp.partition, o, m) for tp, t, o, m in keep])
 
