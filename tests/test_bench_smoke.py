@@ -70,7 +70,7 @@ def test_bench_retention_quick_writes_every_workload(tmp_path: Path) -> None:
 RUN_SCRIPT = SCRIPT.parent / "run.py"
 RUN_WORKLOADS = {
     "send_100b", "send_1kib", "send_16kib", "send_bulk", "poll_100b", "durable_send", "latency_in_process",
-    "latency_across_processes", "scale", "peers_produce", "peers_consume", "peers_durable",
+    "latency_across_processes", "idle_cpu", "scale", "peers_produce", "peers_consume", "peers_durable",
 }
 
 
