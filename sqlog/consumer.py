@@ -612,7 +612,8 @@ class Consumer:
             return records
 
         # Nothing new: sleep until this process commits, checking every few ms for others.
-        records = read_blocking(self._engine, self._conn, deadline, attempt, lambda: self._wake_early(grouped))
+        records = read_blocking(self._engine, self._conn, deadline, attempt, lambda: self._wake_early(grouped),
+                                lambda: self._refresh_at if self._subscription is not None else None)
         if self._skips_pending:
             try:
                 self._store_skips()

@@ -195,6 +195,7 @@ class Engine:
                     # listener raised in on_revoked: the client is closed all the same, and so is the log.
                     pass
             self.closed = True
+            self.signal.close()  # stops the file watch; blocked polls wake and see the log closed
             self.upkeep.close()
             with self.mutex:
                 self.conn.close()

@@ -40,15 +40,16 @@ def poll_deadline(timeout_ms: object, max_records: object, default_max_records: 
 
 
 def read_blocking(engine: Engine, conn: Any, deadline: float, attempt: Callable[[bool], T],
-                  stop: Callable[[], bool]) -> T:
+                  stop: Callable[[], bool], next_stop: Callable[[], float | None] | None = None) -> T:
     """Call ``attempt(first)`` until it returns something truthy or ``deadline`` (monotonic) passes;
     between attempts, sleep until a commit may have brought something new.
 
     Each attempt runs after taking the commit signal's sequence number and ``conn``'s
     data_version, inside `translated`, so a commit made while it reads wakes the wait that follows
     (this process's at once, other processes' within `storage.WAKE_CHECK_S`). ``attempt`` may
-    return `RETRY` to go again at once; ``stop()`` ends a wait early (it may raise, e.g. closed).
-    Returns the last attempt's result.
+    return `RETRY` to go again at once; ``stop()`` ends a wait early (it may raise, e.g. closed);
+    ``next_stop()`` says when (monotonic) ``stop()`` must be asked next at the latest, if it
+    knows. Returns the last attempt's result.
     """
     signal = engine.signal
     path = engine.path
@@ -63,7 +64,7 @@ def read_blocking(engine: Engine, conn: Any, deadline: float, attempt: Callable[
             continue
         if result or time.monotonic() >= deadline:
             return result
-        wait_for_commit(signal, conn, path, seq, version, deadline, stop)
+        wait_for_commit(signal, conn, path, seq, version, deadline, stop, next_stop)
 
 
 def deserialize(key_de: Callable[[bytes], Any] | None, value_de: Callable[[bytes], Any] | None,

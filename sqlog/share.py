@@ -49,7 +49,7 @@ from .types import ShareRecord, TopicPartition
 SHARE_CONSUMER_DEFAULTS: dict[str, Any] = defaults(SHARE_CONSUMER_OPTIONS)
 MAX_REASON_CHARS = 10_000
 """The longest ``acknowledge(..., reason=...)`` kept (a header value of the dead letter)."""
-DEAD_CHECK_S = 0.25
+DEAD_CHECK_S = 0.5
 """How often a blocked poll looks for a member whose process on this machine is gone (a poll's
 own transaction always looks)."""
 
@@ -240,7 +240,7 @@ class ShareConsumer:
             return False if time.monotonic() >= deadline else RETRY
 
         # Nothing to take: sleep until a commit here or in another process, or a lock's deadline.
-        read_blocking(self._engine, self._conn, deadline, attempt, self._lock_expired)
+        read_blocking(self._engine, self._conn, deadline, attempt, self._lock_expired, self._next_stop)
 
     def _lock_expired(self) -> bool:
         """A blocked poll also wakes when some consumer's lock comes due (no commit marks that), or
@@ -253,6 +253,13 @@ class ShareConsumer:
             return False
         self._dead_check_at = now + DEAD_CHECK_S
         return self._dead_member()
+
+    def _next_stop(self) -> float:
+        """When a blocked poll must look again (monotonic): the next lock deadline or dead-member check."""
+        at = self._dead_check_at
+        if self._next_expiry_ms is not None:
+            at = min(at, time.monotonic() + (self._next_expiry_ms - clock.monotonic_ms()) / 1000)
+        return at
 
     def _dead_member(self) -> bool:
         with translated(self._path):

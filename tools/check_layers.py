@@ -41,7 +41,7 @@ LAYERS = [
     ["groups", "share_groups", "retention", "topics", "check", "assignors", "liveness"],  # + groups' splits
     ["partitions"],
     ["storage"],
-    ["config", "types", "errors", "serde", "partitioner", "clock", "checksum"],
+    ["config", "types", "errors", "serde", "partitioner", "clock", "checksum", "filewatch"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 ALLOWED = {  # underscore attributes that are public API, on any object or on one named module
