@@ -302,8 +302,63 @@ def measure(files: Files, mode: str, n: int, rounds: int, interval_ms: float, pr
     return out
 
 
+# -- an idle blocked consumer's CPU -----------------------------------------------------------------------
+def idle_child(path: str, seconds: float, mode: str) -> int:
+    """A process as an idle app has it: the log open with its default upkeep threads, one consumer
+    blocked in poll() with nothing arriving. Prints the process's CPU seconds (all threads) over
+    ``seconds`` of wall time, as JSON. ``mode`` "poll": with the file watch off (the fallback that
+    checks PRAGMA data_version every few ms, as every platform did before it)."""
+    if mode == "poll":
+        from sqlog import filewatch
+
+        filewatch._LIBC = None
+    with sqlog.open(path) as log:
+        consumer = log.consumer(auto_offset_reset="latest", enable_auto_commit=False)
+        consumer.assign([TP])
+        consumer.position(TP)
+        consumer.poll(timeout_ms=200)  # settle: statements prepared, first waits taken
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        got = consumer.poll(timeout_ms=seconds * 1000)
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        consumer.close()
+    if got:
+        raise BenchError("the idle consumer received records")
+    print(json.dumps({"cpu_s": cpu, "wall_s": wall}), flush=True)
+    return 0
+
+
+def idle_cpu(files: Files, seconds: float, rounds: int, progress: bool) -> dict[str, Any]:
+    """Per round, a child process idles (see `idle_child`) with the file watch ("watch", sqlog's
+    default on Linux) and without it ("poll", the fallback); the median over rounds of each one's
+    CPU use in percent of one core."""
+    pcts: dict[str, list[float]] = {"watch": [], "poll": []}
+    for i in range(rounds):
+        for mode in pcts:
+            path = files.new(f"idle-{mode}")
+            try:
+                with sqlog.open(path) as log:
+                    log.create_topic(TOPIC, partitions=1)
+                done = subprocess.run(
+                    [sys.executable, os.path.abspath(__file__), "--idle", path, str(seconds), mode],
+                    capture_output=True, text=True, timeout=seconds + CHILD_TIMEOUT_S,
+                )
+                if done.returncode != 0:
+                    raise BenchError(f"idle consumer process failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+                got = json.loads(done.stdout)
+            finally:
+                files.remove(path)
+            pcts[mode].append(100 * got["cpu_s"] / got["wall_s"])
+        if progress:
+            print(f"  idle_cpu round {i + 1}/{rounds}: watch {pcts['watch'][-1]:.3f} %, "
+                  f"poll {pcts['poll'][-1]:.3f} % of a core", file=sys.stderr)
+    return {"seconds": seconds, "rounds": rounds, "cpu_pct": median(pcts["watch"]),
+            "cpu_pct_polling": median(pcts["poll"]), "cpu_pct_rounds": pcts}
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
         sys.exit(child_main(sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    if len(sys.argv) == 5 and sys.argv[1] == "--idle":
+        sys.exit(idle_child(sys.argv[2], float(sys.argv[3]), sys.argv[4]))
     print("run the latency workloads with: python benchmarks/run.py --only latency", file=sys.stderr)
     sys.exit(2)

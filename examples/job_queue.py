@@ -78,8 +78,7 @@ def main(path: str | None = None) -> None:
     started = time.monotonic()
     with sqlog.open(path) as log:
         for topic, partitions in (("jobs", 3), ("jobs.dlq", 1), ("results", 1)):
-            if topic not in log.list_topics():
-                log.create_topic(topic, partitions=partitions)
+            log.create_topic(topic, partitions=partitions, exist_ok=True)
         with log.producer(value_serializer=sqlog.JSON) as producer:
             for i in range(JOBS):
                 job = {"id": i, "poison": True} if i == POISON else {"id": i, "work_ms": 20 + (i * 37) % 60}

@@ -14,9 +14,7 @@ import sqlog
 
 def main(path: str = "orders.db") -> None:
     with sqlog.open(path) as log:
-        if "orders" not in log.list_topics():
-            log.create_topic("orders", partitions=1)
-            print("created topic 'orders' with 1 partition")
+        log.create_topic("orders", partitions=1, exist_ok=True)  # a rerun finds it and goes on
         order_id = log.describe_topic("orders").partitions[0].high_watermark + 1
 
         with log.producer(value_serializer=sqlog.JSON) as producer:

@@ -27,6 +27,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import select
 import sys
 import time
@@ -276,10 +277,11 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             configs[key] = getattr(args, key)
     with _open_log(args, create=True) as log:
+        existed = args.if_not_exists and args.name in log.list_topics()
         log.create_topic(args.name, partitions=args.partitions,
                          dedupe_window_ms=None if args.dedupe_window_ms in (None, -1) else args.dedupe_window_ms,
-                         **configs)
-    print(f"Created topic {args.name}.")
+                         exist_ok=args.if_not_exists, **configs)
+    print(f"Topic {args.name} already exists." if existed else f"Created topic {args.name}.")
     return 0
 
 
@@ -297,13 +299,17 @@ def cmd_topics_list(args: argparse.Namespace) -> int:
 
 def cmd_topics_describe(args: argparse.Namespace) -> int:
     with _open_log(args) as log:
-        d = _describe(log, args.name)
+        described = _describe_all(log) if args.name is None else [_describe(log, args.name)]
     if args.format == "json":
-        _print_json(_topic_json(d))
+        # One topic named: its object; none named: a list of every topic's.
+        _print_json(_topic_json(described[0]) if args.name is not None else [_topic_json(d) for d in described])
         return 0
-    print(f"Topic: {d.name}  partitions={len(d.partitions)}  {_retention_text(d)}  {_compaction_text(d)}")
-    rows = [[p.partition, p.log_start_offset, p.high_watermark, p.records, p.bytes] for p in d.partitions]
-    print(_table(["PARTITION", "LOG-START", "HIGH-WATERMARK", "RECORDS", "BYTES"], rows))
+    for i, d in enumerate(described):
+        if i:
+            print()
+        print(f"Topic: {d.name}  partitions={len(d.partitions)}  {_retention_text(d)}  {_compaction_text(d)}")
+        rows = [[p.partition, p.log_start_offset, p.high_watermark, p.records, p.bytes] for p in d.partitions]
+        print(_table(["PARTITION", "LOG-START", "HIGH-WATERMARK", "RECORDS", "BYTES"], rows))
     return 0
 
 
@@ -390,11 +396,76 @@ def _json_line(record: sqlog.Record) -> bytes:
         return json.dumps(obj).encode("ascii") + b"\n"
 
 
-def _text_line(record: sqlog.Record, print_key: bool) -> bytes:
-    value = b"null" if record.value is None else record.value
-    if print_key:
-        return (b"null" if record.key is None else record.key) + b"\t" + value + b"\n"
-    return value + b"\n"
+def _text_line(record: sqlog.Record, args: argparse.Namespace) -> bytes:
+    """kafka-console-consumer's text line: [CreateTime:ts] [Partition:p] [Offset:o] [headers] [key] value,
+    tab-separated, each field as its --print-* option asks."""
+    fields = []
+    if args.print_timestamp:
+        fields.append(b"CreateTime:%d" % record.timestamp_ms)
+    if args.print_partition:
+        fields.append(b"Partition:%d" % record.partition)
+    if args.print_offset:
+        fields.append(b"Offset:%d" % record.offset)
+    if args.print_headers:
+        fields.append(b",".join(k.encode("utf-8", "surrogateescape") + b":" + (b"null" if v is None else v)
+                                for k, v in record.headers) or b"NO_HEADERS")
+    if args.print_key:
+        fields.append(b"null" if record.key is None else record.key)
+    fields.append(b"null" if record.value is None else record.value)
+    return b"\t".join(fields) + b"\n"
+
+
+_TEMPLATE = re.compile(r"%(.)|\\(.)", re.S)
+
+
+def _template_renderer(template: str) -> Callable[[sqlog.Record], bytes]:
+    """kcat's -f: %t topic, %p partition, %o offset, %k key, %s value, %S value size, %K key size,
+    %T timestamp (ms), %h headers (k=v,...), %% a percent; \\n \\t \\\\ escapes."""
+    escapes = {"n": b"\n", "t": b"\t", "\\": b"\\"}
+    parts: list[Any] = []  # bytes, or a one-letter code
+    pos = 0
+    for m in _TEMPLATE.finditer(template):
+        parts.append(template[pos:m.start()].encode())
+        code, escape = m.group(1), m.group(2)
+        if escape is not None:
+            if escape not in escapes:
+                raise CliError(f"--format: unknown escape \\{escape} (known: \\n \\t \\\\)")
+            parts.append(escapes[escape])
+        elif code == "%":
+            parts.append(b"%")
+        elif code in "tpoTkKsSh":
+            parts.append(code)
+        else:
+            raise CliError(f"--format: unknown %{code} (known: %t %p %o %k %K %s %S %T %h %%)")
+        pos = m.end()
+    parts.append(template[pos:].encode())
+
+    def render(r: sqlog.Record) -> bytes:
+        out = []
+        for part in parts:
+            if isinstance(part, bytes):
+                out.append(part)
+            elif part == "t":
+                out.append(r.topic.encode())
+            elif part == "p":
+                out.append(b"%d" % r.partition)
+            elif part == "o":
+                out.append(b"%d" % r.offset)
+            elif part == "T":
+                out.append(b"%d" % r.timestamp_ms)
+            elif part == "k":
+                out.append(r.key or b"")
+            elif part == "K":
+                out.append(b"%d" % (-1 if r.key is None else len(r.key)))
+            elif part == "s":
+                out.append(r.value or b"")
+            elif part == "S":
+                out.append(b"%d" % (-1 if r.value is None else len(r.value)))
+            else:  # "h"
+                out.append(b",".join(k.encode("utf-8", "surrogateescape") + b"=" + (v or b"") for k, v in r.headers))
+        return b"".join(out)
+
+    return render
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
@@ -406,8 +477,10 @@ def cmd_consume(args: argparse.Namespace) -> int:
     render: Callable[[sqlog.Record], bytes]
     if args.format == "json":
         render = _json_line
+    elif args.format == "text":
+        render = lambda r: _text_line(r, args)  # noqa: E731
     else:
-        render = lambda r: _text_line(r, args.print_key)  # noqa: E731
+        render = _template_renderer(args.format)
     with _open_log(args) as log:
         _describe(log, args.topic, [args.partition])
         config: dict[str, Any] = {
@@ -547,7 +620,8 @@ def _group_json(d: sqlog.GroupDescription, now_ms: int) -> dict[str, Any]:
             {"topic": p.topic, "partition": p.partition, "committed_offset": p.committed_offset,
              "log_end_offset": p.log_end_offset, "lag": p.lag, "member_id": p.owner,
              "host": members[p.owner].host if p.owner in members else None,
-             "client_id": members[p.owner].client_id if p.owner in members else None}
+             "client_id": members[p.owner].client_id if p.owner in members else None,
+             "metadata": p.metadata, "skipped": p.skipped}
             for p in d.partitions
         ],
         "members": [
@@ -568,9 +642,9 @@ def _share_group_json(d: sqlog.ShareGroupDescription) -> dict[str, Any]:
         "lag": d.lag,
         "partitions": [
             {"topic": p.topic, "partition": p.partition, "start_offset": p.start_offset,
-             "end_offset": p.end_offset, "log_end_offset": p.high_watermark, "in_flight": p.in_flight,
+             "log_end_offset": p.log_end_offset, "in_flight": p.in_flight,
              "acquired": p.acquired, "available": p.available, "acknowledged": p.acknowledged,
-             "archived": p.archived, "lag": p.lag}
+             "archived": p.archived, "dead_lettered": p.dead_lettered, "lag": p.lag}
             for p in d.partitions
         ],
     }
@@ -626,9 +700,9 @@ def _print_consumer_group(d: sqlog.GroupDescription, now: int) -> None:
 
 def _print_share_group(d: sqlog.ShareGroupDescription) -> None:
     print(_table(["GROUP", "TOPIC", "PARTITION", "START-OFFSET", "LOG-END-OFFSET", "IN-FLIGHT", "ACQUIRED",
-                  "AVAILABLE", "ARCHIVED"],
-                 [[d.group_id, p.topic, p.partition, p.start_offset, p.high_watermark, p.in_flight, p.acquired,
-                   p.available, p.archived] for p in d.partitions]))
+                  "AVAILABLE", "ACKNOWLEDGED", "ARCHIVED", "DEAD-LETTERED", "LAG"],
+                 [[d.group_id, p.topic, p.partition, p.start_offset, p.log_end_offset, p.in_flight, p.acquired,
+                   p.available, p.acknowledged, p.archived, p.dead_lettered, p.lag] for p in d.partitions]))
     print()
     print(f"Share group {d.group_id}: state={d.state}  lag={d.lag}")
 
@@ -679,7 +753,11 @@ def _moved_offsets(args: argparse.Namespace, group: sqlog.GroupDescription | Non
     partition's [log start, log end]."""
     def clamp(tp: sqlog.TopicPartition, offset: int) -> int:
         start, end = bounds[tp.partition]
-        return min(max(offset, start), end)
+        new = min(max(offset, start), end)
+        if new != offset:
+            print(f"Note: {tp.topic}-{tp.partition}: offset {offset} is outside its log [{start}, {end}]; "
+                  f"clamped to {new}.", file=sys.stderr)
+        return new
 
     if args.to_offset is not None:
         return {tp: clamp(tp, args.to_offset) for tp in tps}
@@ -876,6 +954,12 @@ class _SubcommandFormatter(argparse.HelpFormatter):
             self._action_max_length = max(self._action_max_length, width)
 
 
+def _consume_format(text: str) -> str:
+    if text in ("text", "json") or "%" in text:
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: use text, json, or a template with %-codes such as '%p:%o %s\\n'")
+
+
 def _format_option(parser: argparse.ArgumentParser,
                    summary: str = "text (default): aligned for people; json: one document for scripts") -> None:
     """The --format option of every command that prints: text or json."""
@@ -906,6 +990,8 @@ def _add_topics(subparsers: Any) -> None:
                  "Create a topic (and the log file, if it does not exist yet).")
     p.add_argument("name", help="topic name: 1 to 249 of letters, digits, '.', '_', '-'")
     p.add_argument("--partitions", type=_positive_int, default=1, metavar="N", help="partition count (default 1)")
+    p.add_argument("--if-not-exists", action="store_true",
+                   help="succeed quietly if the topic already exists with this partition count")
     _retention_options(p)
     _config_option(p)
 
@@ -914,7 +1000,7 @@ def _add_topics(subparsers: Any) -> None:
 
     p = _command(commands, "describe", "show a topic's retention and each partition's offsets and size",
                  cmd_topics_describe)
-    p.add_argument("name", help="topic name")
+    p.add_argument("name", nargs="?", help="topic name (default: every topic; json: then a list)")
     _format_option(p)
 
     p = _command(commands, "alter", "grow a topic's partitions or change its retention", cmd_topics_alter,
@@ -960,8 +1046,16 @@ def _add_consume(subparsers: Any) -> None:
     p.add_argument("--max-messages", type=_positive_int, metavar="N", help="exit after printing N records")
     p.add_argument("--timeout-ms", type=_non_negative_int, metavar="MS",
                    help="exit after MS milliseconds without a new record (default: follow forever)")
-    _format_option(p, "text (default) or json (one object per line)")
-    p.add_argument("--print-key", action="store_true", help="text format: print key<TAB>value")
+    p.add_argument("--format", type=_consume_format, default="text", metavar="FORMAT",
+                   help="text (default), json (one object per line), or a kcat-like template such as "
+                        "'%%p:%%o %%k=%%s\\n' (%%t topic, %%p partition, %%o offset, %%T timestamp, %%k key, "
+                        "%%s value, %%K/%%S key/value size, %%h headers, %%%% percent; \\n \\t escapes)")
+    p.add_argument("--print-key", action="store_true", help="text format: print the key before the value")
+    p.add_argument("--print-headers", action="store_true",
+                   help="text format: print the headers (name:value,... or NO_HEADERS) before key and value")
+    p.add_argument("--print-partition", action="store_true", help="text format: print Partition:N first")
+    p.add_argument("--print-offset", action="store_true", help="text format: print Offset:N first")
+    p.add_argument("--print-timestamp", action="store_true", help="text format: print CreateTime:MS first")
 
 
 def _type_option(parser: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
@@ -14,7 +15,16 @@ import apsw
 from . import groups, partitions, topics
 from .assignors import STRATEGIES
 from .checksum import mismatches
-from .config import MAX_INT32, check_bool, check_config, check_int, check_offset
+from .config import (
+    CONSUMER_OPTIONS,
+    MAX_INT32,
+    check_bool,
+    check_config,
+    check_int,
+    check_offset,
+    defaults,
+    describe,
+)
 from .engine import Engine
 from .errors import (
     CommitFailedError,
@@ -24,6 +34,7 @@ from .errors import (
     LogClosedError,
     OffsetOutOfRange,
     SerializationError,
+    SqlogError,
     UnknownTopicOrPartitionError,
     translated,
 )
@@ -31,27 +42,8 @@ from .reading import RETRY, deserialize, deserialize_error, next_from, poll_dead
 from .serde import decode_headers, serde_function
 from .types import ConsumerGroupMetadata, OffsetAndMetadata, OffsetAndTimestamp, Record, TopicPartition
 
-CONSUMER_DEFAULTS: dict[str, Any] = {
-    "group_id": None,
-    "auto_offset_reset": "latest",
-    "enable_auto_commit": True,
-    "auto_commit_interval_ms": 5_000,
-    "key_deserializer": None,
-    "value_deserializer": None,
-    "max_poll_records": 500,
-    "check_crcs": True,  # verify each record's checksum (Kafka's check.crcs): CorruptRecordError if damaged
-    "consumer_timeout_ms": None,  # iteration stops after this long without a record (None: never)
-    "metadata_max_age_ms": 5_000,
-    # Kafka's group settings: they apply to a consumer with a group_id that calls subscribe().
-    "client_id": "sqlog",  # prefix of the member id, shown by describe_group
-    "partition_assignment_strategy": "range",  # or "roundrobin", "sticky", "cooperative-sticky"
-    "session_timeout_ms": 45_000,
-    # None: derived from session_timeout_ms (a third of it, at most 3000, Kafka's default and advice).
-    "heartbeat_interval_ms": None,
-    "max_poll_interval_ms": 300_000,
-    # Kafka's names, accepted; both see the same here: only committed transactions are ever stored.
-    "isolation_level": "read_uncommitted",
-}
+CONSUMER_DEFAULTS: dict[str, Any] = defaults(CONSUMER_OPTIONS)
+logger = logging.getLogger("sqlog")
 _RESETS = ("earliest", "latest", "none")
 ISOLATION_LEVELS = ("read_uncommitted", "read_committed")
 
@@ -114,7 +106,8 @@ def heartbeat_for(session_timeout_ms: int) -> int:
 
 
 class Consumer:
-    """Reads records from assigned or subscribed partitions; use from one thread, as in Kafka."""
+    __doc__ = ("Reads records from assigned or subscribed partitions; use from one thread, as in Kafka.\n\n"
+               "Config keys (``log.consumer(**config)``):\n\n" + describe(CONSUMER_OPTIONS))
 
     def __init__(self, engine: Engine, **config: Any) -> None:
         cfg = check_config(config, CONSUMER_DEFAULTS, "consumer")
@@ -175,6 +168,8 @@ class Consumer:
         self._next_commit = time.monotonic() + self._auto_commit_s
         self._buffer: collections.deque[Record] = collections.deque()
         self._rr = 0
+        self._skipped: dict[TopicPartition, int] = {}
+        self._skips_pending: dict[tuple[int, int], int] = {}  # (topic_id, partition): not yet in the file
         self._closed = False
         engine.track(self)
 
@@ -212,7 +207,8 @@ class Consumer:
         new: dict[TopicPartition, _Partition] = {}
         for tp in _iterable(partitions, "assign()", "TopicPartition objects"):
             meta = self._existing(tp)
-            new[tp] = self._parts.get(tp) or _Partition(tp, meta.topic_id)
+            kept = self._parts.get(tp)
+            new[tp] = kept if kept is not None and kept.topic_id == meta.topic_id else _Partition(tp, meta.topic_id)
         self._parts = new
         self._manual = bool(new)
         self._buffer.clear()
@@ -371,6 +367,22 @@ class Consumer:
             if not self._engine.closed:
                 m.leave()
 
+    def _rebind(self) -> bool:
+        """assign(): partitions whose topic was deleted and created again move to the new topic
+        (their position resolves anew, as Kafka resumes there); True if any moved."""
+        moved = False
+        with translated(self._path):
+            for tp, part in list(self._parts.items()):
+                meta = topics.lookup(self._conn, tp.topic)
+                if meta is not None and meta.topic_id != part.topic_id and tp.partition < meta.partitions:
+                    fresh = _Partition(tp, meta.topic_id)
+                    fresh.paused = part.paused
+                    self._parts[tp] = fresh
+                    moved = True
+        if moved:
+            self._buffer.clear()
+        return moved
+
     def _refresh(self, force: bool = False) -> None:
         """Bring a subscription's partitions up to date with the topics table."""
         if self._subscription is None:
@@ -415,10 +427,11 @@ class Consumer:
         return partitions.bounds(self._conn, part.topic_id, part.tp.partition, str(part.tp))
 
     def _reset_position(self, part: _Partition, offset: int | None, start: int, end: int) -> int:
-        if self._reset == "earliest":
-            return start
-        if self._reset == "latest":
-            return end
+        if self._reset in ("earliest", "latest"):
+            new = start if self._reset == "earliest" else end
+            if offset is not None and offset < new:
+                self._skip(part, offset, new, start)
+            return new
         if offset is None:
             raise OffsetOutOfRange(
                 f"{part.tp}: no committed offset and auto_offset_reset='none'; seek() to a position first"
@@ -427,6 +440,40 @@ class Consumer:
             f"{part.tp}: offset {offset} is outside the log [{start}, {end}] and auto_offset_reset='none'; "
             "seek() to a valid offset"
         )
+
+    def _skip(self, part: _Partition, offset: int, new: int, start: int) -> None:
+        """auto_offset_reset jumped from ``offset`` to ``new``: say so on the ``sqlog`` logger and count it."""
+        n = new - offset
+        why = "retention removed them" if new == start else "auto_offset_reset='latest'"
+        logger.warning(
+            "%s: offset %d is below the log start offset %d; auto_offset_reset=%r moves to %d, "
+            "skipping %d record(s), offsets %d to %d (%s)%s",
+            f"{part.tp.topic}-{part.tp.partition}", offset, start, self._reset, new, n, offset, new - 1, why,
+            f" [group {self._group!r}]" if self._group else "",
+        )
+        self._skipped[part.tp] = self._skipped.get(part.tp, 0) + n
+        if self._group is not None:
+            key = (part.topic_id, part.tp.partition)
+            self._skips_pending[key] = self._skips_pending.get(key, 0) + n
+
+    def _store_skips(self) -> None:
+        """Add the skips counted since the last store to the group's counts (describe_group);
+        kept for the next try if the write fails."""
+        pending, self._skips_pending = self._skips_pending, {}
+        try:
+            with self._engine.write() as conn:
+                groups.add_skipped(conn, self._group, [(t, p, n) for (t, p), n in pending.items()])  # type: ignore[arg-type]
+        except Exception:
+            for key, n in pending.items():
+                self._skips_pending[key] = self._skips_pending.get(key, 0) + n
+            raise
+
+    def skipped_records(self) -> dict[TopicPartition, int]:
+        """Per partition, how many records this consumer jumped over because ``auto_offset_reset``
+        moved a position or committed offset that had fallen below the log start (each jump is
+        also a warning on the ``sqlog`` logger). Partitions with no skip are left out."""
+        self._check_open()
+        return dict(self._skipped)
 
     def _resolve(self, part: _Partition) -> int:
         if part.position is None:
@@ -442,7 +489,15 @@ class Consumer:
         """The offset of the next record this consumer will read from ``tp``."""
         self._check_open()
         with translated(self._path):
-            return self._resolve(self._part(tp))
+            try:
+                position = self._resolve(self._part(tp))
+            except UnknownTopicOrPartitionError:
+                if not self._rebind():
+                    raise
+                position = self._resolve(self._part(tp))
+        if self._skips_pending:
+            self._store_skips()
+        return position
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Read ``tp`` from ``offset`` at the next poll (checked against the log then)."""
@@ -464,7 +519,14 @@ class Consumer:
         with translated(self._path):
             for tp in partitions or tuple(self._parts):
                 part = self._part(tp)
-                part.position = self._bounds(part)[which]
+                try:
+                    bound = self._bounds(part)[which]
+                except UnknownTopicOrPartitionError:
+                    if not self._rebind():
+                        raise
+                    part = self._part(tp)
+                    bound = self._bounds(part)[which]
+                part.position = bound
         self._buffer.clear()
 
     def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
@@ -478,7 +540,11 @@ class Consumer:
     def _any_bounds(self, tp: TopicPartition) -> tuple[int, int]:
         self._check_open()
         meta = self._existing(tp)  # first: it checks the fields the dict lookup hashes
-        part = self._parts.get(tp) or _Partition(tp, meta.topic_id)
+        part = self._parts.get(tp)
+        if part is not None and part.topic_id != meta.topic_id:
+            self._rebind()
+            part = self._parts.get(tp)
+        part = part or _Partition(tp, meta.topic_id)
         with translated(self._path):
             return self._bounds(part)
 
@@ -551,7 +617,14 @@ class Consumer:
             return records
 
         # Nothing new: sleep until this process commits, checking every few ms for others.
-        return read_blocking(self._engine, self._conn, deadline, attempt, lambda: self._wake_early(grouped))
+        records = read_blocking(self._engine, self._conn, deadline, attempt, lambda: self._wake_early(grouped),
+                                lambda: self._refresh_at if self._subscription is not None else None)
+        if self._skips_pending:
+            try:
+                self._store_skips()
+            except SqlogError:
+                pass  # never lose the records read (locked, disk full...): the count goes with the next poll
+        return records
 
     def _wake_early(self, grouped: bool) -> bool:
         """Stop a blocked poll's wait: closed meanwhile (raises), subscribed topics due for a look,
@@ -589,7 +662,11 @@ class Consumer:
                     return []
                 self._refresh(force=True)
                 if self._manual:
-                    raise UnknownTopicOrPartitionError(f"{part.tp} no longer exists (topic deleted?)") from None
+                    if self._rebind():  # created again meanwhile: read the new topic, as Kafka does
+                        return self._fetch(limit, advance)
+                    raise UnknownTopicOrPartitionError(
+                        f"{part.tp} no longer exists (topic deleted?); poll() reads it again once it is created"
+                    ) from None
                 return []
             part.position = pos  # moved if retention passed it (auto_offset_reset)
             if not rows:
@@ -691,7 +768,9 @@ class Consumer:
         if self._group is None:
             raise IllegalStateError("commit() needs a group_id; create the consumer with group_id=...")
         if offsets is None:
-            self._commit_positions()
+            # Positions as they are, checked as commit({tp: offset}) checks them: one sought past
+            # the high watermark raises CommitFailedError here too, never a silent no-op.
+            self._commit_positions(explicit=True)
             return
         if not isinstance(offsets, Mapping):
             raise InvalidConfigError("commit() takes a dict {TopicPartition: offset or OffsetAndMetadata}")
@@ -708,15 +787,15 @@ class Consumer:
         with self._engine.write() as conn:
             groups.commit(conn, self._group, rows, self._fence())
 
-    def _commit_positions(self, only: Iterable[TopicPartition] | None = None) -> None:
+    def _commit_positions(self, only: Iterable[TopicPartition] | None = None, explicit: bool = False) -> None:
         parts = self._parts if only is None else {tp: self._parts[tp] for tp in only}
         rows = [(tp, part.topic_id, part.position, "") for tp, part in parts.items() if part.position is not None]
         if only is None:
             self._next_commit = time.monotonic() + self._auto_commit_s
         if rows:
-            # A position sought past the end is not committed until a fetch has validated it.
+            # Auto-commit leaves out a position sought past the end until a fetch has validated it.
             with self._engine.write() as conn:
-                groups.commit(conn, self._group, rows, self._fence(), skip_beyond_end=True)  # type: ignore[arg-type]
+                groups.commit(conn, self._group, rows, self._fence(), skip_beyond_end=not explicit)  # type: ignore[arg-type]
 
     def _fence(self) -> groups.Fence:
         """Commits of a group member are fenced by ownership and claim generation. A consumer outside
@@ -734,15 +813,19 @@ class Consumer:
             return groups.Fence(None)
         return groups.Fence(m.member_id, {(p.topic_id, p.tp.partition): p.generation for p in self._parts.values()})
 
-    def committed(self, tp: TopicPartition) -> int | None:
-        """The group's committed offset for ``tp``, or None."""
+    def committed(self, tp: TopicPartition, metadata: bool = False) -> int | OffsetAndMetadata | None:
+        """The group's committed offset for ``tp``, or None; with ``metadata=True`` (kafka-python's
+        shape) an `OffsetAndMetadata` with the metadata string committed with it."""
         self._check_open()
         if self._group is None:
             raise IllegalStateError("committed() needs a group_id")
+        check_bool("metadata", metadata)
         meta = self._existing(tp)
         with translated(self._path):
             found = groups.fetch(self._conn, self._group, meta.topic_id, tp.partition)
-        return None if found is None else found[0]
+        if found is None:
+            return None
+        return OffsetAndMetadata(found[0], found[1]) if metadata else found[0]
 
     # -- lifecycle -------------------------------------------------------------------------
     def _meta(self, topic: str) -> topics.TopicMeta:

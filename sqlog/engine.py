@@ -262,6 +262,7 @@ class Engine:
             self.closed = True
             with self._watch_cond:
                 self._watch_cond.notify_all()  # the watcher thread ends
+            self.signal.close()  # stops the file watch; blocked polls wake and see the log closed
             self.upkeep.close()
             with self.mutex:
                 self.conn.close()

@@ -159,6 +159,12 @@ def translated(path: str) -> Iterator[None]:
             f"{path}: the log is read-only; check permissions on the file and its directory"
         ) from exc
     except apsw.CantOpenError as exc:
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise StorageError(
+                f"{path}: the directory {directory} does not exist; create it first "
+                "(sqlog.open creates the log file, not its directory)"
+            ) from exc
         if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) or (
             os.path.exists(path) and not os.access(path, os.W_OK)
         ):

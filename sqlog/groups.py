@@ -88,6 +88,15 @@ def store(conn: apsw.Connection, group_id: str, offsets: Iterable[tuple[int, int
     )
 
 
+def add_skipped(conn: apsw.Connection, group_id: str, skipped: Iterable[tuple[int, int, int]]) -> None:
+    """Add ``(topic_id, partition, records)`` to the group's skipped counts (partitions it has
+    committed on); run inside a write transaction."""
+    conn.executemany(
+        "UPDATE committed_offsets SET skipped = skipped + ? WHERE group_id = ? AND topic_id = ? AND partition = ?",
+        [(n, group_id, t, p) for t, p, n in skipped],
+    )
+
+
 def fetch(conn: apsw.Connection, group_id: str, topic_id: int, partition: int) -> tuple[int, str] | None:
     """The committed ``(offset, metadata)`` of one partition, or None."""
     row = conn.execute(
@@ -540,9 +549,11 @@ def describe(conn: apsw.Connection, group_id: str) -> GroupDescription:
             " WHERE group_id = ? ORDER BY member_id", (group_id,)
         ) if m in live
     )
-    committed = {(t, p): o for t, p, o in conn.execute(
-        "SELECT topic_id, partition, offset FROM committed_offsets WHERE group_id = ?", (group_id,)
-    )}
+    committed, skipped, metadata = {}, {}, {}
+    for t, p, o, n, m in conn.execute(
+        "SELECT topic_id, partition, offset, skipped, metadata FROM committed_offsets WHERE group_id = ?", (group_id,)
+    ):
+        committed[(t, p)], skipped[(t, p)], metadata[(t, p)] = o, n, m
     parts = []
     for key in sorted(set(committed) | set(owners) | (set(targets) if live else set()),
                       key=lambda k: (names.get(k[0], ""), k[1])):
@@ -551,7 +562,8 @@ def describe(conn: apsw.Connection, group_id: str) -> GroupDescription:
             continue
         c = committed.get(key)
         parts.append(GroupPartitionDescription(names[key[0]], key[1], c, end[0], None if c is None else max(end[0] - c, 0),
-                                               owners[key][0] if key in owners else None))
+                                               owners[key][0] if key in owners else None,
+                                               skipped=skipped.get(key, 0), metadata=metadata.get(key, "")))
     if not members:
         state = "Empty"
     elif all(m in live and k in owners and owners[k][0] == m for k, m in targets.items()) and all(
@@ -607,7 +619,10 @@ def commit(conn: apsw.Connection, group_id: str, rows: list[tuple[TopicPartition
         if offset > found[0]:
             if skip_beyond_end:
                 continue
-            raise CommitFailedError(f"cannot commit offset {offset} for {tp}: beyond its high watermark {found[0]}")
+            raise CommitFailedError(
+                f"cannot commit offset {offset} for {tp.topic}-{tp.partition}: beyond its high watermark {found[0]} "
+                "(nothing was committed); seek() to an offset within the log, or poll() to apply auto_offset_reset"
+            )
         keep.append(row)
     store(conn, group_id, [(t, tp.partition, o, m) for tp, t, o, m in keep])
 

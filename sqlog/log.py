@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import clock, groups, share_groups, topics
-from .config import MAX_INT64
+from .config import CONSUMER_OPTIONS, MAX_INT64, OPEN_OPTIONS, PRODUCER_OPTIONS, SHARE_CONSUMER_OPTIONS, describe
 from .consumer import Consumer
 from .engine import Engine
 from .errors import InvalidConfigError
@@ -69,8 +69,13 @@ class Log:
                      retention_bytes: int | None = None, retention_policy: str = "limits", *,
                      cleanup_policy: str = "delete", delete_retention_ms: int = 86_400_000,
                      min_compaction_lag_ms: int = 0, max_compaction_lag_ms: int | None = None,
-                     min_cleanable_dirty_ratio: float = 0.5, dedupe_window_ms: int | None = None) -> TopicDescription:
+                     min_cleanable_dirty_ratio: float = 0.5, dedupe_window_ms: int | None = None,
+                     exist_ok: bool = False) -> TopicDescription:
         """Create a topic; offsets of each partition start at 0.
+
+        ``exist_ok=True``: if the topic exists with the same partition count, describe it and
+        change nothing (kafka-topics.sh's ``--if-not-exists``); another count still raises
+        TopicAlreadyExistsError.
 
         ``dedupe_window_ms``: ``send(..., message_id=...)`` stores a message id once within this
         window (None: off, the default).
@@ -88,7 +93,7 @@ class Log:
                       "min_cleanable_dirty_ratio": min_cleanable_dirty_ratio}
         with self.engine.write() as conn:
             topics.create(conn, name, partitions, retention_ms, retention_bytes, retention_policy, compaction,
-                          dedupe_window_ms)
+                          dedupe_window_ms, exist_ok)
             self.engine.topics_changed()
             return topics.describe(conn, name)
 
@@ -129,15 +134,17 @@ class Log:
 
     # -- clients ---------------------------------------------------------------------------
     def producer(self, **config: Any) -> Producer:
-        """A new producer; see `sqlog.Producer` for the config keys. With ``transactional_id``: a
-        `sqlog.TransactionalProducer` (``transaction_timeout_ms``, ``max_transaction_bytes``)."""
         if config.get("transactional_id") is not None:
             return TransactionalProducer(self._writer, **config)
         return Producer(self._writer, **config)
 
+    producer.__doc__ = "A new producer (`sqlog.Producer`). Config keys:\n\n" + describe(PRODUCER_OPTIONS)
+
     def consumer(self, **config: Any) -> Consumer:
-        """A new consumer with its own read connection; see `sqlog.Consumer` for the config keys."""
         return Consumer(self.engine, **config)
+
+    consumer.__doc__ = ("A new consumer (`sqlog.Consumer`) with its own read connection. Config keys:\n\n"
+                        + describe(CONSUMER_OPTIONS))
 
     def table(self, topic: str, *, key_serializer: Any = None, value_deserializer: Any = None,
               key_deserializer: Any = None) -> Table:
@@ -212,8 +219,10 @@ class Log:
 
     # -- share groups (queue mode, Kafka's KIP-932; see share.py) -----------------------------
     def share_consumer(self, group_id: str, **config: Any) -> ShareConsumer:
-        """A new member of share group ``group_id``; see `sqlog.ShareConsumer` for the config keys."""
         return ShareConsumer(self.engine, group_id, **config)
+
+    share_consumer.__doc__ = ("A new member of share group ``group_id`` (`sqlog.ShareConsumer`). Config keys:\n\n"
+                              + describe(SHARE_CONSUMER_OPTIONS))
 
     def list_share_groups(self) -> list[str]:
         """The ids of all share groups, sorted."""
@@ -280,32 +289,23 @@ class Log:
 
 
 def open(path: str | os.PathLike[str], **options: Any) -> Log:
-    """Open (creating if needed) the log at ``path``. Options:
-
-    - ``durability``: "normal" (default) survives a process crash once a send is acknowledged;
-      "full" (synchronous=FULL) also survives power loss, at an fsync per commit.
-    - ``busy_timeout_ms`` (10000): how long a write waits for another process's lock.
-    - ``retention_ms`` / ``retention_bytes``: log-wide defaults for topics without their own,
-      stored in the file so every process agrees (-1 = forever; omitted = keep what is stored).
-    - ``retention_check_interval_ms`` (60000, None = off): how often the background sweeper runs.
-    - ``wal_checkpoint_interval_ms`` (1000, None = off) and ``wal_limit_bytes`` (64 MiB): the
-      periodic WAL checkpoint, escalated to TRUNCATE past the limit.
-    - ``journal_size_limit`` (32 MiB): what SQLite truncates the WAL to after a checkpoint.
-    - ``max_db_bytes`` (None): a cap on the database file plus its WAL; a write past it fails
-      with `DiskFullError` (nothing of it stored) until retention or a sweep frees pages. The WAL
-      gets a quarter of it (at most ``wal_limit_bytes``) and is checkpointed (TRUNCATE) at each
-      commit that fills half of that; the database file gets the rest. A write finding the WAL's
-      share full, because readers held old snapshots past ``busy_timeout_ms``, fails with
-      `DiskFullError` too. A write starts only with the WAL within its share, so the sum exceeds
-      the cap by at most the one transaction being committed (none while checkpoints get through
-      and transactions stay under half the WAL's share); the ``-shm`` index (32 KiB per 4096 WAL
-      pages) is not counted. The cap holds this process's writes (other processes: their own).
-    """
     unknown = sorted(set(options) - _OPEN_OPTIONS)
     if unknown:
         raise InvalidConfigError(f"unknown sqlog.open() option {', '.join(unknown)}; known: {', '.join(sorted(_OPEN_OPTIONS))}")
     return Log(path, **options)
 
+
+open.__doc__ = (
+    "Open (creating if needed) the log at ``path``; a context manager. Options:\n\n" + describe(OPEN_OPTIONS) + """
+
+``max_db_bytes`` in detail: the WAL gets a quarter of it (at most ``wal_limit_bytes``) and is
+checkpointed (TRUNCATE) at each commit that fills half of that; the database file gets the rest. A
+write finding the WAL's share full, because readers held old snapshots past ``busy_timeout_ms``,
+fails with `DiskFullError` too. A write starts only with the WAL within its share, so the sum
+exceeds the cap by at most the one transaction being committed (none while checkpoints get through
+and transactions stay under half the WAL's share); the ``-shm`` index (32 KiB per 4096 WAL pages)
+is not counted. The cap holds this process's writes (other processes: their own).
+""")
 
 _OPEN_OPTIONS = frozenset(
     {*inspect.signature(Engine.__init__).parameters, *inspect.signature(Log.__init__).parameters}

@@ -10,7 +10,16 @@ from itertools import repeat
 from typing import Any
 
 from .clock import wall_ms
-from .config import MAX_INT32, MAX_INT64, check_config, check_int, check_timeout
+from .config import (
+    MAX_INT32,
+    MAX_INT64,
+    PRODUCER_OPTIONS,
+    check_config,
+    check_int,
+    check_timeout,
+    defaults,
+    describe,
+)
 from .errors import (
     InvalidConfigError,
     InvalidRecordError,
@@ -26,18 +35,7 @@ from .serde import encode_headers, serde_function, to_bytes
 from .topics import TopicMeta
 from .writer import Batch, BatchFuture, Chunk, RecordFuture, Writer
 
-PRODUCER_DEFAULTS: dict[str, Any] = {
-    "value_serializer": None,
-    "key_serializer": None,
-    "linger_ms": 5,  # Kafka 4.0's default
-    "batch_size": 131_072,  # bytes a transaction collects before the sending thread writes it
-    "max_record_bytes": 1_048_576,
-    "metadata_max_age_ms": 5_000,
-    # Transactions (see transactional.py): log.producer(transactional_id=...) makes a TransactionalProducer.
-    "transactional_id": None,
-    "transaction_timeout_ms": 60_000,
-    "max_transaction_bytes": 64 * 1024 * 1024,  # key + value + headers a transaction may hold in memory
-}
+PRODUCER_DEFAULTS: dict[str, Any] = defaults(PRODUCER_OPTIONS)
 MAX_MESSAGE_ID = 255  # characters
 
 
@@ -58,7 +56,8 @@ def check_message_id(message_id: object, meta: TopicMeta, window: int | None) ->
 
 
 class Producer:
-    """Sends records to topics; thread-safe, one per application is usually enough (as in Kafka)."""
+    __doc__ = ("Sends records to topics; thread-safe, one per application is usually enough (as in Kafka).\n\n"
+               "Config keys (``log.producer(**config)``):\n\n" + describe(PRODUCER_OPTIONS))
 
     def __init__(self, writer: Writer, **config: Any) -> None:
         cfg = check_config(config, PRODUCER_DEFAULTS, "producer")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sized
 from typing import Any, TypeVar
 
-from .config import MAX_INT32
+from .config import MAX_INT32, check_ms
 from .engine import Engine
 from .errors import InvalidConfigError, SerializationError, translated
 from .storage import data_version, wait_for_commit
@@ -32,8 +32,7 @@ ITERATION_SLICE_S = 1.0
 def poll_deadline(timeout_ms: object, max_records: object, default_max_records: int) -> tuple[float, int]:
     """Check ``poll(timeout_ms, max_records)``'s arguments: the monotonic deadline and the record
     limit (``default_max_records``, the max_poll_records config, when ``max_records`` is None)."""
-    if type(timeout_ms) not in (int, float) or not 0 <= timeout_ms < math.inf:  # type: ignore[operator]
-        raise InvalidConfigError(f"timeout_ms must be a number >= 0, not {timeout_ms!r}")
+    check_ms("timeout_ms", timeout_ms)
     limit = default_max_records if max_records is None else max_records
     if type(limit) is not int or not 1 <= limit <= MAX_INT32:
         raise InvalidConfigError(f"max_records must be an int from 1 to {MAX_INT32}, not {max_records!r}")
@@ -41,15 +40,16 @@ def poll_deadline(timeout_ms: object, max_records: object, default_max_records: 
 
 
 def read_blocking(engine: Engine, conn: Any, deadline: float, attempt: Callable[[bool], T],
-                  stop: Callable[[], bool]) -> T:
+                  stop: Callable[[], bool], next_stop: Callable[[], float | None] | None = None) -> T:
     """Call ``attempt(first)`` until it returns something truthy or ``deadline`` (monotonic) passes;
     between attempts, sleep until a commit may have brought something new.
 
     Each attempt runs after taking the commit signal's sequence number and ``conn``'s
     data_version, inside `translated`, so a commit made while it reads wakes the wait that follows
     (this process's at once, other processes' within `storage.WAKE_CHECK_S`). ``attempt`` may
-    return `RETRY` to go again at once; ``stop()`` ends a wait early (it may raise, e.g. closed).
-    Returns the last attempt's result.
+    return `RETRY` to go again at once; ``stop()`` ends a wait early (it may raise, e.g. closed);
+    ``next_stop()`` says when (monotonic) ``stop()`` must be asked next at the latest, if it
+    knows. Returns the last attempt's result.
     """
     signal = engine.signal
     path = engine.path
@@ -64,7 +64,7 @@ def read_blocking(engine: Engine, conn: Any, deadline: float, attempt: Callable[
             continue
         if result or time.monotonic() >= deadline:
             return result
-        wait_for_commit(signal, conn, path, seq, version, deadline, stop)
+        wait_for_commit(signal, conn, path, seq, version, deadline, stop, next_stop)
 
 
 def deserialize(key_de: Callable[[bytes], Any] | None, value_de: Callable[[bytes], Any] | None,

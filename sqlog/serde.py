@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -72,6 +72,11 @@ def encode_headers(headers: Iterable[tuple[str, bytes | None]] | None) -> bytes 
     """Pack headers as (u16 key length, i32 value length or -1 for None, key, value) entries."""
     if not headers:
         return None
+    if isinstance(headers, (Mapping, str, bytes, bytearray)):
+        raise SerializationError(
+            f"headers must be a list of (str, bytes) pairs; got a {type(headers).__name__}"
+            + ("; pass list(headers.items())" if isinstance(headers, Mapping) else "")
+        )
     out = bytearray()
     try:
         pairs = list(headers)

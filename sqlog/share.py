@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -24,9 +25,9 @@ from typing import Any
 
 import apsw
 
-from . import clock, share_groups, topics
+from . import clock, liveness, share_groups, topics
 from .checksum import matches
-from .config import check_bool, check_config, check_int
+from .config import SHARE_CONSUMER_OPTIONS, check_bool, check_config, check_int, defaults, describe
 from .engine import Engine
 from .errors import (
     CorruptRecordError,
@@ -35,45 +36,34 @@ from .errors import (
     InvalidRecordStateError,
     LogClosedError,
     SqlogError,
+    UnknownTopicOrPartitionError,
+    translated,
 )
-from .groups import validate_group_id
+from .groups import storable_str, validate_group_id
 from .reading import RETRY, deserialize, deserialize_error, next_from, poll_deadline, read_blocking
 from .retention import append_rows
 from .serde import decode_headers, serde_function
 from .share_groups import ACKNOWLEDGE_TYPES, Acknowledgement, ShareOutcome, ShareSettings, ShareTransaction
 from .types import ShareRecord, TopicPartition
 
-SHARE_CONSUMER_DEFAULTS: dict[str, Any] = {
-    # Where a share group starts reading a partition it has never read: "earliest" (a job
-    # enqueued before the first worker started must still be done) or "latest".
-    "auto_offset_reset": "earliest",
-    "record_lock_duration_ms": 30_000,
-    "delivery_count_limit": 5,
-    "dead_letter_topic": None,
-    # "explicit": every record is acknowledged with acknowledge(); "implicit": every record a
-    # poll returned is accepted at the next poll, commit() or close().
-    "acknowledgement_mode": "explicit",
-    "key_deserializer": None,
-    "value_deserializer": None,
-    "max_poll_records": 500,
-    "check_crcs": True,  # verify each record's checksum: a damaged record is rejected, CorruptRecordError
-    "partition_max_record_locks": 2_000,
-    "consumer_timeout_ms": None,  # iteration stops after this long without a record (None: never)
-    # Called as callback(offsets: dict[TopicPartition, set[int]], exception) after a poll() or
-    # close() applied acknowledgements (exception: InvalidRecordStateError or None).
-    "acknowledgement_commit_callback": None,
-}
+SHARE_CONSUMER_DEFAULTS: dict[str, Any] = defaults(SHARE_CONSUMER_OPTIONS)
+MAX_REASON_CHARS = 10_000
+"""The longest ``acknowledge(..., reason=...)`` kept (a header value of the dead letter)."""
+DEAD_CHECK_S = 0.5
+"""How often a blocked poll looks for a member whose process on this machine is gone (a poll's
+own transaction always looks)."""
 
 
 class _Delivered:
     """A record this consumer returned and has not finished: its acquisition and pending acknowledgement."""
 
-    __slots__ = ("topic_id", "delivery_count", "ack")
+    __slots__ = ("topic_id", "delivery_count", "ack", "reason")
 
-    def __init__(self, topic_id: int, delivery_count: int, ack: str | None = None) -> None:
+    def __init__(self, topic_id: int, delivery_count: int, ack: str | None = None, reason: str | None = None) -> None:
         self.topic_id = topic_id
         self.delivery_count = delivery_count
         self.ack = ack  # None, or one of ACKNOWLEDGE_TYPES, applied at the next poll/commit/close
+        self.reason = reason  # why it was rejected or released: a dead letter's __dlq.errors.message
 
 
 def _positive(config: dict[str, Any], name: str) -> int:
@@ -102,7 +92,11 @@ class ShareConsumer:
     Renewing a lock: ``acknowledge(record, type="renew")`` then ``commit()`` (Kafka's KIP-1222
     RENEW) extends the record's lock by ``record_lock_duration_ms`` from now; the record stays
     this consumer's and still needs its final acknowledgement.
+
+    Config keys (``log.share_consumer(group_id, **config)``):
+
     """
+    __doc__ = (__doc__ or "").rstrip() + "\n\n" + describe(SHARE_CONSUMER_OPTIONS)
 
     def __init__(self, engine: Engine, group_id: str, **config: Any) -> None:
         cfg = check_config(config, SHARE_CONSUMER_DEFAULTS, "share consumer")
@@ -140,7 +134,13 @@ class ShareConsumer:
         self._engine = engine
         self._path = engine.path
         if dlq is not None:
-            engine.topic_meta(dlq)  # the dead-letter topic must exist (UnknownTopicOrPartitionError)
+            try:
+                engine.topic_meta(dlq)  # the dead-letter topic must exist
+            except UnknownTopicOrPartitionError:
+                raise UnknownTopicOrPartitionError(
+                    f"dead_letter_topic={dlq!r}: no such topic; create it first "
+                    f"(log.create_topic({dlq!r}, exist_ok=True)) or leave dead_letter_topic unset"
+                ) from None
         self._settings = ShareSettings(
             group_id=self.group_id,
             delivery_count_limit=limit,
@@ -156,6 +156,8 @@ class ShareConsumer:
         self._delivered: dict[tuple[str, int, int], _Delivered] = {}
         self._rr = 0
         self._next_expiry_ms: int | None = None
+        self._registered_pid: int | None = None  # the process recorded in share_members for this member
+        self._dead_check_at = 0.0  # when a blocked poll next looks for members whose process is gone
         self._closed = False
         # A read connection for a blocked poll: data_version and a cheap look before taking the write lock.
         self._conn: apsw.Connection = engine.reader()
@@ -253,15 +255,35 @@ class ShareConsumer:
             return False if time.monotonic() >= deadline else RETRY
 
         # Nothing to take: sleep until a commit here or in another process, or a lock's deadline.
-        read_blocking(self._engine, self._conn, deadline, attempt, self._lock_expired)
+        read_blocking(self._engine, self._conn, deadline, attempt, self._lock_expired, self._next_stop)
 
     def _lock_expired(self) -> bool:
-        """A blocked poll also wakes when some consumer's lock comes due (no commit marks that)."""
+        """A blocked poll also wakes when some consumer's lock comes due (no commit marks that), or
+        (looked at every `DEAD_CHECK_S`) when another member's process on this machine is gone."""
         self._check_open()
-        return self._next_expiry_ms is not None and clock.monotonic_ms() >= self._next_expiry_ms
+        if self._next_expiry_ms is not None and clock.monotonic_ms() >= self._next_expiry_ms:
+            return True
+        now = time.monotonic()
+        if now < self._dead_check_at:
+            return False
+        self._dead_check_at = now + DEAD_CHECK_S
+        return self._dead_member()
+
+    def _next_stop(self) -> float:
+        """When a blocked poll must look again (monotonic): the next lock deadline or dead-member check."""
+        at = self._dead_check_at
+        if self._next_expiry_ms is not None:
+            at = min(at, time.monotonic() + (self._next_expiry_ms - clock.monotonic_ms()) / 1000)
+        return at
+
+    def _dead_member(self) -> bool:
+        with translated(self._path):
+            return share_groups.dead_member(self._conn, self.group_id, self.member_id)
 
     def _maybe_available(self) -> bool:
         """A read-only look (no write lock) at whether a poll's transaction could take anything."""
+        if self._dead_member():
+            return True  # its locks are released by the next transaction
         maybe, next_expiry_ms = share_groups.look(
             self._conn, self.group_id, self._subscription_json, self._settings.partition_max_record_locks,
             clock.monotonic_ms(),
@@ -282,7 +304,9 @@ class ShareConsumer:
                 if out:
                     break  # return what precedes it; the next poll raises
                 buffer.popleft()
-                delivered[(topic, partition, offset)] = _Delivered(topic_id, count, "reject")
+                delivered[(topic, partition, offset)] = _Delivered(
+                    topic_id, count, "reject", "the record does not match its checksum"
+                )
                 raise CorruptRecordError(
                     f"{topic}-{partition} offset {offset}: the record does not match its checksum (it changed on "
                     "disk after it was written); it is rejected (archived, and copied to the dead-letter topic if "
@@ -348,13 +372,16 @@ class ShareConsumer:
         return self._take(1)[0]
 
     # -- acknowledgements ------------------------------------------------------------------
-    def acknowledge(self, record: ShareRecord, type: str = "accept") -> None:
+    def acknowledge(self, record: ShareRecord, type: str = "accept", reason: str | None = None) -> None:
         """Mark how a delivered record ended; applied by the next ``commit()``, ``poll()`` or ``close()``.
 
         ``"accept"``: done. ``"release"``: deliver it again (to any consumer) now; archived instead
         at the delivery-count limit. ``"reject"``: archive it (to the dead-letter topic, if any).
         ``"renew"``: extend its lock by ``record_lock_duration_ms`` (apply it with ``commit()``); the
         record still needs its final acknowledgement.
+
+        ``reason`` (reject or release only): why, in the dead letter's ``__dlq.errors.message``
+        header if the record is archived (instead of Kafka's generic text).
         """
         self._check_open()
         if self._implicit:
@@ -364,6 +391,11 @@ class ShareConsumer:
             )
         if type not in ACKNOWLEDGE_TYPES:
             raise InvalidConfigError(f"type must be one of {ACKNOWLEDGE_TYPES}, not {type!r}")
+        if reason is not None:
+            if type not in ("reject", "release"):
+                raise InvalidConfigError(f"reason goes with type='reject' or 'release' (a dead letter's message), "
+                                         f"not {type!r}")
+            storable_str(reason, "reason", MAX_REASON_CHARS)
         if not isinstance(record, ShareRecord):
             raise InvalidConfigError(f"acknowledge() takes a ShareRecord this consumer returned, not {record!r}")
         d = self._delivered.get((record.topic, record.partition, record.offset))
@@ -377,6 +409,7 @@ class ShareConsumer:
                 f"{record.topic}-{record.partition} offset {record.offset} is already acknowledged ({d.ack})"
             )
         d.ack = type
+        d.reason = reason
 
     def commit(self) -> None:
         """Apply pending acknowledgements now (in implicit mode: accept every returned record).
@@ -452,7 +485,8 @@ class ShareConsumer:
         self._callback(offsets, self._failure(outcome.failed) if outcome.failed else None)
 
     # -- the transaction -------------------------------------------------------------------
-    def _transact(self, acquire: int, release_all: bool = False, release_buffer: bool = False) -> ShareOutcome:
+    def _transact(self, acquire: int, release_all: bool = False, release_buffer: bool = False,
+                  leave: bool = False) -> ShareOutcome:
         """One write transaction: apply pending acknowledgements, expire locks, acquire up to
         ``acquire`` records, release what this consumer holds (``release_all``) or has buffered
         (``release_buffer``), advance start offsets, dead-letter what was archived."""
@@ -460,6 +494,7 @@ class ShareConsumer:
         acks: list[Acknowledgement] = [
             (t, p, o, d.topic_id, d.delivery_count, d.ack) for (t, p, o), d in pending if d.ack is not None
         ]
+        messages = {key: d.reason for key, d in pending if d.reason is not None}
         buffered = list(self._buffer) if release_buffer else []
         with self._engine.write() as conn:
             now = clock.monotonic_ms()  # lock deadlines
@@ -468,11 +503,17 @@ class ShareConsumer:
             tx = ShareTransaction(conn, sg, self.member_id, self._settings, self._subscription_json, now, wall,
                                   rr=self._rr)
             if acks:
-                tx.acknowledge(acks)
+                tx.acknowledge(acks, messages)
             if buffered:
                 tx.release_buffered(buffered)
             if release_all:
                 tx.release_member()
+            pid = os.getpid()
+            if leave:
+                tx.forget_member()
+            elif acquire and self._registered_pid != pid:
+                tx.register(pid, liveness.PID_NAMESPACE, liveness.start_time(pid))
+            tx.expire_dead()
             tx.expire()
             rows = tx.subscribed()
             if acquire:
@@ -483,6 +524,7 @@ class ShareConsumer:
                 append_rows(conn, batch.topic_id, batch.partition, batch.rows, batch.nbytes, batch.max_ts, self._path)
             out = tx.finish(waiting=acquire > 0 and not tx.outcome.acquired)
         # Committed: only now does this consumer's bookkeeping follow.
+        self._registered_pid = None if leave else pid if acquire else self._registered_pid
         failed = set(out.failed)
         for key, d in pending:
             if d.ack == "renew" and key not in failed:
@@ -512,7 +554,7 @@ class ShareConsumer:
         try:
             if not self._engine.closed:
                 self._settle_implicit()
-                self._report(self._transact(acquire=0, release_all=True))
+                self._report(self._transact(acquire=0, release_all=True, leave=True))
         finally:
             self._closed = True
             self._buffer.clear()

@@ -38,7 +38,7 @@ from typing import Any
 import apsw
 import attrs
 
-from . import topics
+from . import liveness, topics
 from .checksum import CHECK_COLUMN
 from .errors import GroupIdNotFoundError, GroupNotEmptyError
 from .groups import validate_group_id
@@ -198,6 +198,19 @@ class ShareOutcome:
     next_expiry_ms: int | None = None  # the next lock deadline ahead, when a poll found nothing
 
 
+_MEMBERS = ("SELECT member_id, pid, pid_namespace, pid_start_time FROM share_members"
+            " WHERE share_group_id = ? AND member_id != ?")
+
+
+def dead_member(conn: apsw.Connection, group_id: str, member_id: str) -> bool:
+    """Whether a member of the group other than ``member_id`` has a process on this machine
+    that is gone (a read: a blocked poll's cheap look before its write transaction)."""
+    row = conn.execute(_GROUP_ID, (group_id,)).fetchone()
+    return row is not None and any(
+        liveness.process_gone(pid, ns, start) for _, pid, ns, start in conn.execute(_MEMBERS, (row[0], member_id))
+    )
+
+
 class ShareTransaction:
     """The work of one share transaction, on a connection inside a write transaction.
 
@@ -220,12 +233,14 @@ class ShareTransaction:
         self.rr = rr
         self.outcome = ShareOutcome()
         self.touched: set[tuple[int, int]] = set()  # partitions whose start offset may advance
-        self.dead: list[tuple[int, int, int, int, str]] = []  # (topic_id, partition, offset, count, reason)
+        # (topic_id, partition, offset, count, reason, message: the app's reason, or None for Kafka's text)
+        self.dead: list[tuple[int, int, int, int, str, str | None]] = []
         self.changed = False
 
-    def acknowledge(self, acks: Sequence[Acknowledgement]) -> None:
+    def acknowledge(self, acks: Sequence[Acknowledgement], messages: dict[RecordKey, str] | None = None) -> None:
         """Apply acknowledgements, each only while the record is still this member's delivery;
-        the refused go to ``outcome.failed``, the applied (except renewals) to ``outcome.done``."""
+        the refused go to ``outcome.failed``, the applied (except renewals) to ``outcome.done``.
+        ``messages``: the application's reason per record, for a dead letter's ``__dlq.errors.message``."""
         conn, sg, member, out = self.conn, self.sg, self.member_id, self.outcome
         extra = {
             "accept": (),
@@ -253,7 +268,7 @@ class ShareTransaction:
                 self.touched.add((topic_id, partition))
                 if state == ARCHIVED:
                     reason = REJECTED if kind == "reject" else DELIVERY_COUNT_EXCEEDED
-                    self.dead.append((topic_id, partition, offset, count, reason))
+                    self.dead.append((topic_id, partition, offset, count, reason, (messages or {}).get(key)))
 
     def release_buffered(self, buffered: Iterable[Acquired]) -> None:
         """Give back records acquired but never returned to the application."""
@@ -272,6 +287,28 @@ class ShareTransaction:
         ).fetchall():
             self._ended(topic_id, partition, offset, state, count)
 
+    def register(self, pid: int, namespace: str, start: int | None) -> None:
+        """Record this member's process (`liveness`), so others can release its locks if it dies."""
+        self.conn.execute("INSERT OR REPLACE INTO share_members VALUES (?, ?, ?, ?, ?)",
+                          (self.member_id, self.sg, pid, namespace, start))
+
+    def forget_member(self) -> None:
+        """This member leaves (close): its process record goes."""
+        self.conn.execute("DELETE FROM share_members WHERE member_id = ?", (self.member_id,))
+
+    def expire_dead(self) -> None:
+        """Release at once the locks of members whose process on this machine is gone (same boot
+        and pid namespace: `liveness.process_gone`), as if their locks had expired: available
+        again, or archived at the delivery-count limit. Elsewhere the lock deadline decides."""
+        conn, sg, limit = self.conn, self.sg, self.settings.delivery_count_limit
+        for member, pid, namespace, start in conn.execute(_MEMBERS, (sg, self.member_id)).fetchall():
+            if liveness.process_gone(pid, namespace, start):
+                for topic_id, partition, offset, state, count in conn.execute(
+                    _RELEASE_MEMBER, (sg, limit, member)
+                ).fetchall():
+                    self._ended(topic_id, partition, offset, state, count)
+                conn.execute("DELETE FROM share_members WHERE member_id = ?", (member,))
+
     def expire(self) -> None:
         """Locks past their deadline: available again, or archived at the delivery-count limit."""
         for topic_id, partition, offset, state, count in self.conn.execute(
@@ -283,7 +320,7 @@ class ShareTransaction:
         self.changed = True
         if state == ARCHIVED:
             self.touched.add((topic_id, partition))
-            self.dead.append((topic_id, partition, offset, count, DELIVERY_COUNT_EXCEEDED))
+            self.dead.append((topic_id, partition, offset, count, DELIVERY_COUNT_EXCEEDED, None))
 
     def subscribed(self) -> list[list[Any]]:
         """The subscribed partitions and the group's state of each, set up where missing:
@@ -353,7 +390,17 @@ class ShareTransaction:
         without a dead-letter topic (or when it was deleted since: archived without a copy). The
         caller appends them in this transaction."""
         dlq = self.settings.dead_letter_topic
-        if not self.dead or dlq is None:
+        if not self.dead:
+            return []
+        counts: dict[tuple[int, int], int] = {}
+        for topic_id, partition, *_ in self.dead:
+            counts[(topic_id, partition)] = counts.get((topic_id, partition), 0) + 1
+        self.conn.executemany(
+            "UPDATE share_partitions SET dead_lettered = dead_lettered + ?"
+            " WHERE share_group_id = ? AND topic_id = ? AND partition = ?",
+            [(n, self.sg, t, p) for (t, p), n in counts.items()],
+        )
+        if dlq is None:
             return []
         meta = topics.lookup(self.conn, dlq)
         if meta is None:
@@ -361,7 +408,7 @@ class ShareTransaction:
         names = dict(self.conn.execute("SELECT topic_id, name FROM topics"))
         group = self.settings.group_id.encode()
         chunks: dict[int, list[DeadLetterRow]] = {}
-        for topic_id, partition, offset, count, reason in self.dead:
+        for topic_id, partition, offset, count, reason, message in self.dead:
             row = self.conn.execute(
                 f"SELECT key, value, headers FROM {partition_table(topic_id, partition)} WHERE offset = ?", (offset,)
             ).fetchone()
@@ -375,7 +422,7 @@ class ShareTransaction:
                 (DLQ_GROUP, group),
                 (DLQ_DELIVERY_COUNT, str(count).encode()),
                 (DLQ_REASON, reason.encode()),
-                (DLQ_MESSAGE, _MESSAGES[reason].encode()),
+                (DLQ_MESSAGE, (_MESSAGES[reason] if message is None else message).encode()),
             )
             # Kafka's routing: source partition modulo the dead-letter topic's partitions.
             chunks.setdefault(partition % meta.partitions, []).append(
@@ -456,8 +503,8 @@ def describe(conn: apsw.Connection, group_id: str, now: int) -> ShareGroupDescri
         return ShareGroupDescription(group_id, "Dead", ())
     sg = row[0]
     parts = []
-    for name, topic_id, partition, start, end, high in conn.execute(
-        "SELECT t.name, s.topic_id, s.partition, s.start_offset, s.end_offset, p.next_offset"
+    for name, topic_id, partition, start, end, high, dead in conn.execute(
+        "SELECT t.name, s.topic_id, s.partition, s.start_offset, s.end_offset, p.next_offset, s.dead_lettered"
         " FROM share_partitions s JOIN topics t USING (topic_id) JOIN partitions p USING (topic_id, partition)"
         " WHERE s.share_group_id = ? ORDER BY t.name, s.partition",
         (sg,),
@@ -470,8 +517,8 @@ def describe(conn: apsw.Connection, group_id: str, now: int) -> ShareGroupDescri
             (sg, topic_id, partition, now),
         ).fetchone()
         lag = high - start - acknowledged - archived
-        parts.append(SharePartitionState(name, partition, start, end, high, end - start, acquired, available,
-                                         acknowledged, archived, lag))
+        parts.append(SharePartitionState(name, partition, start, high, end - start, acquired, available,
+                                         acknowledged, archived, dead, lag))
     held = conn.execute(_HELD, (sg, now)).fetchone()[0]
     return ShareGroupDescription(group_id, "Stable" if held else "Empty", tuple(parts))
 
@@ -489,5 +536,5 @@ def delete(conn: apsw.Connection, group_id: str, now: int) -> None:
             f"share group {group_id!r} has records locked by live consumers; close them (or wait for their locks "
             "to expire) before deleting it"
         )
-    for table in ("share_records", "share_partitions", "share_groups"):
+    for table in ("share_records", "share_partitions", "share_members", "share_groups"):
         conn.execute(f"DELETE FROM {table} WHERE share_group_id = ?", (sg,))

@@ -15,6 +15,7 @@ import apsw
 
 from . import clock
 from .errors import NotASqlogLogError, SchemaTooNewError, translated
+from .filewatch import FileWatch
 
 APPLICATION_ID = 0x73716C67  # "sqlg"
 
@@ -82,6 +83,14 @@ def _add_exactly_once(conn: apsw.Connection) -> None:
     conn.execute(_EXACTLY_ONCE)
     if conn.execute("SELECT 1 FROM pragma_table_info('topics') WHERE name = 'dedupe_window_ms'").fetchone() is None:
         conn.execute("ALTER TABLE topics ADD COLUMN dedupe_window_ms INTEGER")
+
+
+def _add_column(conn: apsw.Connection, table: str, column_ddl: str) -> None:
+    """``ALTER TABLE table ADD COLUMN column_ddl`` unless the column is there (migrations run again
+    on a file whose user_version was set back stay harmless)."""
+    name = column_ddl.split()[0]
+    if not conn.execute("SELECT 1 FROM pragma_table_info(?) WHERE name = ?", (table, name)).fetchone():
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column_ddl}")
 
 
 # The schema as numbered DDL: MIGRATIONS[i] takes user_version i to i + 1.
@@ -259,6 +268,23 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     # 7: exactly-once (see transactions.py): producer epochs per transactional_id, and the
     # dedupe window of send(message_id=...).
     _add_exactly_once,
+    # 8: records a group's consumers skipped when auto_offset_reset moved them past records
+    # (a committed offset or position below the log start), per partition, shown by describe_group.
+    lambda conn: _add_column(conn, "committed_offsets", "skipped INTEGER NOT NULL DEFAULT 0"),
+    # 9: share-group members' processes (liveness.py's facts), so a consumer whose process on this
+    # machine is gone has its record locks released at once instead of at their deadline.
+    """
+    CREATE TABLE IF NOT EXISTS share_members(
+        member_id      TEXT PRIMARY KEY,
+        share_group_id INTEGER NOT NULL,
+        pid            INTEGER NOT NULL,
+        pid_namespace  TEXT NOT NULL,   -- liveness.PID_NAMESPACE: '' where pids cannot be judged
+        pid_start_time INTEGER          -- liveness.start_time(pid)
+    ) WITHOUT ROWID;
+    """,
+    # 10: a running count per share group and partition of the records archived (rejected or past
+    # delivery_count_limit: each copied to the dead-letter topic when one is set), for describe.
+    lambda conn: _add_column(conn, "share_partitions", "dead_lettered INTEGER NOT NULL DEFAULT 0"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings
@@ -506,18 +532,30 @@ def data_version(conn: apsw.Connection) -> int:
     return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
 
-WAKE_CHECK_S = 0.003  # how often a blocked poll looks for other processes' commits (~2% of a core)
+WAKE_CHECK_S = 0.003
+"""Without a file watch: how often a blocked poll looks for other processes' commits (~2% of a core)."""
+WATCHED_CHECK_S = 1.0
+"""With a file watch: the safety net's pace (a look at data_version however quiet the file)."""
+SETTLE_S = (0.0, 0.0005, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+"""After a WAL write event, when to look at data_version again (from the event): the frames are
+written before the WAL index that makes them visible."""
 
 
 class CommitSignal:
     """This process's commits of records, counted: a blocked poll waits for the count to move.
 
-    Other processes' commits are seen through ``PRAGMA data_version`` (`wait_for_commit`)."""
+    Other processes' commits are seen through ``PRAGMA data_version`` (`wait_for_commit`), which
+    a `filewatch.FileWatch` on the WAL (where the platform has one) prompts: ``fs_seq`` counts its
+    events."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self.seq = 0
         self._listeners: tuple[Callable[[], None], ...] = ()
+        self.fs_seq = 0
+        self._watch: FileWatch | None = None
+        self._watch_tried = False
+        self._closed = False
 
     def notify(self) -> None:
         """A commit that may have brought readers something new: wake every blocked poll, then
@@ -544,27 +582,73 @@ class CommitSignal:
 
         return remove
 
-    def wait(self, seq: int, timeout: float) -> None:
-        """Until the count moves past ``seq`` or ``timeout`` seconds pass."""
+    def _fs_notify(self) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: self.seq != seq, timeout)
+            self.fs_seq += 1
+            self._cond.notify_all()
+
+    def watch(self, path: str) -> bool:
+        """Start (once) the file watch on ``path``'s WAL; whether one runs."""
+        if not self._watch_tried:
+            with self._cond:
+                if not self._watch_tried and not self._closed:
+                    self._watch_tried = True
+                    self._watch = FileWatch.start(path, self._fs_notify)
+        return self._watch is not None
+
+    def wait(self, seq: int, timeout: float, fs_seq: int | None = None) -> None:
+        """Until the count moves past ``seq`` (or the file events past ``fs_seq``), or ``timeout``
+        seconds pass."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.seq != seq or (fs_seq is not None and self.fs_seq != fs_seq), timeout)
+
+    def close(self) -> None:
+        """Stop the file watch and wake every waiter (the log is closing); idempotent."""
+        with self._cond:
+            self._closed = True
+            watch, self._watch = self._watch, None
+            self.seq += 1
+            self._cond.notify_all()
+        if watch is not None:
+            watch.close()
 
 
 def wait_for_commit(signal: CommitSignal, conn: apsw.Connection, path: str, seq: int, version: int,
-                    deadline: float, stop: Callable[[], bool] | None = None) -> None:
+                    deadline: float, stop: Callable[[], bool] | None = None,
+                    next_stop: Callable[[], float | None] | None = None) -> None:
     """Block until a commit may have brought something new, without busy-spinning a core.
 
     Returns when this process commits (``signal.seq`` moves past ``seq``: at once), another
-    process commits (``conn``'s data_version leaves ``version``: checked every `WAKE_CHECK_S`),
-    ``stop()`` turns true (checked as often; it may also raise, e.g. closed), or the monotonic
-    ``deadline`` passes. The wait of both clients' blocked poll (`reading.read_blocking`).
+    process commits (``conn``'s data_version leaves ``version``), ``stop()`` turns true (it may
+    also raise, e.g. closed), or the monotonic ``deadline`` passes. The wait of both clients'
+    blocked poll (`reading.read_blocking`).
+
+    Other processes' commits: with a file watch (`filewatch`, Linux), data_version is looked at
+    after each write to the WAL (at `SETTLE_S` after it) and every `WATCHED_CHECK_S`, so an idle
+    wait costs next to nothing; without one, every `WAKE_CHECK_S`. ``stop()`` is asked at each
+    look and by ``next_stop()`` (a monotonic time, or None) when that comes sooner.
     """
-    while (remaining := deadline - time.monotonic()) > 0:
-        signal.wait(seq, min(remaining, WAKE_CHECK_S))
+    watched = signal.watch(path)
+    pace = WATCHED_CHECK_S if watched else WAKE_CHECK_S
+    fs_seq = signal.fs_seq if watched else None
+    settle: list[float] = []  # monotonic times to look again after a WAL write event
+    while (now := time.monotonic()) < deadline:
+        wake = min(deadline, now + pace)
+        if settle:
+            wake = min(wake, settle[0])
+        if next_stop is not None and (at := next_stop()) is not None:
+            wake = min(wake, max(at, now))
+        signal.wait(seq, max(wake - now, 0.0), fs_seq)
         if stop is not None and stop():
             return
         if signal.seq != seq:
             return
+        now = time.monotonic()
+        if fs_seq is not None and signal.fs_seq != fs_seq:
+            fs_seq = signal.fs_seq
+            settle = [now + d for d in SETTLE_S]
+        while settle and settle[0] <= now:
+            settle.pop(0)
         with translated(path):
             if data_version(conn) != version:
                 return

@@ -153,9 +153,13 @@ def create(
     retention_policy: str = "limits",
     compaction: dict[str, Any] | None = None,
     dedupe_window_ms: int | None = None,
+    exist_ok: bool = False,
 ) -> TopicMeta:
     """Insert the topic and its partition tables; run inside a write transaction.
-    ``compaction``: settings named as `COMPACTION_DEFAULTS` (the rest take the defaults)."""
+    ``compaction``: settings named as `COMPACTION_DEFAULTS` (the rest take the defaults).
+
+    ``exist_ok``: a topic of that name with the same partition count is returned as it is;
+    one with another count is still a TopicAlreadyExistsError."""
     validate_name(name)
     _check_partitions(partitions)
     retention_ms = check_retention(retention_ms, "retention_ms")
@@ -163,8 +167,20 @@ def create(
     check_policy(retention_policy)
     settings = {**COMPACTION_DEFAULTS, **{k: check_compaction(k, v) for k, v in (compaction or {}).items()}}
     check_dedupe_window(dedupe_window_ms)
-    if lookup(conn, name) is not None:
-        raise TopicAlreadyExistsError(f"topic {name!r} already exists")
+    if type(exist_ok) is not bool:
+        raise InvalidConfigError(f"exist_ok must be True or False, not {exist_ok!r}")
+    found = lookup(conn, name)
+    if found is not None:
+        if not exist_ok:
+            raise TopicAlreadyExistsError(
+                f"topic {name!r} already exists; pass exist_ok=True (CLI: --if-not-exists) to accept it as it is"
+            )
+        if found.partitions != partitions:
+            raise TopicAlreadyExistsError(
+                f"topic {name!r} already exists with {found.partitions} partition(s), not {partitions}; "
+                "alter_topic() grows it, or pick another name"
+            )
+        return found
     conn.execute(
         "INSERT INTO topics(name, retention_ms, retention_bytes, created_ms) VALUES (?, ?, ?, ?)",
         (name, retention_ms, retention_bytes, wall_ms()),

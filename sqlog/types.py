@@ -177,6 +177,11 @@ class GroupPartitionDescription:
     log_end_offset: int
     lag: int | None
     owner: str | None  # member_id, or None while nobody owns it
+    metadata: str = ""
+    """The metadata string committed with the offset (``OffsetAndMetadata.metadata``)."""
+    skipped: int = 0
+    """Records the group's consumers jumped over when ``auto_offset_reset`` moved a committed
+    offset or position that had fallen below the log start (counted once the group has committed here)."""
 
 
 @attrs.frozen
@@ -201,24 +206,36 @@ class SharePartitionState:
     """One partition as a share group sees it.
 
     ``start_offset`` (Kafka's share-partition start offset): everything below is done.
-    ``end_offset``: the next offset never delivered yet; ``[start_offset, end_offset)`` is the
-    in-flight window (``in_flight`` records), of which ``acquired`` are locked by a consumer,
-    ``available`` can be delivered again (released, or their lock expired), ``acknowledged``
-    and ``archived`` are done but not yet behind the start offset. ``lag`` is every record not
-    done yet: the queue's depth in this partition.
+    ``log_end_offset``: the partition's high watermark (as consumer groups name it).
+    ``in_flight``: records from ``start_offset`` delivered at least once and not yet behind it,
+    of which ``acquired`` are locked by a consumer, ``available`` can be delivered again
+    (released, or their lock expired), ``acknowledged`` and ``archived`` are done.
+    ``dead_lettered``: a running count of the records archived so far (rejected, or past
+    ``delivery_count_limit``; each copied to the dead-letter topic when one is set).
+    ``lag`` is every record not done yet: the queue's depth in this partition.
     """
 
     topic: str
     partition: int
     start_offset: int
-    end_offset: int
-    high_watermark: int
+    log_end_offset: int
     in_flight: int
     acquired: int
     available: int
     acknowledged: int
     archived: int
+    dead_lettered: int
     lag: int
+
+    @property
+    def high_watermark(self) -> int:
+        """The same as ``log_end_offset`` (its former name)."""
+        return self.log_end_offset
+
+    @property
+    def end_offset(self) -> int:
+        """The end of the in-flight window: the next offset never delivered yet."""
+        return self.start_offset + self.in_flight
 
 
 @attrs.frozen

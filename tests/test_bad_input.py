@@ -670,3 +670,44 @@ def test_blocked_poll_when_the_log_closes(seeded: sqlog.Log) -> None:
     assert not thread.is_alive()
     error = outcome.get("error")
     assert error is None or isinstance(error, sqlog.LogClosedError), repr(error)
+
+
+# -- the first hour's mistakes: each error says what was wrong and what to do -----------------
+
+
+def test_open_in_a_missing_directory_says_so(tmp_path: Any) -> None:
+    path = str(tmp_path / "nonexistent" / "dir" / "x.db")
+    err = raises_sqlog_error(lambda: sqlog.open(path))
+    assert "does not exist" in str(err) and str(tmp_path / "nonexistent" / "dir") in str(err)
+    assert "read-only" not in str(err)
+
+
+def test_headers_given_as_a_dict_say_what_to_pass(seeded: sqlog.Log) -> None:
+    with seeded.producer() as producer:
+        err = raises_sqlog_error(lambda: producer.send("t", b"v", headers={"source": b"web"}),
+                                 sqlog.SerializationError)
+        assert "got a dict" in str(err) and "list of (str, bytes) pairs" in str(err)
+        assert "headers.items()" in str(err)
+
+
+def test_missing_dead_letter_topic_names_the_option(seeded: sqlog.Log) -> None:
+    err = raises_sqlog_error(lambda: seeded.share_consumer("g", dead_letter_topic="jobs.dlq"),
+                             sqlog.UnknownTopicOrPartitionError)
+    assert "dead_letter_topic='jobs.dlq'" in str(err) and "create" in str(err)
+
+
+@pytest.mark.parametrize("kind", ["consumer", "share"])
+def test_poll_with_seconds_as_a_float_is_refused(seeded: sqlog.Log, kind: str) -> None:
+    if kind == "consumer":
+        client: Any = seeded.consumer(auto_offset_reset="earliest")
+        client.assign([KEEP])
+    else:
+        client = seeded.share_consumer("g", acknowledgement_mode="implicit")
+        client.subscribe(["keep"])
+    for value in (1e-3, 0.5, 0.999):
+        err = raises_sqlog_error(lambda: client.poll(value), sqlog.InvalidConfigError)
+        assert "milliseconds" in str(err) and "timeout_ms=" in str(err)
+    err = raises_sqlog_error(lambda: client.poll(timeout_ms=0.5), sqlog.InvalidConfigError)
+    assert "timeout_ms=500" in str(err)
+    assert len(client.poll(1.0)) == 3 and client.poll(0.0) == [] and client.poll(0) == []  # 1 ms is fine
+    client.close()

@@ -70,8 +70,8 @@ def test_bench_retention_quick_writes_every_workload(tmp_path: Path) -> None:
 RUN_SCRIPT = SCRIPT.parent / "run.py"
 RUN_WORKLOADS = {
     "send_100b", "send_1kib", "send_16kib", "send_bulk", "poll_100b", "durable_send", "latency_in_process",
-    "latency_across_processes", "aio", "scale", "txn_ctp", "send_message_id", "peers_produce", "peers_consume",
-    "peers_durable", "compaction", "server",
+    "latency_across_processes", "idle_cpu", "aio", "scale", "txn_ctp", "send_message_id", "peers_produce",
+    "peers_consume", "peers_durable", "compaction", "server",
 }
 
 

@@ -170,6 +170,16 @@ def test_topics_create_list_describe_alter_delete(db: str) -> None:
     assert "unknown topic 'orders'" in one_line_error(run("--db", db, "topics", "delete", "orders"))
 
 
+def test_topics_create_if_not_exists(db: str) -> None:
+    assert run("--db", db, "topics", "create", "orders", "--partitions", "2").returncode == 0
+    err = one_line_error(run("--db", db, "topics", "create", "orders", "--partitions", "2"))
+    assert "already exists" in err and "--if-not-exists" in err
+    again = run("--db", db, "topics", "create", "orders", "--partitions", "2", "--if-not-exists")
+    assert again.returncode == 0 and again.stdout == "Topic orders already exists.\n"
+    assert "not 3" in one_line_error(run("--db", db, "topics", "create", "orders", "--partitions", "3",
+                                         "--if-not-exists"))
+
+
 def test_sqlog_db_environment_variable(tmp_path: Path) -> None:
     env_db, flag_db = str(tmp_path / "env.db"), str(tmp_path / "flag.db")
     assert run("topics", "create", "from-env", env={"SQLOG_DB": env_db}).returncode == 0
@@ -410,7 +420,8 @@ def test_groups_list_and_describe_show_lag_after_consume_group(db: str) -> None:
     assert (data["group"], data["type"], data["state"], data["lag"], data["members"]) == (
         "billing", "consumer", "Empty", 3, [])
     assert data["partitions"][0] == {"topic": "orders", "partition": 0, "committed_offset": 4, "log_end_offset": 7,
-                                     "lag": 3, "member_id": None, "host": None, "client_id": None}
+                                     "lag": 3, "member_id": None, "host": None, "client_id": None,
+                                     "metadata": "", "skipped": 0}
     # A group that committed only partition 1 (consume --partition, outside any membership).
     assert table(other.stdout)[1:] == [["audit", "orders", "1", "1", "2", "1", "-", "-", "-"]]
     for done in (unknown, unknown_json):
@@ -540,7 +551,9 @@ def test_groups_reset_offsets_execute_applies_each_mode(db: str) -> None:
                          for name, (mode, _) in zip(names, RESET_MODES)], env=LOCAL_TZ)
     with sqlog.open(db) as log:
         for name, done, (mode, expected) in zip(names, results, RESET_MODES):
-            assert done.returncode == 0 and done.stderr == "", done
+            assert done.returncode == 0, done
+            # Only the notes of offsets clamped to the log (--to-offset, --shift-by past either end).
+            assert all(line.startswith("Note: ") and "clamped to" in line for line in done.stderr.splitlines()), done
             assert table(done.stdout)[1:] == [[name, "orders", str(p), str(o)] for p, o in expected.items()]
             got = {p.partition: p.committed_offset for p in log.describe_group(name).partitions}
             assert got == {0: 5, 1: 3, **expected}, (mode, got)
@@ -616,7 +629,8 @@ def _seed_share(db: str) -> None:
         log.alter_group_offsets("billing", {sqlog.TopicPartition("jobs", 0): 5})
 
 
-SHARE_HEADER = "GROUP TOPIC PARTITION START-OFFSET LOG-END-OFFSET IN-FLIGHT ACQUIRED AVAILABLE ARCHIVED".split()
+SHARE_HEADER = ("GROUP TOPIC PARTITION START-OFFSET LOG-END-OFFSET IN-FLIGHT ACQUIRED AVAILABLE ACKNOWLEDGED ARCHIVED "
+                "DEAD-LETTERED LAG").split()
 
 
 def test_groups_list_describe_and_delete_share_groups(db: str) -> None:
@@ -640,19 +654,19 @@ def test_groups_list_describe_and_delete_share_groups(db: str) -> None:
         {"group": "jobs-g", "type": "share", "state": "Empty", "generation": None, "members": None, "lag": 3}]
 
     assert share.returncode == 0 and share.stderr == "", share
-    assert table(share.stdout) == [SHARE_HEADER, ["jobs-g", "jobs", "0", "0", "5", "3", "0", "1", "1"]]
+    assert table(share.stdout) == [SHARE_HEADER, ["jobs-g", "jobs", "0", "0", "5", "3", "0", "1", "1", "1", "1", "3"]]
     assert share.stdout.splitlines()[-1] == "Share group jobs-g: state=Empty  lag=3"
     assert json.loads(share_json.stdout) == {"group": "jobs-g", "type": "share", "state": "Empty", "lag": 3,
                                              "partitions": [{
-                                                 "topic": "jobs", "partition": 0, "start_offset": 0, "end_offset": 3,
+                                                 "topic": "jobs", "partition": 0, "start_offset": 0,
                                                  "log_end_offset": 5, "in_flight": 3, "acquired": 0, "available": 1,
-                                                 "acknowledged": 1, "archived": 1, "lag": 3}]}
+                                                 "acknowledged": 1, "archived": 1, "dead_lettered": 1, "lag": 3}]}
     # One id, both kinds: the consumer group's section, then the share group's.
     assert both.returncode == 0, both
     consumer_part, share_part = both.stdout.split("\n\nGROUP ")
     assert table(consumer_part)[1:] == [["both", "jobs", "0", "4", "5", "1", "-", "-", "-"]]
     assert consumer_part.splitlines()[-1].startswith("Group both: state=Empty")
-    assert table("GROUP " + share_part) == [SHARE_HEADER, ["both", "jobs", "0", "1", "5", "0", "0", "0", "0"]]
+    assert table("GROUP " + share_part) == [SHARE_HEADER, ["both", "jobs", "0", "1", "5", "0", "0", "0", "0", "0", "0", "4"]]
     assert share_part.splitlines()[-1] == "Share group both: state=Empty  lag=4"
     assert [(d["type"], d["lag"]) for d in json.loads(both_json.stdout)] == [("consumer", 1), ("share", 4)]
     assert json.loads(both_share.stdout)["type"] == "share"
@@ -685,7 +699,7 @@ def test_groups_share_group_with_a_held_record_is_stable_and_not_deleted(db: str
         assert len(worker.poll(timeout_ms=5000)) == 2  # acquired, not acknowledged: locked for 2 min
         described, delete_share = run_many(["--db", db, "groups", "describe", "held", "--type", "share"],
                                            ["--db", db, "groups", "delete", "held", "--type", "share"])
-        assert table(described.stdout)[1:] == [["held", "jobs", "0", "0", "3", "2", "2", "0", "0"]], described
+        assert table(described.stdout)[1:] == [["held", "jobs", "0", "0", "3", "2", "2", "0", "0", "0", "0", "3"]], described
         assert "state=Stable" in described.stdout.splitlines()[-1]
         assert "locked by live consumers" in one_line_error(delete_share) and delete_share.stdout == ""
         # Both kinds: the consumer group goes, the share group's refusal is the one error line.
@@ -737,3 +751,49 @@ def test_sweep_stats_and_check(db: str) -> None:
     broken = run("--db", db, "check")
     assert broken.returncode == 1 and "Traceback" not in broken.stderr
     assert broken.stdout.strip() and all("orders-0" in line for line in broken.stdout.splitlines()), broken.stdout
+
+
+# -- the first hour: kcat-like output, describe every topic, clamped resets say so ------------
+def test_consume_prints_partition_offset_headers_and_templates(db: str) -> None:
+    with sqlog.open(db) as log:
+        log.create_topic("orders", partitions=2)
+        with log.producer() as producer:
+            producer.send("orders", b"v0", key=b"k0", headers=[("source", b"web"), ("n", b"1")], partition=1,
+                          timestamp_ms=1000).get(timeout=5)
+            producer.send("orders", b"v1", partition=1, timestamp_ms=2000).get(timeout=5)
+    base = ["--db", db, "consume", "orders", "--from-beginning", "--timeout-ms", "0"]
+    text, template, bad_code, bad_format = run_many(
+        [*base, "--print-partition", "--print-offset", "--print-headers", "--print-key", "--print-timestamp"],
+        [*base, "--format", r"%t/%p@%o [%k] %s (%S) {%h} %T%%\n"],
+        [*base, "--format", "%x"], [*base, "--format", "yaml"])
+    assert text.returncode == 0, text
+    assert text.stdout.splitlines() == [
+        "CreateTime:1000\tPartition:1\tOffset:0\tsource:web,n:1\tk0\tv0",
+        "CreateTime:2000\tPartition:1\tOffset:1\tNO_HEADERS\tnull\tv1",
+    ]
+    assert template.returncode == 0, template
+    assert template.stdout == "orders/1@0 [k0] v0 (2) {source=web,n=1} 1000%\norders/1@1 [] v1 (2) {} 2000%\n"
+    assert "unknown %x" in one_line_error(bad_code)
+    assert bad_format.returncode == 2 and "yaml" in bad_format.stderr
+
+
+def test_topics_describe_without_a_name_describes_every_topic(db: str) -> None:
+    seed(db, "orders", partitions=2, records=[b"a"])
+    seed(db, "audit")
+    text, as_json, one = run_many(["--db", db, "topics", "describe"],
+                                  ["--db", db, "topics", "describe", "--format", "json"],
+                                  ["--db", db, "topics", "describe", "orders", "--format", "json"])
+    assert text.returncode == 0, text
+    assert [line.split()[1] for line in text.stdout.splitlines() if line.startswith("Topic:")] == ["audit", "orders"]
+    assert [t["name"] for t in json.loads(as_json.stdout)] == ["audit", "orders"]
+    assert json.loads(one.stdout)["name"] == "orders"
+
+
+def test_reset_offsets_to_offset_says_when_it_clamps(db: str) -> None:
+    seed(db, "orders", records=[b"a", b"b", b"c"])
+    g = ["--db", db, "groups", "reset-offsets", "billing", "--topic", "orders"]
+    clamped, inside = run_many([*g, "--to-offset", "100", "--execute"], [*g, "--to-offset", "1"])
+    assert clamped.returncode == 0, clamped
+    assert table(clamped.stdout)[1:] == [["billing", "orders", "0", "3"]]
+    assert "orders-0: offset 100 is outside its log [0, 3]; clamped to 3" in clamped.stderr
+    assert "clamped" not in inside.stderr

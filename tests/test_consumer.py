@@ -826,3 +826,35 @@ def test_log_close_completes_when_a_consumer_commit_fails(log: sqlog.Log, topic:
     assert log.closed
     with pytest.raises(sqlog.LogClosedError):
         log.list_topics()
+
+
+def test_commit_after_seek_past_the_end_agrees_with_commit_of_that_offset(log: sqlog.Log) -> None:
+    """commit() with no arguments after seek(tp, 50) past the end raises as commit({tp: 50}) does
+    (CommitFailedError, nothing stored), never a silent no-op; auto-commit still leaves it out."""
+    log.create_topic("t")
+    tp = sqlog.TopicPartition("t", 0)
+    with log.producer() as producer:
+        for i in range(3):
+            producer.send("t", b"%d" % i)
+    c = log.consumer(group_id="g", enable_auto_commit=False, auto_offset_reset="earliest")
+    c.assign([tp])
+    c.commit({tp: 1})
+    c.seek(tp, 50)
+    with pytest.raises(sqlog.CommitFailedError, match="offset 50 for t-0: beyond its high watermark 3") as explicit:
+        c.commit({tp: 50})
+    with pytest.raises(sqlog.CommitFailedError) as implicit:
+        c.commit()
+    assert str(implicit.value) == str(explicit.value)
+    assert c.committed(tp) == 1
+    c.seek(tp, 3)
+    c.commit()
+    assert c.committed(tp) == 3
+    c.close()
+    auto = log.consumer(group_id="g", auto_commit_interval_ms=0)
+    auto.assign([tp])
+    auto.seek(tp, 50)
+    auto.close()  # auto-commit on close: not the caller's error, the sought position is left out
+    probe = log.consumer(group_id="g")
+    probe.assign([tp])
+    assert probe.committed(tp) == 3
+    probe.close()

@@ -518,3 +518,22 @@ def test_reset_group_offsets_dry_run_stores_nothing(log: sqlog.Log) -> None:
     assert {p.partition: p.committed_offset for p in log.describe_group("g").partitions} == {0: 5, 1: 5}
     with pytest.raises(sqlog.InvalidConfigError, match="dry_run"):
         log.reset_group_offsets("g", "latest", dry_run="yes")  # type: ignore[arg-type]
+
+
+def test_committed_metadata_reads_back(log: sqlog.Log) -> None:
+    """kafka-python's committed(tp, metadata=True): the OffsetAndMetadata that was committed;
+    describe_group shows the metadata too."""
+    log.create_topic("t", partitions=2)
+    tp0, tp1 = sqlog.TopicPartition("t", 0), sqlog.TopicPartition("t", 1)
+    c = log.consumer(group_id="g", enable_auto_commit=False)
+    c.assign([tp0, tp1])
+    assert c.committed(tp0) is None and c.committed(tp0, metadata=True) is None
+    c.commit({tp0: sqlog.OffsetAndMetadata(0, "batch 7, host a"), tp1: 0})
+    assert c.committed(tp0) == 0
+    assert c.committed(tp0, metadata=True) == sqlog.OffsetAndMetadata(0, "batch 7, host a")
+    assert c.committed(tp1, metadata=True) == sqlog.OffsetAndMetadata(0, "")
+    with pytest.raises(sqlog.InvalidConfigError, match="metadata"):
+        c.committed(tp0, metadata="yes")  # type: ignore[arg-type]
+    c.close()
+    parts = {p.partition: p.metadata for p in log.describe_group("g").partitions}
+    assert parts == {0: "batch 7, host a", 1: ""}

@@ -245,3 +245,50 @@ def test_sweeper_producer_and_nonstop_consumer_keep_the_wal_bounded(log_path: st
     assert wal_peak[0] < 4 * wal_limit, wal_peak[0]
     part = log.describe_topic("t").partitions[0]
     assert part.bytes <= 256 * 1024 + 32 * 1024
+
+
+def test_skipping_past_retention_is_logged_and_counted(log_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    log = open_log(log_path)
+    log.create_topic("t", retention_ms=1_000)
+    with log.producer() as producer:
+        for i in range(10):
+            producer.send("t", b"%d" % i, timestamp_ms=0 if i < 6 else 10**13)
+    committer = log.consumer(group_id="g", enable_auto_commit=False)
+    committer.commit({TP0: 2})
+    committer.close()
+    log.sweep(now_ms=1_000_000)  # deletes offsets 0..5: the group's committed 2 is below the log start 6
+
+    consumer = log.consumer(group_id="g", auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer.subscribe(["t"])
+    with caplog.at_level("WARNING", logger="sqlog"):
+        assert [r.offset for r in consumer.poll(timeout_ms=1000, max_records=100)] == [6, 7, 8, 9]
+    (warning,) = [r for r in caplog.records if r.name == "sqlog"]
+    assert warning.levelname == "WARNING"
+    assert "t-0" in warning.getMessage() and "skipping 4 record(s), offsets 2 to 5" in warning.getMessage()
+    assert consumer.skipped_records() == {TP0: 4}
+    assert log.describe_group("g").partitions[0].skipped == 4
+    consumer.commit()
+    consumer.close()
+    assert log.describe_group("g").partitions[0].skipped == 4  # a commit keeps the count
+
+    # A live position that retention passes is counted too, and adds up; a fresh reader is not a skip.
+    with log.producer() as producer:
+        for i in range(5):
+            producer.send("t", b"x", timestamp_ms=0)
+    reader = log.consumer(group_id="g", auto_offset_reset="earliest", enable_auto_commit=False)
+    reader.assign([TP0])
+    assert reader.position(TP0) == 10
+    log.sweep(now_ms=10**13 + 10_000)  # 6..14 go
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sqlog"):
+        assert reader.poll(max_records=100) == []
+        assert reader.position(TP0) == 15
+    assert reader.skipped_records() == {TP0: 5}
+    assert log.describe_group("g").partitions[0].skipped == 9
+    assert len([r for r in caplog.records if r.name == "sqlog"]) == 1
+    fresh = log.consumer(group_id="other", auto_offset_reset="earliest")
+    fresh.assign([TP0])
+    fresh.poll()
+    assert fresh.skipped_records() == {}
+    reader.close(), fresh.close()
+    log.close()

@@ -146,6 +146,25 @@ def test_release_at_the_delivery_count_limit_archives(log: sqlog.Log) -> None:
     assert dict(dead.headers)[DLQ_REASON] == b"delivery_count_exceeded"
 
 
+def test_acknowledge_reason_lands_in_the_dead_letter_message(log: sqlog.Log) -> None:
+    log.create_topic("jobs.dlq")
+    _fill(log, 3)
+    consumer = _share(log, delivery_count_limit=1, dead_letter_topic="jobs.dlq")
+    a, b, c = consumer.poll(timeout_ms=200)
+    with pytest.raises(sqlog.InvalidConfigError, match="reason goes with type='reject' or 'release'"):
+        consumer.acknowledge(a, "accept", reason="fine")
+    with pytest.raises(sqlog.InvalidConfigError, match="reason must be a str"):
+        consumer.acknowledge(a, "reject", reason=b"bytes")  # type: ignore[arg-type]
+    consumer.acknowledge(a, "reject", reason="invalid order: missing 'item' (schema v2)")
+    consumer.acknowledge(b, "release", reason="payment service timed out")  # at the limit: archived
+    consumer.acknowledge(c, "reject")
+    consumer.commit()
+    messages = {dict(d.headers)[DLQ_OFFSET]: dict(d.headers)[DLQ_MESSAGE] for d in _dead(log)}
+    assert messages == {b"0": b"invalid order: missing 'item' (schema v2)", b"1": b"payment service timed out",
+                        b"2": b"Offset rejected by client."}
+    consumer.close()
+
+
 def test_archived_without_a_dead_letter_topic_is_just_done(log: sqlog.Log) -> None:
     _fill(log, 2)
     consumer = _share(log)
@@ -621,11 +640,20 @@ def test_describe_counts_and_states(log: sqlog.Log) -> None:
     desc = log.describe_share_group("workers")
     assert desc.state == "Stable"
     (part,) = desc.partitions
-    assert part == sqlog.SharePartitionState("jobs", 0, 0, 4, 10, 4, 1, 1, 1, 1, 8)
+    assert part == sqlog.SharePartitionState("jobs", 0, start_offset=0, log_end_offset=10, in_flight=4, acquired=1,
+                                             available=1, acknowledged=1, archived=1, dead_lettered=1, lag=8)
+    assert (part.high_watermark, part.end_offset) == (10, 4)  # the former names, as properties
     assert desc.lag == 8
     consumer.acknowledge(records[0])
     consumer.close()
     assert log.describe_share_group("workers").state == "Empty"
+    # dead_lettered is a running count: it stays after the archived record fell behind the start offset.
+    drain = _share(log, acknowledgement_mode="implicit")
+    while drain.poll(timeout_ms=100):
+        pass
+    drain.close()
+    (part,) = log.describe_share_group("workers").partitions
+    assert (part.start_offset, part.in_flight, part.archived, part.dead_lettered, part.lag) == (10, 0, 0, 1, 0)
 
 
 def test_delete_share_group(log: sqlog.Log) -> None:

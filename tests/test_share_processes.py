@@ -106,10 +106,12 @@ def _audit(path: str) -> list[tuple[Any, ...]]:
     return rows
 
 
-def _check_audit(rows: list[tuple[Any, ...]], acks: dict[tuple[str, int], set[tuple[int, int, int]]]) -> int:
+def _check_audit(rows: list[tuple[Any, ...]], acks: dict[tuple[str, int], set[tuple[int, int, int]]],
+                 dead: frozenset[str] = frozenset()) -> int:
     """No record is ever held by two consumers at once: per record, acquisitions and ends of
-    holding alternate; a hold ends before its lock deadline only by its holder's acknowledgement;
-    the next acquisition comes after the end. Returns the number of acquisitions checked."""
+    holding alternate; a hold ends before its lock deadline only by its holder's acknowledgement
+    (or because its holder, one of ``dead``, was killed on this machine); the next acquisition
+    comes after the end. Returns the number of acquisitions checked."""
     by_record: dict[tuple[int, int], list[tuple[Any, ...]]] = defaultdict(list)
     for row in rows:
         by_record[(row[0], row[1])].append(row)
@@ -127,7 +129,7 @@ def _check_audit(rows: list[tuple[Any, ...]], acks: dict[tuple[str, int], set[tu
                 holder = (member, dc, lock_until, holder[3])
             elif event == "exit":
                 assert holder is not None, f"{partition}@{offset}: an exit without a holder"
-                if t < old_lock_until + to_wall:  # before the deadline: only the holder's own acknowledgement
+                if t < old_lock_until + to_wall and holder[0] not in dead:  # early: only the holder's ack
                     assert (partition, offset, dc) in acks.get(holder[0], set()), (
                         f"{partition}@{offset} delivery {dc} left {holder[0]} at {t} before its deadline "
                         f"{old_lock_until} without its acknowledgement"
@@ -172,10 +174,13 @@ def test_workers_accept_every_record_exactly_once(tmp_path: Path) -> None:
 
 
 def test_sigkilled_worker_records_are_redelivered_after_the_lock_expires(tmp_path: Path) -> None:
+    """A worker in another pid namespace (a container sharing the file): only its lock deadline
+    frees what it held."""
     path = str(tmp_path / "q.db")
     _setup(path, 40, partitions=1, audit=True)
     lock_ms = 1500
-    victim, victim_out = _spawn(tmp_path, path, "victim", mode="hold", hold=10, lock_ms=lock_ms)
+    victim, victim_out = _spawn(tmp_path, path, "victim", mode="hold", hold=10, lock_ms=lock_ms,
+                                    other_pid_namespace=True)
     events = _wait_for(victim_out, "ready")
     held = {(e["p"], e["o"]) for e in events if e["e"] == "got"}
     assert len(held) == 10
@@ -201,6 +206,41 @@ def test_sigkilled_worker_records_are_redelivered_after_the_lock_expires(tmp_pat
     again_at = {(r[0], r[1]): r[9] for r in rows if r[2] == "acquire" and r[4] == 2}
     assert set(again_at) == held and all(again_at[k] >= deadline[k] for k in held)
     assert min(again_at.values()) >= killed_at * 1000 - 50
+
+
+def test_sigkilled_worker_on_this_machine_frees_its_records_at_once(tmp_path: Path) -> None:
+    """A worker killed on this machine (same boot and pid namespace): its locks are released as
+    soon as another member looks (liveness.py's pid + start-time rule), not after 60 s; a member
+    blocked in poll() wakes for it."""
+    path = str(tmp_path / "q.db")
+    _setup(path, 10, partitions=1, audit=True)
+    victim, victim_out = _spawn(tmp_path, path, "victim", mode="hold", hold=10, lock_ms=60_000, limit=5)
+    events = _wait_for(victim_out, "ready")
+    assert len([e for e in events if e["e"] == "got"]) == 10
+    got: list[sqlog.ShareRecord] = []
+    with sqlog.open(path) as log:
+        survivor = log.share_consumer("workers", record_lock_duration_ms=60_000)
+        survivor.subscribe(["jobs"])
+        assert survivor.poll(timeout_ms=100) == []  # all held by the live victim
+        waiter = threading.Thread(target=lambda: got.extend(survivor.poll(timeout_ms=20_000)))
+        waiter.start()
+        time.sleep(0.3)  # the survivor is blocked in poll()
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        killed = time.monotonic()
+        waiter.join(timeout=30)
+        woke_s = time.monotonic() - killed
+        assert sorted(r.offset for r in got) == list(range(10)) and {r.delivery_count for r in got} == {2}
+        assert woke_s < 2.0, f"redelivered {woke_s:.2f} s after the kill; the lock had 60 s left"
+        for r in got:
+            survivor.acknowledge(r)
+        survivor.commit()
+        survivor.close()
+        acks = {survivor.member_id: {(0, r.offset, 2) for r in got}}
+        assert log.describe_share_group("workers").lag == 0
+        assert log.engine.conn.execute("SELECT count(*) FROM share_members").fetchone()[0] == 0
+    victim_member = next(e["member"] for e in events if e["e"] == "start")
+    _check_audit(_audit(path), acks, dead=frozenset({victim_member}))
 
 
 def test_a_record_that_always_fails_reaches_the_dead_letter_topic_after_the_limit(tmp_path: Path) -> None:

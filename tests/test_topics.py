@@ -26,6 +26,22 @@ def send_all(log: sqlog.Log, topic: str, values: list[bytes], **kwargs: object) 
 # -- create_topic -------------------------------------------------------------------------
 
 
+def test_create_topic_exist_ok(log: sqlog.Log) -> None:
+    first = log.create_topic("orders", partitions=3, retention_ms=60_000)
+    send_all(log, "orders", [b"a"])
+    again = log.create_topic("orders", partitions=3, exist_ok=True)  # quietly: nothing changes
+    assert again == log.describe_topic("orders") and again.retention_ms == first.retention_ms
+    assert sum(p.records for p in again.partitions) == 1
+    with pytest.raises(sqlog.TopicAlreadyExistsError, match="exist_ok=True"):
+        log.create_topic("orders", partitions=3)
+    with pytest.raises(sqlog.TopicAlreadyExistsError, match="with 3 partition.*not 4"):
+        log.create_topic("orders", partitions=4, exist_ok=True)
+    with pytest.raises(sqlog.InvalidConfigError, match="exist_ok"):
+        log.create_topic("other", exist_ok="yes")  # type: ignore[arg-type]
+    assert log.create_topic("new", exist_ok=True).name == "new"
+
+
+
 def test_create_topic_defaults(log: sqlog.Log) -> None:
     desc = log.create_topic("orders")
     assert desc == sqlog.TopicDescription(
@@ -304,6 +320,46 @@ def test_subscribed_consumer_drops_deleted_topic(log: sqlog.Log) -> None:
     assert c.assignment() == {TopicPartition("a", 0)}
     send_all(log, "a", [b"a1"])
     assert [r.value for r in c.poll(timeout_ms=500)] == [b"a1"]
+
+
+def _send_to(log: sqlog.Log, tp: TopicPartition, values: list[bytes]) -> None:
+    with log.producer() as producer:
+        for v in values:
+            producer.send(tp.topic, v, partition=tp.partition).get(timeout=5)
+
+
+@pytest.mark.parametrize("reset", ["earliest", "latest"])
+def test_assigned_consumer_resumes_on_a_recreated_topic(log: sqlog.Log, reset: str) -> None:
+    """As Kafka: raising while the topic is gone is fine; once it is back, poll(), end_offsets(),
+    seek_to_end() and position() work on the new topic, from offset 0."""
+    tp = TopicPartition("t", 1)
+    log.create_topic("t", partitions=2)
+    _send_to(log, tp, [b"old0", b"old1", b"old2"])
+    c = log.consumer(group_id="g", auto_offset_reset=reset, enable_auto_commit=False)
+    c.assign([tp])
+    c.seek_to_beginning(tp)
+    assert [r.value for r in c.poll(timeout_ms=500)] == [b"old0", b"old1", b"old2"]
+    c.commit()
+    log.delete_topic("t")
+    with pytest.raises(sqlog.UnknownTopicOrPartitionError, match="once it is created"):
+        c.poll(timeout_ms=50)
+    with pytest.raises(sqlog.UnknownTopicOrPartitionError):
+        c.end_offsets([tp])
+    log.create_topic("t", partitions=2)
+    assert c.end_offsets([tp]) == {tp: 0} and c.beginning_offsets([tp]) == {tp: 0}
+    c.seek_to_end(tp)
+    assert c.position(tp) == 0
+    _send_to(log, tp, [b"new0", b"new1"])
+    assert [(r.offset, r.value) for r in c.poll(timeout_ms=500)] == [(0, b"new0"), (1, b"new1")]
+    # A second round, this time without any call between the delete and the re-creation.
+    log.delete_topic("t")
+    log.create_topic("t", partitions=2)
+    _send_to(log, tp, [b"again"])
+    got = c.poll(timeout_ms=500)
+    assert [(r.offset, r.value) for r in got] == ([(0, b"again")] if reset == "earliest" else [])
+    c.assign([tp])  # assign() again keeps the (now current) partition
+    assert c.position(tp) == 1
+    c.close()
 
 
 def test_assigned_consumer_gets_unknown_topic_after_delete(log: sqlog.Log) -> None:

@@ -42,7 +42,7 @@ LAYERS = [
      "transactions"],  # + groups' splits
     ["partitions"],
     ["storage"],
-    ["config", "types", "errors", "serde", "partitioner", "clock", "checksum"],
+    ["config", "types", "errors", "serde", "partitioner", "clock", "checksum", "filewatch"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 ALLOWED = {  # underscore attributes that are public API, on any object or on one named module
