@@ -28,7 +28,7 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import sqlog
 
@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+R = TypeVar("R", Record, ShareRecord)  # what a reading client hands out
 
 POOL_THREADS = 8
 """Threads of a log's pool (created as needed): admin calls and clients' reads and commits."""
@@ -455,7 +456,7 @@ class AIOProducer:
 
 
 # -- what the two consumers share -------------------------------------------------------------------------
-class _Reader:
+class _Reader(Generic[R]):
     """A sync reading client driven from the loop: its blocking calls on a strand, records handed
     out on the loop, waits on the log's waker."""
 
@@ -519,6 +520,43 @@ class _Reader:
             return fn()
         self._strand.submit(fn).add_done_callback(self._keep_error)
         return None
+
+    def subscription(self) -> set[str]:
+        return set() if self._sync is None else self._sync.subscription()
+
+    # -- records (Record for a consumer, ShareRecord for a share consumer) -----------------------
+    async def getmany(self, timeout_ms: int | float = 0,
+                      max_records: int | None = None) -> dict[TopicPartition, list[R]]:
+        """Records by partition (at most ``max_records``), waiting up to ``timeout_ms`` for some."""
+        records = await self._records(_check_ms("timeout_ms", timeout_ms), _check_max(max_records, self._max_poll))
+        return _grouped(records)
+
+    async def getone(self) -> R:
+        """The next record, waiting as long as it takes."""
+        while True:
+            records = await self._records(math.inf, 1)
+            if records:
+                return records[0]
+
+    def __aiter__(self) -> AsyncIterator[R]:
+        return self
+
+    async def __anext__(self) -> R:
+        """The next record; stops when the client stops, or after ``consumer_timeout_ms`` without one."""
+        if self._stopped:
+            raise StopAsyncIteration
+        try:
+            records = await self._records(self._iter_timeout_s, 1)
+        except LogClosedError:
+            if self._stopped:
+                raise StopAsyncIteration from None
+            raise
+        if not records:
+            raise StopAsyncIteration
+        return records[0]
+
+    async def _records(self, timeout_s: float, limit: int) -> list[R]:
+        raise NotImplementedError
 
     async def _get(self, timeout_s: float, limit: int, fetch: Callable[[bool], int],
                    take: Callable[[int], list[Any]], wake_in: Callable[[], float] | None = None) -> list[Any]:
@@ -613,7 +651,7 @@ class _OnLoop(sqlog.ConsumerRebalanceListener):
             _IN_LISTENER.reset(token)
 
 
-class AIOConsumer(_Reader):
+class AIOConsumer(_Reader[Record]):
     """Reads records: ``await getone()``, ``await getmany()``, ``async for``; config and group
     behaviour as `sqlog.Consumer`. ``subscribe``/``assign``/``seek`` are plain methods, as in aiokafka."""
 
@@ -651,42 +689,10 @@ class AIOConsumer(_Reader):
         """Drop the subscription or assignment (a group member leaves its group, off the loop)."""
         self._plain(lambda: self._need().unsubscribe(), queue_only=True)
 
-    def subscription(self) -> set[str]:
-        return set() if self._sync is None else self._sync.subscription()
 
     def assignment(self) -> set[TopicPartition]:
         return set() if self._sync is None else self._sync.assignment()
 
-    # -- records ---------------------------------------------------------------------------------
-    async def getmany(self, timeout_ms: int | float = 0,
-                      max_records: int | None = None) -> dict[TopicPartition, list[Record]]:
-        """Records by partition (at most ``max_records``), waiting up to ``timeout_ms`` for some."""
-        records = await self._records(_check_ms("timeout_ms", timeout_ms), _check_max(max_records, self._max_poll))
-        return _grouped(records)
-
-    async def getone(self) -> Record:
-        """The next record, waiting as long as it takes."""
-        while True:
-            records = await self._records(math.inf, 1)
-            if records:
-                return records[0]
-
-    def __aiter__(self) -> AsyncIterator[Record]:
-        return self
-
-    async def __anext__(self) -> Record:
-        """The next record; stops when the consumer stops, or after ``consumer_timeout_ms`` without one."""
-        if self._stopped:
-            raise StopAsyncIteration
-        try:
-            records = await self._records(self._iter_timeout_s, 1)
-        except LogClosedError:
-            if self._stopped:
-                raise StopAsyncIteration from None
-            raise
-        if not records:
-            raise StopAsyncIteration
-        return records[0]
 
     async def _records(self, timeout_s: float, limit: int) -> list[Record]:
         fetch_limit = max(limit, self._max_poll if type(self._max_poll) is int else 1)
@@ -760,7 +766,7 @@ class AIOConsumer(_Reader):
 
 
 # -- the share consumer ----------------------------------------------------------------------------------
-class AIOShareConsumer(_Reader):
+class AIOShareConsumer(_Reader[ShareRecord]):
     """A member of a share group (queue mode) for asyncio; config and semantics as `sqlog.ShareConsumer`."""
 
     def __init__(self, log: AIOLog, group_id: str, **config: Any) -> None:
@@ -783,36 +789,7 @@ class AIOShareConsumer(_Reader):
     def unsubscribe(self) -> None:
         self._plain(lambda: self._need().unsubscribe(), queue_only=True)
 
-    def subscription(self) -> set[str]:
-        return set() if self._sync is None else self._sync.subscription()
 
-    async def getmany(self, timeout_ms: int | float = 0,
-                      max_records: int | None = None) -> dict[TopicPartition, list[ShareRecord]]:
-        """Acquired records by partition (at most ``max_records``), waiting up to ``timeout_ms``."""
-        records = await self._records(_check_ms("timeout_ms", timeout_ms), _check_max(max_records, self._max_poll))
-        return _grouped(records)
-
-    async def getone(self) -> ShareRecord:
-        while True:
-            records = await self._records(math.inf, 1)
-            if records:
-                return records[0]
-
-    def __aiter__(self) -> AsyncIterator[ShareRecord]:
-        return self
-
-    async def __anext__(self) -> ShareRecord:
-        if self._stopped:
-            raise StopAsyncIteration
-        try:
-            records = await self._records(self._iter_timeout_s, 1)
-        except LogClosedError:
-            if self._stopped:
-                raise StopAsyncIteration from None
-            raise
-        if not records:
-            raise StopAsyncIteration
-        return records[0]
 
     async def _records(self, timeout_s: float, limit: int) -> list[ShareRecord]:
         fetch_limit = max(limit, self._max_poll if type(self._max_poll) is int else 1)
