@@ -22,9 +22,9 @@ import apsw
 
 from . import topics
 from .config import MAX_INT32, MAX_INT64, check_int, check_path
-from .errors import InvalidConfigError, LogClosedError, translated
+from .errors import InvalidConfigError, LogClosedError, SqlogError, translated
 from .retention import Upkeep, WalBudget
-from .storage import WAKE_CHECK_S, CommitSignal, connect, data_version, snapshot, transaction
+from .storage import CommitSignal, connect, data_version, snapshot, transaction, wait_for_commit
 
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 """``durability`` -> SQLite's ``synchronous``."""
@@ -166,8 +166,9 @@ class Engine:
     def watch(self) -> Callable[[], None]:
         """Turn other processes' commits into `signal` notifications while a watch is held.
 
-        One shared thread per engine checks ``PRAGMA data_version`` every `storage.WAKE_CHECK_S`
-        while at least one watch is held, and idles otherwise. For waiters without a thread of
+        One shared thread per engine waits as a blocked ``poll()`` does (`storage.wait_for_commit`:
+        the file watch where the platform has one, else a ``PRAGMA data_version`` look every
+        `storage.WAKE_CHECK_S`) while at least one watch is held, and idles otherwise. For waiters without a thread of
         their own (sqlog.aio listens to `signal`); a blocked ``poll()`` checks for itself. Returns
         the function that releases this watch (idempotent).
         """
@@ -204,14 +205,14 @@ class Engine:
                         conn = self.reader()
                         version = data_version(conn)
                         self.signal.notify()  # commits before this first look: waiters look again
+                    wait_for_commit(self.signal, conn, self.path, self.signal.seq, version,  # type: ignore[arg-type]
+                                    time.monotonic() + 1.0, lambda: self.closed or self._watches <= 0)
                     now = data_version(conn)
                     if now != version:
                         version = now
                         self.signal.notify()
-                except apsw.Error:
+                except (apsw.Error, SqlogError):
                     time.sleep(0.1)  # e.g. the file is busy being recovered: look again soon
-                    continue
-                time.sleep(WAKE_CHECK_S)
         finally:
             if conn is not None:
                 conn.close()
