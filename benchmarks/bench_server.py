@@ -1,6 +1,7 @@
 """`sqlog serve` beside sqlog's native API: confluent-kafka producing 100-byte records to the
 server and consuming them back, and native ``send()``/``poll()`` doing the same, in interleaved
-rounds on fresh files. Run alone: ``python benchmarks/bench_server.py [records] [rounds]``.
+rounds on fresh files; then 100 client connections at once (`many_clients`: is anyone starved?).
+Run alone: ``python benchmarks/bench_server.py [records] [rounds]``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -103,6 +105,87 @@ def measure(root: str, n: int, rounds: int) -> dict[str, Any]:
     return {"records": n, "rounds": rounds, **med}
 
 
+def many_clients(path: str, clients: int = 100, seconds: float = 2.0) -> dict[str, Any]:
+    """``clients`` confluent-kafka connections at once for ``seconds``: half producers (one bulk
+    producer batching as fast as it can, the others sending one record and waiting for its ack),
+    half consumers (one partition each). Per light producer acks/s (min, median, max), ack
+    latency (p50, p99, max ms), the bulk producer's rec/s, and how long after the end every
+    consumer had read everything."""
+    import confluent_kafka as ck
+
+    half = clients // 2
+    with sqlog.open(path) as log:
+        log.create_topic("many", partitions=half)
+    proc, bootstrap = _serve(path)
+    sent: dict[int, int] = {}
+    got: dict[int, int] = {}
+    latencies: list[float] = []
+    start = threading.Barrier(clients + 1, timeout=60)
+    stop_at = [time.monotonic() + 60]
+    caught_up: list[float] = []
+
+    def light(i: int) -> None:
+        p = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+        p.list_topics("many", timeout=20)
+        start.wait()
+        n = 0
+        while time.monotonic() < stop_at[0]:
+            t = time.monotonic()
+            p.produce("many", b"%d" % n, partition=i)
+            p.flush(30)
+            latencies.append(time.monotonic() - t)
+            n += 1
+        sent[i] = n
+
+    def bulk(i: int) -> None:
+        p = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.num.messages": 10_000,
+                         "queue.buffering.max.messages": 100_000})
+        p.list_topics("many", timeout=20)
+        start.wait()
+        n = 0
+        while time.monotonic() < stop_at[0]:
+            try:
+                p.produce("many", VALUE, partition=i)
+                n += 1
+            except BufferError:
+                p.poll(0.01)
+        p.flush(60)
+        sent[i] = n
+
+    def consumer(i: int) -> None:
+        c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": "many", "fetch.wait.max.ms": 100,
+                         "enable.auto.commit": False})
+        c.assign([ck.TopicPartition("many", i, 0)])
+        c.list_topics("many", timeout=20)
+        start.wait()
+        n = 0
+        while time.monotonic() < stop_at[0] + 60 and (i not in sent or n < sent[i]):
+            n += len(c.consume(10_000, 0.1))
+        got[i] = n
+        caught_up.append(time.monotonic() - stop_at[0])
+        c.close()
+
+    try:
+        threads = [threading.Thread(target=bulk if i == 0 else light, args=(i,)) for i in range(half)]
+        threads += [threading.Thread(target=consumer, args=(i,)) for i in range(half)]
+        for t in threads:
+            t.start()
+        start.wait()
+        stop_at[0] = time.monotonic() + seconds
+        for t in threads:
+            t.join(120)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    acks = sorted(n / seconds for i, n in sent.items() if i)
+    latencies.sort()
+    return {"clients": clients, "seconds": seconds, "light_acks_min": acks[0],
+            "light_acks_median": statistics.median(acks), "light_acks_max": acks[-1],
+            "latency_p50_ms": 1000 * latencies[len(latencies) // 2],
+            "latency_p99_ms": 1000 * latencies[int(len(latencies) * 0.99)], "latency_max_ms": 1000 * latencies[-1],
+            "bulk_rate": sent[0] / seconds, "all_caught_up": got == sent, "caught_up_s": max(caught_up)}
+
+
 if __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -113,3 +196,11 @@ if __name__ == "__main__":
           f"   native send() {res['native_send']:>10,.0f} rec/s   ratio {res['produce_ratio']:.2f} (target >= 0.4)")
     print(f"consume: sqlog serve -> confluent-kafka {res['proto_consume']:>10,.0f} rec/s"
           f"   native poll() {res['native_poll']:>10,.0f} rec/s   ratio {res['consume_ratio']:.2f} (target >= 0.4)")
+    with tempfile.TemporaryDirectory() as root:
+        m = many_clients(os.path.join(root, "many.db"))
+    print(f"{m['clients']} connections at once for {m['seconds']:.0f} s"
+          f" ({m['clients'] // 2 - 1} one-at-a-time producers, 1 bulk, {m['clients'] // 2} consumers):"
+          f" acks/s per light producer min {m['light_acks_min']:.0f} median {m['light_acks_median']:.0f}"
+          f" max {m['light_acks_max']:.0f}; ack p50 {m['latency_p50_ms']:.0f} ms p99 {m['latency_p99_ms']:.0f} ms"
+          f" max {m['latency_max_ms']:.0f} ms; bulk {m['bulk_rate']:,.0f} rec/s; consumers caught up:"
+          f" {'all' if m['all_caught_up'] else 'NOT all'}, {m['caught_up_s']:.2f} s after the end")
