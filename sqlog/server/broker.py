@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import ipaddress
 import logging
 import struct
@@ -26,6 +27,7 @@ from .. import groups, partitions, topics
 from ..checksum import mismatches
 from ..clock import wall_ms
 from ..errors import (
+    GroupIdNotFoundError,
     InvalidConfigError,
     InvalidPartitionsError,
     InvalidTopicError,
@@ -34,6 +36,7 @@ from ..errors import (
     UnknownTopicOrPartitionError,
 )
 from ..log import Log
+from ..types import GroupDescription
 from ..retention import append_rows
 from ..storage import data_version, snapshot, wait_for_commit
 from . import records
@@ -47,6 +50,7 @@ NONE = 0
 OFFSET_OUT_OF_RANGE = 1
 UNKNOWN_TOPIC_OR_PARTITION = 3
 INVALID_TOPIC = 17
+INVALID_GROUP_ID = 24
 UNSUPPORTED_VERSION = 35
 TOPIC_ALREADY_EXISTS = 36
 INVALID_PARTITIONS = 37
@@ -70,6 +74,8 @@ VERSIONS: dict[int, tuple[str, int, int]] = {
     12: ("Heartbeat", 0, 3),
     13: ("LeaveGroup", 0, 3),
     14: ("SyncGroup", 0, 3),
+    15: ("DescribeGroups", 0, 4),
+    16: ("ListGroups", 0, 2),
     18: ("ApiVersions", 0, 3),
     19: ("CreateTopics", 0, 4),
     20: ("DeleteTopics", 0, 3),
@@ -81,6 +87,11 @@ MAX_REQUEST_BYTES = 100 * 1024 * 1024  # Kafka's socket.request.max.bytes
 FETCH_ROWS = 5000  # most records one partition returns per fetch
 IDEMPOTENT_BATCHES = 5  # Kafka keeps the last five batches per producer and partition
 _SIZE = struct.Struct(">i")
+
+# Who sent the request being handled: the header's client id and the peer's host (Kafka's
+# "/127.0.0.1"), for group members. Each connection is its own task, so its own context.
+_client_id: contextvars.ContextVar[str] = contextvars.ContextVar("client_id", default="")
+_client_host: contextvars.ContextVar[str] = contextvars.ContextVar("client_host", default="")
 
 
 def is_loopback(host: str) -> bool:
@@ -215,6 +226,7 @@ class Server:
         assert task is not None
         self._connections.add(task)
         peer = writer.get_extra_info("peername")
+        _client_host.set("/" + str(peer[0]) if isinstance(peer, tuple) and peer else "")
         try:
             while True:
                 (size,) = _SIZE.unpack(await reader.readexactly(4))
@@ -238,7 +250,7 @@ class Server:
     async def _dispatch(self, frame: bytes) -> bytes | None:
         r = Reader(frame)
         key, version, correlation = r.int16(), r.int16(), r.int32()
-        r.nullable_string()  # client_id
+        _client_id.set(r.nullable_string() or "")
         entry = VERSIONS.get(key)
         head = _SIZE.pack(correlation)
         if key == API_VERSIONS:
@@ -824,8 +836,9 @@ class Server:
             log_.warning("group %r has live sqlog-native members (%s): protocol members are refused",
                          group_id, ", ".join(native))
         else:
-            res = await self.coordinator.join(group_id, member_id, "", protocol_type, protocols,
-                                              session_timeout, rebalance_timeout, require_known_id=v >= 4)
+            res = await self.coordinator.join(group_id, member_id, _client_id.get(), protocol_type, protocols,
+                                              session_timeout, rebalance_timeout, require_known_id=v >= 4,
+                                              client_host=_client_host.get())
         w = Writer()
         if v >= 2:
             w.int32(0)
@@ -882,6 +895,78 @@ class Server:
             return w.int16(errors[0][2]).bytes()
         w.int16(NONE)
         return w.array(errors, lambda w, e: w.string(e[0]).string(e[1]).int16(e[2])).bytes()
+
+    # -- ListGroups, DescribeGroups ----------------------------------------------------------
+    async def _ListGroups(self, r: Reader, v: int) -> bytes:
+        r.done()
+        in_file = await self._db(self.log.list_groups)
+        found = {g: "consumer" for g in in_file}  # native groups and any group with committed offsets
+        for group_id, protocol_type in self.coordinator.listing():
+            found[group_id] = protocol_type
+        w = Writer()
+        if v >= 1:
+            w.int32(0)
+        w.int16(NONE)
+        return w.array(sorted(found.items()), lambda w, g: w.string(g[0]).string(g[1])).bytes()
+
+    async def _DescribeGroups(self, r: Reader, v: int) -> bytes:
+        wanted = r.array(Reader.string)
+        if v >= 3:
+            r.boolean()  # include_authorized_operations: no ACLs here
+        r.done()
+        w = Writer()
+        if v >= 1:
+            w.int32(0)
+
+        def member(w: Writer, m: tuple[str, str, str, bytes, bytes]) -> None:
+            w.string(m[0])
+            if v >= 4:
+                w.string(None)  # group_instance_id: static membership is not supported
+            w.string(m[1]).string(m[2]).nullable_bytes(m[3]).nullable_bytes(m[4])
+
+        w.int32(len(wanted))
+        for group_id in wanted:
+            error, state, protocol_type, protocol, members = await self._describe_group(group_id)
+            w.int16(error).string(group_id).string(state).string(protocol_type).string(protocol)
+            w.array(members, member)
+            if v >= 3:
+                w.int32(-2147483648)  # authorized operations: not asked for / not known
+        return w.bytes()
+
+    async def _describe_group(self, group_id: str) -> tuple[int, str, str, str, list[tuple[str, str, str, bytes, bytes]]]:
+        """(error, state, protocol type, protocol, members) as DescribeGroups answers."""
+        if not group_id:
+            return INVALID_GROUP_ID, "", "", "", []
+        g = self.coordinator.describe(group_id)
+        if g is not None and g.members:  # protocol members, held by this server
+            stable = g.state == "Stable"
+            # As Kafka: metadata and assignments only once the group is stable.
+            members = [(m.member_id, m.client_id, m.client_host,
+                        dict(m.protocols).get(g.protocol or "", b"") if stable else b"",
+                        m.assignment if stable else b"") for m in g.members.values()]
+            return NONE, g.state, g.protocol_type, (g.protocol or "") if stable else "", members
+        try:
+            d = await self._db(self.log.describe_group, group_id)
+        except GroupIdNotFoundError:
+            return NONE, "Dead", "", "", []  # what Kafka answers (before v6) for a group it does not know
+        except InvalidConfigError:  # a group id sqlog cannot store (over 255 characters)
+            return INVALID_GROUP_ID, "", "", "", []
+        return NONE, d.state, "consumer", (d.strategy or "") if d.members else "", _native_members(d)
+
+
+def _native_members(d: GroupDescription) -> list[tuple[str, str, str, bytes, bytes]]:
+    """A native group's live members as a consumer-protocol group describes them: the subscription
+    and the owned partitions in the consumer protocol's v0 encoding."""
+    out = []
+    for m in d.members:
+        subscription = Writer().int16(0).array(m.subscription, Writer.string).nullable_bytes(None).bytes()
+        by_topic: dict[str, list[int]] = {}
+        for tp in sorted(m.assignment, key=lambda tp: (tp.topic, tp.partition)):
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        assignment = Writer().int16(0).array(
+            by_topic.items(), lambda w, t: w.string(t[0]).array(t[1], Writer.int32)).nullable_bytes(None).bytes()
+        out.append((m.member_id, m.client_id, m.host, subscription, assignment))
+    return out
 
 
 __all__ = ["Server", "VERSIONS", "is_loopback"]

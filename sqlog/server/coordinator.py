@@ -33,6 +33,7 @@ class Member:
     session_timeout_ms: int
     rebalance_timeout_ms: int
     protocols: list[tuple[str, bytes]]
+    client_host: str = ""
     last_seen: float = attrs.field(factory=time.monotonic)
     assignment: bytes = b""
     join: asyncio.Future[Any] | None = None
@@ -71,7 +72,7 @@ class Coordinator:
 
     async def join(self, group_id: str, member_id: str, client_id: str, protocol_type: str,
                    protocols: list[tuple[str, bytes]], session_timeout_ms: int, rebalance_timeout_ms: int,
-                   require_known_id: bool) -> dict[str, Any]:
+                   require_known_id: bool, client_host: str = "") -> dict[str, Any]:
         """JoinGroup: returns the response's fields once the generation forms."""
         g = self.group(group_id)
         if not 1000 <= session_timeout_ms <= 30 * 60_000:
@@ -90,7 +91,7 @@ class Coordinator:
         m = g.members.get(member_id)
         if m is None:
             m = g.members[member_id] = Member(member_id, client_id, session_timeout_ms, rebalance_timeout_ms,
-                                              protocols)
+                                              protocols, client_host)
         else:
             m.protocols, m.session_timeout_ms, m.rebalance_timeout_ms = protocols, session_timeout_ms, rebalance_timeout_ms
         g.protocol_type = protocol_type
@@ -260,3 +261,7 @@ class Coordinator:
 
     def describe(self, group_id: str) -> Group | None:
         return self.groups.get(group_id)
+
+    def listing(self) -> list[tuple[str, str]]:
+        """(group id, protocol type) of every group with members."""
+        return [(g.group_id, g.protocol_type) for g in self.groups.values() if g.members]
