@@ -47,7 +47,9 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
-_LIBC = _libc()
+INOTIFY = _libc()
+"""The C library when it has inotify (Linux), else None: then `FileWatch.start` gives None and
+waits fall back to polling. Tests set it to None to exercise that fallback."""
 
 
 class FileWatch:
@@ -65,14 +67,14 @@ class FileWatch:
     @classmethod
     def start(cls, path: str, on_change: Callable[[], None]) -> FileWatch | None:
         """A watch on ``path``'s WAL, or None where the platform offers none (then poll)."""
-        if _LIBC is None:
+        if INOTIFY is None:
             return None
-        fd = _LIBC.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        fd = INOTIFY.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             return None
         directory, name = os.path.split(os.path.abspath(path))
         # The directory, not the file: the WAL may not exist yet, and is found by name.
-        if _LIBC.inotify_add_watch(fd, os.fsencode(directory), IN_MODIFY | IN_CREATE | IN_MOVED_TO) < 0:
+        if INOTIFY.inotify_add_watch(fd, os.fsencode(directory), IN_MODIFY | IN_CREATE | IN_MOVED_TO) < 0:
             os.close(fd)
             return None
         return cls(fd, os.fsencode(name + "-wal"), on_change)

@@ -319,8 +319,8 @@ def test_cross_process_wake_up_with_and_without_the_file_watch(
     import sqlog.filewatch
 
     if watch == "polling fallback":
-        monkeypatch.setattr(sqlog.filewatch, "_LIBC", None)
-    elif sqlog.filewatch._LIBC is None:
+        monkeypatch.setattr(sqlog.filewatch, "INOTIFY", None)
+    elif sqlog.filewatch.INOTIFY is None:
         pytest.skip("no inotify on this platform")
     log.create_topic("events")
     consumer = log.consumer(auto_offset_reset="latest", enable_auto_commit=False)
@@ -343,7 +343,7 @@ def test_idle_blocked_poll_costs_next_to_nothing(log: sqlog.Log) -> None:
     stays far below what polling data_version every 3 ms cost (~25-60 ms on this kind of machine)."""
     import sqlog.filewatch
 
-    if sqlog.filewatch._LIBC is None:
+    if sqlog.filewatch.INOTIFY is None:
         pytest.skip("no inotify on this platform: the polling fallback runs")
     log.create_topic("events")
     consumer = log.consumer(auto_offset_reset="latest", enable_auto_commit=False)
