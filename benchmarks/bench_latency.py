@@ -311,7 +311,7 @@ def idle_child(path: str, seconds: float, mode: str) -> int:
     if mode == "poll":
         from sqlog import filewatch
 
-        filewatch._LIBC = None
+        filewatch.INOTIFY = None
     with sqlog.open(path) as log:
         consumer = log.consumer(auto_offset_reset="latest", enable_auto_commit=False)
         consumer.assign([TP])
