@@ -10,6 +10,7 @@ import pytest
 
 import sqlog
 from sqlog import OffsetAndMetadata, TopicPartition
+from helpers import fill
 
 TP0 = TopicPartition("t", 0)
 TP1 = TopicPartition("t", 1)
@@ -375,10 +376,7 @@ def test_commit_beyond_high_watermark_fails_and_applies_nothing(log: sqlog.Log, 
 
 def test_restart_resumes_at_committed_offset(log_path: str) -> None:
     log = sqlog.open(log_path)
-    log.create_topic("t", partitions=2)
-    with log.producer() as producer:
-        for i in range(30):
-            producer.send("t", b"%d" % i, partition=i % 2)
+    fill(log, "t", 30, 2, create=True)
     consumer = log.consumer(group_id="g", auto_offset_reset="earliest", enable_auto_commit=False)
     consumer.subscribe(["t"])
     first = consumer.poll(timeout_ms=500, max_records=7)

@@ -21,6 +21,7 @@ import confluent_kafka.admin  # noqa: E402,F401  (ck.admin)
 import sqlog  # noqa: E402
 from sqlog.server import VERSIONS  # noqa: E402
 
+from helpers import fill  # noqa: E402
 from server_helpers import CLI, closed_by_peer, recv_response, request, served  # noqa: E402
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
@@ -219,10 +220,7 @@ def test_list_offsets_earliest_latest_and_by_time(log_path: str) -> None:
 
 def test_committed_offsets_are_one_set_and_resume_after_restart(log_path: str) -> None:
     with sqlog.open(log_path) as log:
-        log.create_topic("t", partitions=2)
-        with log.producer() as producer:
-            for i in range(40):
-                producer.send("t", b"%d" % i, partition=i % 2)
+        fill(log, "t", 40, 2, create=True)
     with served(log_path) as s:
         got = ck_consume(s.bootstrap, ["t"], 40, group_id="billing", **{"enable.auto.commit": False})
         assert len(got) == 40
@@ -430,10 +428,7 @@ def test_list_and_describe_groups_from_every_client_both_doors(log_path: str) ->
 
     aiokafka_admin = pytest.importorskip("aiokafka.admin")
     with sqlog.open(log_path) as log:
-        log.create_topic("t", partitions=2)
-        with log.producer() as producer:
-            for i in range(6):
-                producer.send("t", b"%d" % i, partition=i % 2)
+        fill(log, "t", 6, 2, create=True)
         log.alter_group_offsets("offsets-only", {sqlog.TopicPartition("t", 0): 1})
         native = log.consumer(group_id="native", client_id="native-client")
         native.subscribe(["t"])

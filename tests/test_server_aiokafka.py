@@ -13,6 +13,7 @@ aiokafka = pytest.importorskip("aiokafka")
 
 import sqlog  # noqa: E402
 
+from helpers import fill  # noqa: E402
 from server_helpers import served  # noqa: E402
 
 pytestmark = pytest.mark.asyncio
@@ -89,10 +90,7 @@ async def test_aiokafka_idempotent_producer(log_path: str) -> None:
 
 async def test_aiokafka_group_commits_and_resumes_after_restart(log_path: str) -> None:
     with sqlog.open(log_path) as log:
-        log.create_topic("t", partitions=2)
-        with log.producer() as producer:
-            for i in range(40):
-                producer.send("t", b"%d" % i, partition=i % 2)
+        fill(log, "t", 40, 2, create=True)
     with served(log_path) as s:
         c = aiokafka.AIOKafkaConsumer("t", bootstrap_servers=s.bootstrap, group_id="billing",
                                       auto_offset_reset="earliest", enable_auto_commit=False)
