@@ -776,12 +776,7 @@ class Consumer:
             raise InvalidConfigError("commit() takes a dict {TopicPartition: offset or OffsetAndMetadata}")
         rows = []
         for tp, om in offsets.items():
-            if isinstance(om, int) and type(om) is not bool:
-                om = OffsetAndMetadata(om)
-            if not isinstance(om, OffsetAndMetadata):
-                raise InvalidConfigError(f"commit offset for {tp!r} must be an int >= 0 or OffsetAndMetadata, not {om!r}")
-            check_offset(om.offset, f"commit offset for {tp!r}")
-            groups.storable_str(om.metadata, f"commit metadata for {tp!r}")
+            om = groups.offset_and_metadata(om, f"commit offset for {tp!r}", f"commit metadata for {tp!r}")
             meta = self._existing(tp)
             rows.append((tp, meta.topic_id, om.offset, om.metadata))
         with self._engine.write() as conn:

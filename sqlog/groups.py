@@ -41,6 +41,7 @@ import attrs
 
 from . import clock, liveness, topics
 from .assignors import Key, assign
+from .config import check_offset
 from .errors import (
     CommitFailedError,
     GroupIdNotFoundError,
@@ -54,7 +55,7 @@ from .errors import (
 from .partitions import bounds as read_bounds
 from .partitions import offset_for_time
 from .storage import clock_now
-from .types import GroupDescription, GroupPartitionDescription, MemberDescription, TopicPartition
+from .types import GroupDescription, GroupPartitionDescription, MemberDescription, OffsetAndMetadata, TopicPartition
 
 
 # -- group ids -----------------------------------------------------------------------------
@@ -70,6 +71,19 @@ def storable_str(value: object, what: str, max_len: int | None = None) -> str:
             return value
     size = "" if max_len is None else f" of 1 to {max_len} characters"
     raise InvalidConfigError(f"{what} must be a str{size} (encodable as UTF-8), not {value!r}")
+
+
+def offset_and_metadata(value: object, what: str, metadata_what: str) -> OffsetAndMetadata:
+    """A commit's value as `OffsetAndMetadata`: an int offset (the next record to read) or one
+    already; the offset in SQLite's range and the metadata storable. ``what`` and
+    ``metadata_what`` name them in the InvalidConfigError."""
+    if isinstance(value, int) and type(value) is not bool:
+        value = OffsetAndMetadata(value)
+    if not isinstance(value, OffsetAndMetadata):
+        raise InvalidConfigError(f"{what} must be an int >= 0 or OffsetAndMetadata, not {value!r}")
+    check_offset(value.offset, what)
+    storable_str(value.metadata, metadata_what)
+    return value
 
 
 def validate_group_id(group_id: object) -> str:

@@ -184,12 +184,7 @@ class Log:
             )
         rows = []
         for tp, om in offsets.items():
-            if isinstance(om, int) and type(om) is not bool:
-                om = OffsetAndMetadata(om)
-            if not isinstance(om, OffsetAndMetadata) or type(om.offset) is not int or om.offset < 0:
-                raise InvalidConfigError(f"offset for {tp} must be an int >= 0 or OffsetAndMetadata, not {om!r}")
-            groups.storable_str(om.metadata, f"metadata for {tp}")
-            rows.append((tp, om))
+            rows.append((tp, groups.offset_and_metadata(om, f"offset for {tp}", f"metadata for {tp}")))
         with self.engine.write() as conn:
             groups.alter_offsets(conn, group_id, [(tp, om.offset, om.metadata) for tp, om in rows])
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import apsw
 
 from . import groups, transactions
-from .config import MAX_INT32, check_int, check_offset
+from .config import MAX_INT32, check_int
 from .errors import (
     IllegalStateError,
     InvalidConfigError,
@@ -165,12 +165,7 @@ class TransactionalProducer(Producer):
         for tp, om in offsets.items():
             if not isinstance(tp, TopicPartition):
                 raise InvalidConfigError(f"offsets keys must be TopicPartition, not {tp!r}")
-            if isinstance(om, int) and type(om) is not bool:
-                om = OffsetAndMetadata(om)
-            if not isinstance(om, OffsetAndMetadata):
-                raise InvalidConfigError(f"offset for {tp!r} must be an int >= 0 or OffsetAndMetadata, not {om!r}")
-            check_offset(om.offset, f"offset for {tp!r}")
-            groups.storable_str(om.metadata, f"offset metadata for {tp!r}")
+            om = groups.offset_and_metadata(om, f"offset for {tp!r}", f"offset metadata for {tp!r}")
             meta = self._engine.topic_meta(tp.topic)
             if not 0 <= tp.partition < meta.partitions:
                 raise InvalidConfigError(f"topic {tp.topic!r} has partitions 0..{meta.partitions - 1}, not {tp.partition}")
