@@ -280,10 +280,6 @@ class Producer:
             raise LogClosedError("the producer (or its log) is closed")
         self._meta(topic, wall_ms())
 
-    def pending_bytes(self) -> int:
-        """Bytes sent and not yet taken by a write (the open batch)."""
-        return self._batch.bytes
-
     def _meta(self, topic: str, now_ms: int) -> TopicMeta:
         if now_ms >= self._meta_expiry or self._meta_epoch != self._engine.meta_epoch:
             # Expired or changed locally: forget all, so grown or deleted topics are seen.

@@ -18,7 +18,6 @@ _I8 = struct.Struct(">b")
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
 _I64 = struct.Struct(">q")
-_U32 = struct.Struct(">I")
 
 MAX_ARRAY = 1 << 20
 """Most elements any array in a request may claim: more is an absurd size, not a request."""
@@ -108,15 +107,6 @@ class Reader:
         n = self.uvarint()
         return (n >> 1) ^ -(n & 1)
 
-    def compact_string(self) -> str | None:
-        n = self.uvarint() - 1
-        if n < 0:
-            return None
-        try:
-            return self.raw(n).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise Malformed(f"a string is not UTF-8: {exc}") from None
-
     def tagged_fields(self) -> None:
         """Skip a flexible version's tagged fields (none of them is used here)."""
         for _ in range(self.uvarint()):
@@ -146,10 +136,6 @@ class Writer:
 
     def int32(self, v: int) -> Writer:
         self.parts.append(_I32.pack(v))
-        return self
-
-    def uint32(self, v: int) -> Writer:
-        self.parts.append(_U32.pack(v))
         return self
 
     def int64(self, v: int) -> Writer:
