@@ -165,14 +165,36 @@ _MEMBER_LIVENESS = (
 )
 
 
-def _dead_members(conn: apsw.Connection, group_id: str, now: int) -> tuple[list[str], list[str]]:
-    """``(live, dead)`` member ids, each sorted, as of ``now`` (`clock.monotonic_ms`)."""
+def _split_live(conn: apsw.Connection, sql: str, group_id: str, now: int) -> tuple[list[str], list[str]]:
+    """``(live, dead)`` ids, each sorted, of the ``(member_id, pid, pid_namespace, pid_start_time,
+    heartbeat_ms, timeout_ms)`` rows ``sql`` selects for the group, as of ``now``."""
     live: list[str] = []
     dead: list[str] = []
-    rows: list[Any] = conn.execute(_MEMBER_LIVENESS, (group_id,)).fetchall()
-    for member_id, pid, namespace, start, beat, session_ms in rows:
-        (dead if liveness.is_dead(pid, namespace, start, beat, session_ms, now) else live).append(member_id)
+    rows: list[Any] = conn.execute(sql, (group_id,)).fetchall()
+    for member_id, pid, namespace, start, beat, timeout_ms in rows:
+        (dead if liveness.is_dead(pid, namespace, start, beat, timeout_ms, now) else live).append(member_id)
     return sorted(live), sorted(dead)
+
+
+def _dead_members(conn: apsw.Connection, group_id: str, now: int) -> tuple[list[str], list[str]]:
+    """``(live, dead)`` member ids, each sorted, as of ``now`` (`clock.monotonic_ms`)."""
+    return _split_live(conn, _MEMBER_LIVENESS, group_id, now)
+
+
+# A Kafka-protocol member waiting in JoinGroup lives for its rebalance timeout (it cannot heartbeat
+# meanwhile), any other for its session timeout; the pid is the serving process's.
+_PROTOCOL_MEMBER_LIVENESS = (
+    "SELECT member_id, pid, pid_namespace, pid_start_time, heartbeat_ms, CASE WHEN join_id IS NULL"
+    " THEN session_timeout_ms ELSE max(session_timeout_ms, rebalance_timeout_ms) END"
+    " FROM protocol_members WHERE group_id = ?"
+)
+
+
+def protocol_members(conn: apsw.Connection, group_id: str, now: int | None = None) -> tuple[list[str], list[str]]:
+    """``(live, dead)`` ids, each sorted, of the group's Kafka-protocol members (the clients of
+    `sqlog serve`, whose group state is server/coordinator.py's) as of ``now`` (default now).
+    A member does not outlive the process serving it."""
+    return _split_live(conn, _PROTOCOL_MEMBER_LIVENESS, group_id, clock.monotonic_ms() if now is None else now)
 
 
 def live_member_ids(conn: apsw.Connection, group_id: str, now: int | None = None) -> list[str]:
@@ -246,6 +268,13 @@ def join(conn: apsw.Connection, group_id: str, info: MemberInfo) -> int:
     """Add a member (expiring dead ones first) and recompute the target; returns the generation."""
     now = clock.monotonic_ms()
     expire(conn, group_id, now)
+    kafka_members = protocol_members(conn, group_id, now)[0]
+    if kafka_members:
+        raise InconsistentGroupProtocolError(
+            f"group {group_id!r} has {len(kafka_members)} live Kafka-protocol member(s) (clients of sqlog serve, "
+            f"e.g. {kafka_members[0]!r}); a sqlog consumer cannot join the same group: use another group_id, "
+            "or join once they have left"
+        )
     others = {r[0] for r in conn.execute("SELECT strategy FROM group_members WHERE group_id = ?", (group_id,))}
     if others and others != {info.strategy}:
         raise InconsistentGroupProtocolError(
@@ -520,14 +549,16 @@ class Membership:
 # -- admin ---------------------------------------------------------------------------------
 def list_groups(conn: apsw.Connection) -> list[str]:
     return [r[0] for r in conn.execute(
-        "SELECT group_id FROM consumer_groups UNION SELECT group_id FROM committed_offsets ORDER BY 1"
+        "SELECT group_id FROM consumer_groups UNION SELECT group_id FROM committed_offsets"
+        " UNION SELECT group_id FROM protocol_groups ORDER BY 1"
     )]
 
 
 def _exists(conn: apsw.Connection, group_id: str) -> bool:
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM consumer_groups WHERE group_id = ?1)"
-        " OR EXISTS (SELECT 1 FROM committed_offsets WHERE group_id = ?1)",
+        " OR EXISTS (SELECT 1 FROM committed_offsets WHERE group_id = ?1)"
+        " OR EXISTS (SELECT 1 FROM protocol_groups WHERE group_id = ?1)",
         (group_id,),
     ).fetchone()
     return row is not None and row[0] == 1
@@ -594,7 +625,7 @@ def require_empty(conn: apsw.Connection, group_id: str, what: str) -> None:
     validate_group_id(group_id)
     if expire(conn, group_id, clock.monotonic_ms()):
         rebalance(conn, group_id)
-    live = live_member_ids(conn, group_id)
+    live = live_member_ids(conn, group_id) + protocol_members(conn, group_id)[0]
     if live:
         raise GroupNotEmptyError(
             f"cannot {what} group {group_id!r}: it has {len(live)} live member(s) ({', '.join(live[:3])}); "
@@ -607,7 +638,8 @@ def delete(conn: apsw.Connection, group_id: str) -> None:
     require_empty(conn, group_id, "delete")
     if not _exists(conn, group_id):
         raise GroupIdNotFoundError(f"no consumer group {group_id!r}; log.list_groups() lists them")
-    for table in ("committed_offsets", "partition_owners", "group_targets", "group_members", "consumer_groups"):
+    for table in ("committed_offsets", "partition_owners", "group_targets", "group_members", "consumer_groups",
+                  "protocol_members", "protocol_groups"):
         conn.execute(f"DELETE FROM {table} WHERE group_id = ?", (group_id,))
 
 

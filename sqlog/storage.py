@@ -285,6 +285,57 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     # 10: a running count per share group and partition of the records archived (rejected or past
     # delivery_count_limit: each copied to the dead-letter topic when one is set), for describe.
     lambda conn: _add_column(conn, "share_partitions", "dead_lettered INTEGER NOT NULL DEFAULT 0"),
+    # 11: the Kafka protocol's state (sqlog serve, see server/coordinator.py and server/idempotence.py),
+    # in the file so that every process serving it agrees: classic consumer groups (JoinGroup /
+    # SyncGroup membership, generation, assignments) and idempotent producers' sequences.
+    """
+    -- A Kafka-protocol consumer group; its state is the classic group protocol's. Times are
+    -- clock.monotonic_ms() readings (as group_members'); a group id is either this or a native
+    -- group with live members, never both at once.
+    CREATE TABLE IF NOT EXISTS protocol_groups(
+        group_id       TEXT PRIMARY KEY,
+        state          TEXT NOT NULL,  -- Empty, PreparingRebalance, CompletingRebalance, Stable
+        generation     INTEGER NOT NULL,
+        protocol_type  TEXT NOT NULL,
+        protocol       TEXT,           -- the assignor chosen for the generation (NULL when Empty)
+        leader         TEXT,           -- the member that assigns (NULL when Empty)
+        delay_until_ms INTEGER NOT NULL,  -- a new group's rebalance waits for more members until then
+        deadline_ms    INTEGER NOT NULL   -- the rebalance completes then without members that did not rejoin
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS protocol_members(
+        group_id             TEXT NOT NULL,
+        member_id            TEXT NOT NULL,
+        client_id            TEXT NOT NULL,
+        client_host          TEXT NOT NULL,
+        pid                  INTEGER NOT NULL,  -- the serving process (liveness.py's facts about it)
+        pid_namespace        TEXT NOT NULL,
+        pid_start_time       INTEGER,
+        session_timeout_ms   INTEGER NOT NULL,
+        rebalance_timeout_ms INTEGER NOT NULL,
+        protocols            BLOB NOT NULL,  -- its [(assignor, metadata)] as JoinGroup sent them
+        join_id              INTEGER,        -- set while its JoinGroup waits for the generation
+        generation           INTEGER NOT NULL,  -- the generation it belongs to (-1: none yet)
+        assignment           BLOB NOT NULL DEFAULT x'',
+        joined_ms            INTEGER NOT NULL,
+        heartbeat_ms         INTEGER NOT NULL,
+        PRIMARY KEY(group_id, member_id)
+    ) WITHOUT ROWID;
+    -- Idempotent producers (InitProducerId; ids from settings 'next_producer_id'): per producer and
+    -- partition, its epoch and its last batches' sequences, checked and updated in the append's
+    -- own transaction, so a retried batch is never stored twice, whichever process it reaches.
+    CREATE TABLE IF NOT EXISTS producer_state(
+        producer_id INTEGER NOT NULL,
+        topic_id    INTEGER NOT NULL,
+        partition   INTEGER NOT NULL,
+        epoch       INTEGER NOT NULL,
+        batches     BLOB NOT NULL,     -- up to 5 (first sequence, last sequence, base offset), oldest first
+        updated_ms  INTEGER NOT NULL,  -- wall clock: state idle for producer.id.expiration.ms is forgotten
+        PRIMARY KEY(producer_id, topic_id, partition)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER IF NOT EXISTS producer_state_forget_topic AFTER DELETE ON topics BEGIN
+        DELETE FROM producer_state WHERE topic_id = old.topic_id;
+    END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings
@@ -446,6 +497,7 @@ def _times_ahead(conn: apsw.Connection, now: int) -> bool:
     ``now`` is read under the write lock."""
     return bool(conn.execute(
         "SELECT EXISTS(SELECT 1 FROM group_members WHERE heartbeat_ms > ?1)"
+        " OR EXISTS(SELECT 1 FROM protocol_members WHERE heartbeat_ms > ?1)"
         " OR EXISTS(SELECT 1 FROM share_records WHERE state < 2 AND state = 1 AND lock_until_ms > ?1 + 2147483647)",
         (now,),
     ).fetchone()[0])
@@ -463,6 +515,8 @@ def adopt_clock(conn: apsw.Connection) -> None:
         with transaction(conn):
             if not _clock_is_ours(conn) or _times_ahead(conn, clock.monotonic_ms()):  # final: under the lock
                 conn.execute("UPDATE group_members SET joined_ms = ?1, heartbeat_ms = ?1", (EXPIRED_MS,))
+                conn.execute("UPDATE protocol_members SET joined_ms = ?1, heartbeat_ms = ?1", (EXPIRED_MS,))
+                conn.execute("UPDATE protocol_groups SET delay_until_ms = ?1, deadline_ms = ?1", (EXPIRED_MS,))
                 conn.execute("UPDATE share_records SET lock_until_ms = ? WHERE state = 1", (EXPIRED_MS,))
                 conn.execute("INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)",
                              (LIVENESS_CLOCK, clock.CLOCK_ID))

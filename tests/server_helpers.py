@@ -75,6 +75,40 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
+def record_batch(pid: int, epoch: int, seq: int, values: list[bytes]) -> bytes:
+    """A v2 record batch of ``values`` (no keys, no headers) from producer ``pid``/``epoch``
+    starting at sequence ``seq``."""
+    from crc32c import crc32c
+
+    from sqlog.server.wire import varint
+
+    recs = b""
+    for i, v in enumerate(values):
+        body = b"\x00" + varint(0) + varint(i) + b"\x01" + varint(len(v)) + v + b"\x00"
+        recs += varint(len(body)) + body
+    tail = struct.pack(">hiqqqhii", 0, len(values) - 1, 1000, 1000, pid, epoch, seq, len(values)) + recs
+    return struct.pack(">qiibI", 0, 9 + len(tail), 0, 2, crc32c(tail)) + tail
+
+
+def produce_raw(sock: socket.socket, batch: bytes, topic: str = "t", partition: int = 0) -> tuple[int, int]:
+    """Produce v3 of one batch (acks=all); ``(error code, base offset)``."""
+    name = topic.encode()
+    body = struct.pack(">hhi", -1, -1, 5000) + struct.pack(">ih", 1, len(name)) + name
+    body += struct.pack(">ii", 1, partition) + struct.pack(">i", len(batch)) + batch
+    sock.sendall(request(0, 3, body))
+    resp = recv_response(sock)
+    # corr, [topic: name, [partition, error, base, log_append_time]], throttle
+    _, _, error, base = struct.unpack_from(">iihq", resp, 4 + 4 + 2 + len(name))
+    return error, base
+
+
+def init_producer_id(sock: socket.socket) -> tuple[int, int, int]:
+    """InitProducerId v0 for an idempotent (not transactional) producer: ``(error, id, epoch)``."""
+    sock.sendall(request(22, 0, struct.pack(">hi", -1, 60000)))
+    _, _, error, pid, epoch = struct.unpack(">iihqh", recv_response(sock))
+    return error, pid, epoch
+
+
 def closed_by_peer(sock: socket.socket, timeout: float = 5) -> bool:
     """True once the server has closed the connection (EOF or reset) within ``timeout``."""
     sock.settimeout(timeout)

@@ -22,7 +22,16 @@ import sqlog  # noqa: E402
 from sqlog.server import VERSIONS  # noqa: E402
 
 from helpers import fill  # noqa: E402
-from server_helpers import CLI, closed_by_peer, recv_response, request, served  # noqa: E402
+from server_helpers import (  # noqa: E402
+    CLI,
+    closed_by_peer,
+    init_producer_id,
+    produce_raw,
+    record_batch,
+    recv_response,
+    request,
+    served,
+)
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 
@@ -315,42 +324,18 @@ def test_a_group_with_live_native_members_refuses_protocol_members(log_path: str
 
 
 # -- idempotence ------------------------------------------------------------------------------
-def _batch(pid: int, epoch: int, seq: int, values: list[bytes]) -> bytes:
-    from crc32c import crc32c
-
-    from sqlog.server.wire import varint
-
-    recs = b""
-    for i, v in enumerate(values):
-        body = b"\x00" + varint(0) + varint(i) + b"\x01" + varint(len(v)) + v + b"\x00"
-        recs += varint(len(body)) + body
-    tail = struct.pack(">hiqqqhii", 0, len(values) - 1, 1000, 1000, pid, epoch, seq, len(values)) + recs
-    return struct.pack(">qiibI", 0, 9 + len(tail), 0, 2, crc32c(tail)) + tail
-
-
-def _produce(sock: socket.socket, batch: bytes) -> tuple[int, int]:
-    body = struct.pack(">hhi", -1, -1, 5000) + struct.pack(">ih", 1, 1) + b"t" + struct.pack(">ii", 1, 0)
-    body += struct.pack(">i", len(batch)) + batch
-    sock.sendall(request(0, 3, body))
-    resp = recv_response(sock)
-    # corr, [topic: name, [partition, error, base, log_append_time]], throttle
-    _, _, _, _, _, _, error, base = struct.unpack_from(">iihbiihq", resp)
-    return error, base
-
-
 def test_idempotent_retries_are_not_appended_twice_and_gaps_are_refused(log_path: str) -> None:
     with sqlog.open(log_path) as log:
         log.create_topic("t")
         with served(log_path) as s, socket.create_connection((s.host, s.port), timeout=10) as sock:
-            sock.sendall(request(22, 0, struct.pack(">hi", -1, 60000)))
-            _, _, error, pid, epoch = struct.unpack(">iihqh", recv_response(sock))
+            error, pid, epoch = init_producer_id(sock)
             assert error == 0 and pid > 0
-            first = _batch(pid, epoch, 0, [b"a", b"b"])
-            assert _produce(sock, first) == (0, 0)
-            assert _produce(sock, first) == (0, 0)  # a retry: same offset, not stored again
-            assert _produce(sock, _batch(pid, epoch, 2, [b"c"])) == (0, 2)
-            assert _produce(sock, _batch(pid, epoch, 7, [b"d"]))[0] == 45  # OUT_OF_ORDER_SEQUENCE_NUMBER
-            assert _produce(sock, _batch(pid, epoch, 3, [b"e"])) == (0, 3)
+            first = record_batch(pid, epoch, 0, [b"a", b"b"])
+            assert produce_raw(sock, first) == (0, 0)
+            assert produce_raw(sock, first) == (0, 0)  # a retry: same offset, not stored again
+            assert produce_raw(sock, record_batch(pid, epoch, 2, [b"c"])) == (0, 2)
+            assert produce_raw(sock, record_batch(pid, epoch, 7, [b"d"]))[0] == 45  # OUT_OF_ORDER_SEQUENCE_NUMBER
+            assert produce_raw(sock, record_batch(pid, epoch, 3, [b"e"])) == (0, 3)
         assert [p.high_watermark for p in log.describe_topic("t").partitions] == [4]
 
 

@@ -10,7 +10,6 @@ for the engine's commit signal or another process's commit, up to ``fetch.max.wa
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextvars
 import ipaddress
 import logging
@@ -23,9 +22,8 @@ from typing import Any
 
 import apsw
 
-from .. import groups, partitions, topics
+from .. import clock, groups, partitions, topics
 from ..checksum import mismatches
-from ..clock import wall_ms
 from ..errors import (
     GroupIdNotFoundError,
     InvalidConfigError,
@@ -39,8 +37,9 @@ from ..log import Log
 from ..types import GroupDescription
 from ..retention import append_rows
 from ..storage import data_version, snapshot, wait_for_commit
-from . import records
-from .coordinator import INCONSISTENT_GROUP_PROTOCOL, Coordinator
+from . import idempotence, records
+from . import coordinator
+from .coordinator import Coordinator
 from .wire import Malformed, Reader, Writer
 
 log_ = logging.getLogger("sqlog.server")
@@ -57,8 +56,6 @@ INVALID_PARTITIONS = 37
 INVALID_REPLICATION_FACTOR = 38
 INVALID_CONFIG = 40
 INVALID_REQUEST = 42
-OUT_OF_ORDER_SEQUENCE_NUMBER = 45
-INVALID_PRODUCER_EPOCH = 47
 KAFKA_STORAGE_ERROR = 56
 
 # api key: (name, lowest, highest version implemented and advertised)
@@ -85,7 +82,6 @@ API_VERSIONS = 18
 
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # Kafka's socket.request.max.bytes
 FETCH_ROWS = 5000  # most records one partition returns per fetch
-IDEMPOTENT_BATCHES = 5  # Kafka keeps the last five batches per producer and partition
 _SIZE = struct.Struct(">i")
 
 # Who sent the request being handled: the header's client id and the peer's host (Kafka's
@@ -131,14 +127,11 @@ class Server:
         self.advertised_host = advertised_host
         self.auto_create_partitions = auto_create_partitions
         self.max_record_bytes = max_record_bytes
-        self.coordinator = Coordinator()
+        self.coordinator = Coordinator(self.engine, self._db, lambda: self._wake, self._wait_wake)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="sqlog-serve")
         self._local = threading.local()
         self._readers: list[apsw.Connection] = []
         self._readers_lock = threading.Lock()
-        self._produce_lock = threading.Lock()
-        self._sequences: dict[tuple[int, int, int], collections.deque[tuple[int, int, int, int]]] = {}
-        self._next_pid = (wall_ms() << 12) & 0x7FFF_FFFF_FFFF_F000
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -191,9 +184,14 @@ class Server:
             self._readers.clear()
 
     async def _reap(self) -> None:
+        """Expire dead group members and complete due rebalances (the requests do too; this covers
+        groups whose members all went quiet)."""
         while True:
             await asyncio.sleep(0.25)
-            self.coordinator.expire()
+            try:
+                await self.coordinator.tick_all()
+            except (SqlogError, apsw.Error):
+                log_.debug("group upkeep failed; trying again", exc_info=True)
 
     # -- wake-ups for long-polling fetches ---------------------------------------------------
     def _watch(self) -> None:
@@ -219,6 +217,20 @@ class Server:
     def _notify(self) -> None:
         self._wake.set()
         self._wake = asyncio.Event()
+
+    async def _wait_wake(self, wake: asyncio.Event, timeout: float) -> None:
+        """Wait until ``wake`` (``self._wake`` taken before the last read) is set by a commit of
+        any process, or ``timeout`` seconds pass."""
+        self._waiting += 1
+        self._someone_waits.set()
+        try:
+            await asyncio.wait_for(wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._waiting -= 1
+            if not self._waiting:
+                self._someone_waits.clear()
 
     # -- connections -----------------------------------------------------------------------
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -492,20 +504,23 @@ class Server:
                     continue
                 todo.append((name, meta.topic_id, p, batches))
         if todo:
-            with self._produce_lock:
-                self._append(todo, results)
+            self._append(todo, results)
         return [(name, [results[name, p] for p, _ in parts]) for name, parts in data]
 
     def _append(self, todo: list[tuple[str, int, int, list[records.Batch]]],
                 results: dict[tuple[str, int], tuple[int, int, int, int, str | None]]) -> None:
-        done: list[tuple[tuple[int, int, int], records.Batch, int]] = []
+        """Append every partition's batches in one write transaction, with idempotent producers'
+        sequences checked and updated in it (`idempotence.Sequences`)."""
         try:
             with self.engine.write() as conn:
+                sequences = idempotence.Sequences(conn)
                 for name, topic_id, p, batches in todo:
                     first = -1
                     for batch in batches:
                         key = (batch.producer_id, topic_id, p)
-                        verdict = self._check_sequence(key, batch) if batch.producer_id >= 0 else None
+                        idempotent = batch.producer_id >= 0
+                        verdict = sequences.check(key, batch.producer_epoch, batch.base_sequence,
+                                                  len(batch.rows)) if idempotent else None
                         if verdict is not None and verdict[0] != NONE:
                             results[name, p] = (p, verdict[0], -1, -1, verdict[1])
                             break
@@ -517,40 +532,19 @@ class Server:
                             if base is None:
                                 results[name, p] = (p, UNKNOWN_TOPIC_OR_PARTITION, -1, -1, "partition deleted")
                                 break
-                            if batch.producer_id >= 0:
-                                done.append((key, batch, base))
+                            if idempotent:
+                                sequences.appended(key, batch.producer_epoch, batch.base_sequence, len(batch.rows),
+                                                   base)
                         first = base if first < 0 else first
                     else:
                         start, _ = partitions.bounds(conn, topic_id, p, f"{name}-{p}")
                         results[name, p] = (p, NONE, first, start, None)
+                sequences.store()
         except SqlogError as exc:
             for name, _, p, _ in todo:
                 results[name, p] = (p, KAFKA_STORAGE_ERROR, -1, -1, str(exc))
             return
         self.engine.signal.notify()
-        for key, batch, base in done:  # remembered only once durable
-            seen = self._sequences.setdefault(key, collections.deque(maxlen=IDEMPOTENT_BATCHES))
-            seen.append((batch.producer_epoch, batch.base_sequence, batch.base_sequence + len(batch.rows) - 1, base))
-
-    def _check_sequence(self, key: tuple[int, int, int], batch: records.Batch) -> tuple[int, str, int]:
-        """(NONE, "", -1) to append; (NONE, "duplicate", base offset) for a retried batch; or an error."""
-        seen = self._sequences.get(key)
-        if not seen:
-            return NONE, "", -1  # a producer this server has not seen (or before a restart): accept
-        epoch, _, last, _ = seen[-1]
-        if batch.producer_epoch < epoch:
-            return INVALID_PRODUCER_EPOCH, f"producer epoch {batch.producer_epoch} is older than {epoch}", -1
-        n = len(batch.rows)
-        for e, first_seq, last_seq, base in seen:
-            if e == batch.producer_epoch and first_seq == batch.base_sequence and last_seq == batch.base_sequence + n - 1:
-                return NONE, "duplicate", base
-        if batch.producer_epoch > epoch:
-            if batch.base_sequence == 0:
-                return NONE, "", -1
-        elif batch.base_sequence == (last + 1) & 0x7FFFFFFF:
-            return NONE, "", -1
-        return (OUT_OF_ORDER_SEQUENCE_NUMBER,
-                f"sequence {batch.base_sequence} does not follow {last} for producer {key[0]}", -1)
 
     async def _InitProducerId(self, r: Reader, v: int) -> bytes:
         txn = r.nullable_string()
@@ -559,8 +553,16 @@ class Server:
         w = Writer().int32(0)
         if txn is not None:
             return w.int16(INVALID_REQUEST).int64(-1).int16(-1).bytes()
-        self._next_pid += 1
-        return w.int16(NONE).int64(self._next_pid).int16(0).bytes()
+        try:
+            producer_id = await self._db(self._new_producer_id)
+        except SqlogError:
+            log_.exception("InitProducerId")
+            return w.int16(KAFKA_STORAGE_ERROR).int64(-1).int16(-1).bytes()
+        return w.int16(NONE).int64(producer_id).int16(0).bytes()
+
+    def _new_producer_id(self) -> int:
+        with self.engine.write() as conn:
+            return idempotence.allocate(conn)
 
     # -- fetch and offsets -------------------------------------------------------------------
     async def _Fetch(self, r: Reader, v: int) -> bytes:
@@ -595,16 +597,7 @@ class Server:
             remaining = deadline - time.monotonic()
             if total >= max(min_bytes, 1) or failed or remaining <= 0 or self._closing:
                 break
-            self._waiting += 1
-            self._someone_waits.set()
-            try:
-                await asyncio.wait_for(wake.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                self._waiting -= 1
-                if not self._waiting:
-                    self._someone_waits.clear()
+            await self._wait_wake(wake, remaining)
         w = Writer().int32(0)
         if v >= 7:
             w.int16(NONE).int32(0)
@@ -743,23 +736,23 @@ class Server:
 
         wanted = r.array(lambda r: (r.string(), r.array(part)))
         r.done()
-        error = self.coordinator.check_commit(group_id, generation, member_id)
-        if error == NONE:
-            found = await self._db(self._commit, group_id, wanted)
-        else:
-            found = [(name, [(p, error) for p, _, _ in parts]) for name, parts in wanted]
+        found = await self._db(self._commit, group_id, generation, member_id, wanted)
         w = Writer()
         if v >= 3:
             w.int32(0)
         return w.array(found, lambda w, t: w.string(t[0]).array(
             t[1], lambda w, pe: w.int32(pe[0]).int16(pe[1]))).bytes()
 
-    def _commit(self, group_id: str, wanted: list[tuple[str, list[tuple[int, int, str | None]]]]
-                ) -> list[tuple[str, list[tuple[int, int]]]]:
+    def _commit(self, group_id: str, generation: int, member_id: str,
+                wanted: list[tuple[str, list[tuple[int, int, str | None]]]]) -> list[tuple[str, list[tuple[int, int]]]]:
+        """Store the offsets if the member may commit them, checked in the same transaction."""
         out = []
         try:
             groups.validate_group_id(group_id)
             with self.engine.write() as conn:
+                error = coordinator.check_commit(conn, clock.monotonic_ms(), group_id, generation, member_id)
+                if error != NONE:
+                    return [(name, [(p, error) for p, _, _ in parts]) for name, parts in wanted]
                 for name, parts in wanted:
                     meta = topics.lookup(conn, name)
                     res = []
@@ -830,15 +823,9 @@ class Server:
         protocol_type = r.string()
         protocols = r.array(lambda r: (r.string(), r.nullable_bytes() or b""))
         r.done()
-        native = await self._db(self._native_members, group_id)
-        if native:
-            res: dict[str, Any] = {"error": INCONSISTENT_GROUP_PROTOCOL, "member_id": member_id}
-            log_.warning("group %r has live sqlog-native members (%s): protocol members are refused",
-                         group_id, ", ".join(native))
-        else:
-            res = await self.coordinator.join(group_id, member_id, _client_id.get(), protocol_type, protocols,
-                                              session_timeout, rebalance_timeout, require_known_id=v >= 4,
-                                              client_host=_client_host.get())
+        res = await self.coordinator.join(group_id, member_id, _client_id.get(), protocol_type, protocols,
+                                          session_timeout, rebalance_timeout, require_known_id=v >= 4,
+                                          client_host=_client_host.get())
         w = Writer()
         if v >= 2:
             w.int32(0)
@@ -852,10 +839,6 @@ class Server:
             w.nullable_bytes(m[1])
 
         return w.array(res.get("members", []), member).bytes()
-
-    def _native_members(self, group_id: str) -> list[str]:
-        with self.engine.read() as conn:
-            return groups.live_member_ids(conn, group_id)
 
     async def _SyncGroup(self, r: Reader, v: int) -> bytes:
         group_id, generation, member_id = r.string(), r.int32(), r.string()
@@ -874,7 +857,7 @@ class Server:
         if v >= 3:
             r.nullable_string()
         r.done()
-        error = self.coordinator.heartbeat(group_id, generation, member_id)
+        error = await self.coordinator.heartbeat(group_id, generation, member_id)
         w = Writer()
         if v >= 1:
             w.int32(0)
@@ -887,7 +870,7 @@ class Server:
         else:
             members = [(r.string(), None)]
         r.done()
-        errors = [(m, i, self.coordinator.leave(group_id, m)) for m, i in members]
+        errors = [(m, i, await self.coordinator.leave(group_id, m)) for m, i in members]
         w = Writer()
         if v >= 1:
             w.int32(0)
@@ -901,7 +884,7 @@ class Server:
         r.done()
         in_file = await self._db(self.log.list_groups)
         found = {g: "consumer" for g in in_file}  # native groups and any group with committed offsets
-        for group_id, protocol_type in self.coordinator.listing():
+        for group_id, protocol_type in await self.coordinator.listing():
             found[group_id] = protocol_type
         w = Writer()
         if v >= 1:
@@ -937,13 +920,14 @@ class Server:
         """(error, state, protocol type, protocol, members) as DescribeGroups answers."""
         if not group_id:
             return INVALID_GROUP_ID, "", "", "", []
-        g = self.coordinator.describe(group_id)
-        if g is not None and g.members:  # protocol members, held by this server
+        found = await self.coordinator.describe(group_id)
+        if found is not None:  # a protocol group with live members
+            g, live = found
             stable = g.state == "Stable"
             # As Kafka: metadata and assignments only once the group is stable.
             members = [(m.member_id, m.client_id, m.client_host,
                         dict(m.protocols).get(g.protocol or "", b"") if stable else b"",
-                        m.assignment if stable else b"") for m in g.members.values()]
+                        m.assignment if stable else b"") for m in live]
             return NONE, g.state, g.protocol_type, (g.protocol or "") if stable else "", members
         try:
             d = await self._db(self.log.describe_group, group_id)

@@ -1,18 +1,37 @@
 """Kafka's classic group protocol (JoinGroup, SyncGroup, Heartbeat, LeaveGroup) for protocol clients.
 
-Membership lives in this server's memory, on its event loop; committed offsets live in the file
-(`groups.store`), so they are one set with sqlog's native consumers. The clients assign
-partitions themselves (the leader runs range / roundrobin / sticky and sends the result in SyncGroup).
+The group's state is in the file (``protocol_groups`` and ``protocol_members``, see storage.py),
+so every process serving the file is one coordinator: each request is a short write transaction
+on it, and a JoinGroup or SyncGroup that must wait for the other members waits for commits (this
+process's or another's, as a long-polling fetch does) and reads the group again. Committed
+offsets are `groups.store`'s, one set with sqlog's native consumers. The clients assign partitions
+themselves: the leader runs range / roundrobin / sticky and sends the result in SyncGroup.
+
+One group id is either a protocol group or a native one while it has live members: a JoinGroup
+meeting live native members gets INCONSISTENT_GROUP_PROTOCOL, and `groups.join` refuses a native
+consumer meeting live protocol members; both checks run in the joiner's write transaction, so
+whichever joins second is refused. Liveness of protocol members is `groups.protocol_members`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import apsw
 import attrs
+
+from .. import clock, groups, liveness
+from ..engine import Engine
+from .wire import Reader, Writer
+
+log_ = logging.getLogger("sqlog.server")
 
 NONE = 0
 ILLEGAL_GENERATION = 22
@@ -22,246 +41,428 @@ INVALID_SESSION_TIMEOUT = 26
 REBALANCE_IN_PROGRESS = 27
 MEMBER_ID_REQUIRED = 79
 
-INITIAL_DELAY_S = 0.1
+INITIAL_DELAY_MS = 100
 """A new group waits this long for more members before its first generation (Kafka: 3 s)."""
+RECHECK_S = 0.1
+"""A waiting JoinGroup / SyncGroup reads its group at least this often (commits wake it sooner)."""
+
+PREPARING, COMPLETING, STABLE = "PreparingRebalance", "CompletingRebalance", "Stable"
+
+_PID = os.getpid()
+_PID_START = liveness.start_time(_PID)
 
 
-@attrs.define(eq=False)
+@attrs.frozen
+class Group:
+    """A ``protocol_groups`` row."""
+
+    group_id: str
+    state: str
+    generation: int
+    protocol_type: str
+    protocol: str | None
+    leader: str | None
+    delay_until_ms: int
+    deadline_ms: int
+
+
+@attrs.frozen
 class Member:
+    """A ``protocol_members`` row (without its serving process's facts)."""
+
     member_id: str
     client_id: str
+    client_host: str
     session_timeout_ms: int
     rebalance_timeout_ms: int
-    protocols: list[tuple[str, bytes]]
-    client_host: str = ""
-    last_seen: float = attrs.field(factory=time.monotonic)
-    assignment: bytes = b""
-    join: asyncio.Future[Any] | None = None
-    sync: asyncio.Future[Any] | None = None
+    protocols: tuple[tuple[str, bytes], ...]
+    join_id: int | None
+    generation: int
+    assignment: bytes
+    joined_ms: int
+    heartbeat_ms: int
 
 
-@attrs.define(eq=False)
-class Group:
-    group_id: str
-    state: str = "Empty"  # Empty, PreparingRebalance, CompletingRebalance, Stable
-    generation: int = 0
-    protocol_type: str = ""
-    protocol: str | None = None
-    leader: str | None = None
-    members: dict[str, Member] = attrs.field(factory=dict)
-    pending: set[str] = attrs.field(factory=set)
-    timer: asyncio.TimerHandle | None = None
-    delay_until: float = 0.0
+def _encode(protocols: list[tuple[str, bytes]]) -> bytes:
+    return Writer().array(protocols, lambda w, p: w.string(p[0]).nullable_bytes(p[1])).bytes()
+
+
+def _decode(blob: bytes) -> tuple[tuple[str, bytes], ...]:
+    return tuple(Reader(blob).array(lambda r: (r.string(), r.nullable_bytes() or b"")))
+
+
+# -- the group in the file; every function below runs inside a write transaction -----------------
+def _group(conn: apsw.Connection, group_id: str) -> Group | None:
+    row = conn.execute(
+        "SELECT group_id, state, generation, protocol_type, protocol, leader, delay_until_ms, deadline_ms"
+        " FROM protocol_groups WHERE group_id = ?", (group_id,)).fetchone()
+    return None if row is None else Group(*row)
+
+
+def _members(conn: apsw.Connection, group_id: str) -> list[Member]:
+    """The group's members, oldest first (the first is the default leader)."""
+    return [Member(m, c, h, s, r, _decode(p), j, g, a, jm, hb) for m, c, h, s, r, p, j, g, a, jm, hb in conn.execute(
+        "SELECT member_id, client_id, client_host, session_timeout_ms, rebalance_timeout_ms, protocols, join_id,"
+        " generation, assignment, joined_ms, heartbeat_ms FROM protocol_members WHERE group_id = ?"
+        " ORDER BY joined_ms, member_id", (group_id,))]
+
+
+def _member(conn: apsw.Connection, group_id: str, member_id: str) -> Member | None:
+    return next((m for m in _members(conn, group_id) if m.member_id == member_id), None)
+
+
+def _common(protocols: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]], members: list[Member]) -> list[str]:
+    """The names in ``protocols`` (in its order) that every one of ``members`` supports too."""
+    names = [n for n, _ in protocols]
+    for m in members:
+        theirs = {n for n, _ in m.protocols}
+        names = [n for n in names if n in theirs]
+    return names
+
+
+def _set(conn: apsw.Connection, group_id: str, **columns: Any) -> None:
+    conn.execute(f"UPDATE protocol_groups SET {', '.join(f'{k} = ?' for k in columns)} WHERE group_id = ?",
+                 (*columns.values(), group_id))
+
+
+def expire(conn: apsw.Connection, now: int, group_id: str) -> bool:
+    """Delete members that are dead (`groups.protocol_members`) and rebalance without them."""
+    dead = groups.protocol_members(conn, group_id, now)[1]
+    conn.executemany("DELETE FROM protocol_members WHERE group_id = ? AND member_id = ?",
+                     [(group_id, m) for m in dead])
+    if dead:
+        _after_loss(conn, now, group_id)
+    return bool(dead)
+
+
+def _after_loss(conn: apsw.Connection, now: int, group_id: str) -> None:
+    g = _group(conn, group_id)
+    if g is None:
+        return
+    if not _members(conn, group_id):
+        # Empty: as Kafka, a group without members is dead (its committed offsets stay).
+        conn.execute("DELETE FROM protocol_groups WHERE group_id = ?", (group_id,))
+    elif g.state == PREPARING:
+        maybe_complete(conn, now, group_id)
+    else:
+        _prepare(conn, now, g)
+
+
+def _prepare(conn: apsw.Connection, now: int, g: Group) -> None:
+    """Start a rebalance: members must rejoin within the longest rebalance timeout (members
+    waiting in SyncGroup see the state and answer REBALANCE_IN_PROGRESS)."""
+    if g.state == PREPARING:
+        return
+    timeout = max(m.rebalance_timeout_ms for m in _members(conn, g.group_id))
+    delay = INITIAL_DELAY_MS if g.state == "Empty" else 0
+    _set(conn, g.group_id, state=PREPARING, delay_until_ms=now + delay, deadline_ms=now + timeout)
+
+
+def maybe_complete(conn: apsw.Connection, now: int, group_id: str) -> None:
+    """Form the next generation once every member rejoined (after a new group's delay), or at the
+    rebalance deadline without the members that did not."""
+    g = _group(conn, group_id)
+    if g is None or g.state != PREPARING:
+        return
+    members = _members(conn, group_id)
+    missing = [m for m in members if m.join_id is None]
+    if now < g.deadline_ms and (missing or now < g.delay_until_ms):
+        return
+    conn.executemany("DELETE FROM protocol_members WHERE group_id = ? AND member_id = ?",
+                     [(group_id, m.member_id) for m in missing])
+    members = [m for m in members if m.join_id is not None]
+    if not members:
+        conn.execute("DELETE FROM protocol_groups WHERE group_id = ?", (group_id,))
+        return
+    first = members[0]
+    protocol = (_common(first.protocols, members) or [first.protocols[0][0]])[0]
+    leader = g.leader if any(m.member_id == g.leader for m in members) else first.member_id
+    generation = g.generation + 1
+    _set(conn, group_id, state=COMPLETING, generation=generation, protocol=protocol, leader=leader)
+    conn.execute("UPDATE protocol_members SET join_id = NULL, generation = ?, assignment = x'', heartbeat_ms = ?"
+                 " WHERE group_id = ?", (generation, now, group_id))
+
+
+def _needs_tick(conn: apsw.Connection, now: int, group_id: str) -> bool:
+    """Whether `tick` would change the group: a dead member, or a rebalance that may complete."""
+    g = _group(conn, group_id)
+    if g is None:
+        return False
+    if groups.protocol_members(conn, group_id, now)[1]:
+        return True
+    if g.state != PREPARING:
+        return False
+    return now >= g.deadline_ms or (now >= g.delay_until_ms and all(m.join_id is not None
+                                                                   for m in _members(conn, group_id)))
+
+
+def tick(conn: apsw.Connection, now: int, group_id: str) -> None:
+    """Expire dead members and complete a rebalance that can complete."""
+    expire(conn, now, group_id)
+    maybe_complete(conn, now, group_id)
+
+
+def join(conn: apsw.Connection, now: int, group_id: str, member_id: str, client_id: str, client_host: str,
+         protocol_type: str, protocols: list[tuple[str, bytes]], session_timeout_ms: int,
+         rebalance_timeout_ms: int, known: bool) -> dict[str, Any] | int:
+    """JoinGroup's write: the response's fields when it answers at once, else the join's id to
+    wait for (`join_result`). ``known``: the member id was handed out (MEMBER_ID_REQUIRED)."""
+    native = groups.live_member_ids(conn, group_id, now)
+    if native:
+        log_.warning("group %r has live sqlog-native members (%s): protocol members are refused",
+                     group_id, ", ".join(native))
+        return {"error": INCONSISTENT_GROUP_PROTOCOL, "member_id": member_id}
+    expire(conn, now, group_id)
+    g = _group(conn, group_id)
+    members = _members(conn, group_id)
+    mine = next((m for m in members if m.member_id == member_id), None)
+    others = [m for m in members if m.member_id != member_id]
+    if others and g is not None and (protocol_type != g.protocol_type or not _common(protocols, others)):
+        return {"error": INCONSISTENT_GROUP_PROTOCOL, "member_id": member_id}
+    if mine is None and not known:
+        return {"error": UNKNOWN_MEMBER_ID, "member_id": member_id}
+    if g is None:
+        conn.execute("INSERT INTO protocol_groups(group_id, state, generation, protocol_type, delay_until_ms,"
+                     " deadline_ms) VALUES (?, 'Empty', 0, ?, 0, 0)", (group_id, protocol_type))
+    else:
+        _set(conn, group_id, protocol_type=protocol_type)
+    join_id = random.getrandbits(62)
+    if mine is None:
+        conn.execute(
+            "INSERT INTO protocol_members(group_id, member_id, client_id, client_host, pid, pid_namespace,"
+            " pid_start_time, session_timeout_ms, rebalance_timeout_ms, protocols, join_id, generation, joined_ms,"
+            " heartbeat_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, -1, ?, ?)",
+            (group_id, member_id, client_id, client_host, _PID, liveness.PID_NAMESPACE, _PID_START,
+             session_timeout_ms, rebalance_timeout_ms, _encode(protocols), join_id, now, now))
+    else:  # a rejoin (a second join supersedes a first one still waiting)
+        conn.execute(
+            "UPDATE protocol_members SET protocols = ?, session_timeout_ms = ?, rebalance_timeout_ms = ?,"
+            " join_id = ?, heartbeat_ms = ?, pid = ?, pid_namespace = ?, pid_start_time = ?"
+            " WHERE group_id = ? AND member_id = ?",
+            (_encode(protocols), session_timeout_ms, rebalance_timeout_ms, join_id, now, _PID,
+             liveness.PID_NAMESPACE, _PID_START, group_id, member_id))
+    g = _group(conn, group_id)
+    assert g is not None
+    _prepare(conn, now, g)
+    maybe_complete(conn, now, group_id)
+    return join_id
+
+
+def join_result(conn: apsw.Connection, now: int, group_id: str, member_id: str, join_id: int
+                ) -> dict[str, Any] | None | bool:
+    """A waiting JoinGroup's answer: the response's fields, None to wait on, or True when the
+    group needs a `tick` first. Reads only."""
+    m = _member(conn, group_id, member_id)
+    if m is None:
+        return {"error": UNKNOWN_MEMBER_ID, "member_id": member_id}
+    if m.join_id == join_id:
+        return True if _needs_tick(conn, now, group_id) else None
+    g = _group(conn, group_id)
+    if m.join_id is not None or g is None or g.generation != m.generation:
+        return {"error": REBALANCE_IN_PROGRESS, "member_id": member_id}  # superseded by a newer join
+    everyone = []
+    if g.leader == member_id:
+        protocol = g.protocol or ""
+        everyone = [(o.member_id, dict(o.protocols).get(protocol, b"")) for o in _members(conn, group_id)
+                    if o.generation == g.generation]
+    return {"error": NONE, "generation": g.generation, "protocol": g.protocol, "leader": g.leader,
+            "member_id": member_id, "members": everyone}
+
+
+def sync(conn: apsw.Connection, now: int, group_id: str, generation: int, member_id: str,
+         assignments: list[tuple[str, bytes]]) -> tuple[int, bytes] | None:
+    """SyncGroup's write: ``(error, assignment)``, or None to wait for the leader's (`sync_result`)."""
+    expire(conn, now, group_id)
+    g = _group(conn, group_id)
+    m = _member(conn, group_id, member_id)
+    if g is None or m is None:
+        return UNKNOWN_MEMBER_ID, b""
+    if generation != g.generation:
+        return ILLEGAL_GENERATION, b""
+    if g.state == PREPARING:
+        return REBALANCE_IN_PROGRESS, b""
+    conn.execute("UPDATE protocol_members SET heartbeat_ms = ? WHERE group_id = ? AND member_id = ?",
+                 (now, group_id, member_id))
+    if g.state == STABLE:
+        return NONE, m.assignment
+    if member_id != g.leader:
+        return None
+    given = dict(assignments)
+    conn.executemany("UPDATE protocol_members SET assignment = ? WHERE group_id = ? AND member_id = ?"
+                     " AND generation = ?", [(given.get(o.member_id, b""), group_id, o.member_id, generation)
+                                             for o in _members(conn, group_id)])
+    _set(conn, group_id, state=STABLE)
+    return NONE, given.get(member_id, b"")
+
+
+def sync_result(conn: apsw.Connection, group_id: str, generation: int, member_id: str) -> tuple[int, bytes] | None:
+    """A waiting SyncGroup's answer, or None to wait on. Reads only."""
+    g = _group(conn, group_id)
+    m = _member(conn, group_id, member_id)
+    if g is None or m is None:
+        return UNKNOWN_MEMBER_ID, b""
+    if g.generation != generation or g.state == PREPARING:
+        return REBALANCE_IN_PROGRESS, b""
+    return (NONE, m.assignment) if g.state == STABLE else None
+
+
+def heartbeat(conn: apsw.Connection, now: int, group_id: str, generation: int, member_id: str) -> int:
+    expire(conn, now, group_id)
+    conn.execute("UPDATE protocol_members SET heartbeat_ms = ? WHERE group_id = ? AND member_id = ?",
+                 (now, group_id, member_id))
+    if not conn.changes():
+        return UNKNOWN_MEMBER_ID
+    g = _group(conn, group_id)
+    assert g is not None
+    if g.state == PREPARING:
+        return REBALANCE_IN_PROGRESS
+    return ILLEGAL_GENERATION if generation != g.generation else NONE
+
+
+def leave(conn: apsw.Connection, now: int, group_id: str, member_id: str) -> int:
+    conn.execute("DELETE FROM protocol_members WHERE group_id = ? AND member_id = ?", (group_id, member_id))
+    if not conn.changes():
+        return UNKNOWN_MEMBER_ID
+    _after_loss(conn, now, group_id)
+    return NONE
+
+
+def check_commit(conn: apsw.Connection, now: int, group_id: str, generation: int, member_id: str) -> int:
+    """May this member commit offsets now? 0 or a Kafka error code; inside the commit's own write
+    transaction, so the answer still holds when the offsets are stored."""
+    expire(conn, now, group_id)
+    g = _group(conn, group_id)
+    if g is None:
+        return NONE if generation < 0 else ILLEGAL_GENERATION if member_id else NONE
+    if generation < 0 and not member_id:
+        return REBALANCE_IN_PROGRESS  # an admin commit while members are live
+    conn.execute("UPDATE protocol_members SET heartbeat_ms = ? WHERE group_id = ? AND member_id = ?",
+                 (now, group_id, member_id))
+    if not conn.changes():
+        return UNKNOWN_MEMBER_ID
+    if generation != g.generation:
+        return ILLEGAL_GENERATION
+    if g.state == COMPLETING:  # as Kafka: a commit while preparing is the old generation's last
+        return REBALANCE_IN_PROGRESS
+    return NONE
+
+
+def describe(conn: apsw.Connection, group_id: str) -> tuple[Group, list[Member]] | None:
+    """The group and its live members, or None when it has none. Reads only."""
+    g = _group(conn, group_id)
+    if g is None:
+        return None
+    live = set(groups.protocol_members(conn, group_id)[0])
+    members = [m for m in _members(conn, group_id) if m.member_id in live]
+    return (g, members) if members else None
+
+
+def listing(conn: apsw.Connection) -> list[tuple[str, str]]:
+    """(group id, protocol type) of every protocol group with live members. Reads only."""
+    now = clock.monotonic_ms()
+    return [(gid, ptype) for gid, ptype in conn.execute("SELECT group_id, protocol_type FROM protocol_groups")
+            if groups.protocol_members(conn, gid, now)[0]]
+
+
+# -- the coordinator: the requests' waiting, over the functions above -----------------------------
+Wake = Callable[[], asyncio.Event]
+"""The event the next commit (of any process) sets; taken before reading, so no commit is missed."""
+WaitFor = Callable[[asyncio.Event, float], Awaitable[None]]
+"""Wait until the event is set or the timeout (seconds) passes."""
 
 
 class Coordinator:
-    """Every protocol group of one server."""
+    """Every protocol group of the file, for one server: runs the steps above as write
+    transactions on the server's database threads (``run``) and waits between them."""
 
-    def __init__(self) -> None:
-        self.groups: dict[str, Group] = {}
+    def __init__(self, engine: Engine, run: Callable[..., Awaitable[Any]], wake: Wake, wait_for: WaitFor) -> None:
+        self.engine = engine
+        self._run = run
+        self._wake = wake
+        self._wait_for = wait_for
+        self._pending: dict[str, float] = {}  # member ids handed out with MEMBER_ID_REQUIRED -> expiry
 
-    def group(self, group_id: str) -> Group:
-        g = self.groups.get(group_id)
-        if g is None:
-            g = self.groups[group_id] = Group(group_id)
-        return g
+    def _write_now(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self.engine.write() as conn:
+            result = fn(conn, clock.monotonic_ms(), *args)  # read under the write lock
+        self.engine.signal.notify()
+        return result
 
-    def live(self, group_id: str) -> bool:
-        g = self.groups.get(group_id)
-        return g is not None and bool(g.members)
+    def write(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        """``fn(conn, now, *args)`` in a write transaction on a database thread."""
+        return self._run(self._write_now, fn, *args)
+
+    def _read_now(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self.engine.read() as conn:
+            return fn(conn, *args)
+
+    def read(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        return self._run(self._read_now, fn, *args)
 
     async def join(self, group_id: str, member_id: str, client_id: str, protocol_type: str,
                    protocols: list[tuple[str, bytes]], session_timeout_ms: int, rebalance_timeout_ms: int,
                    require_known_id: bool, client_host: str = "") -> dict[str, Any]:
         """JoinGroup: returns the response's fields once the generation forms."""
-        g = self.group(group_id)
         if not 1000 <= session_timeout_ms <= 30 * 60_000:
             return {"error": INVALID_SESSION_TIMEOUT, "member_id": member_id}
-        if g.members and (protocol_type != g.protocol_type or
-                          not self._common(g, protocols, skip=member_id)):
-            return {"error": INCONSISTENT_GROUP_PROTOCOL, "member_id": member_id}
+        now = time.monotonic()
+        self._pending = {m: t for m, t in self._pending.items() if t > now}
+        known = bool(member_id) and self._pending.pop(member_id, None) is not None
         if not member_id:
             member_id = f"{client_id or 'member'}-{uuid.uuid4()}"
-            if require_known_id:
-                g.pending.add(member_id)
+            known = True
+            if require_known_id:  # as Kafka: the client joins again with this id
+                self._pending[member_id] = now + session_timeout_ms / 1000
                 return {"error": MEMBER_ID_REQUIRED, "member_id": member_id}
-        elif member_id not in g.members and member_id not in g.pending:
-            return {"error": UNKNOWN_MEMBER_ID, "member_id": member_id}
-        g.pending.discard(member_id)
-        m = g.members.get(member_id)
-        if m is None:
-            m = g.members[member_id] = Member(member_id, client_id, session_timeout_ms, rebalance_timeout_ms,
-                                              protocols, client_host)
-        else:
-            m.protocols, m.session_timeout_ms, m.rebalance_timeout_ms = protocols, session_timeout_ms, rebalance_timeout_ms
-        g.protocol_type = protocol_type
-        m.last_seen = time.monotonic()
-        if m.join is not None and not m.join.done():  # a second join supersedes the first
-            m.join.set_result({"error": REBALANCE_IN_PROGRESS, "member_id": member_id})
-        joined = m.join = asyncio.get_running_loop().create_future()
-        self._prepare(g)
-        self._maybe_complete(g)  # may complete the generation (and clear m.join) at once
-        return dict(await joined)
-
-    @staticmethod
-    def _common(g: Group, protocols: list[tuple[str, bytes]], skip: str = "") -> list[str]:
-        names = [n for n, _ in protocols]
-        for mid, m in g.members.items():
-            if mid != skip:
-                theirs = {n for n, _ in m.protocols}
-                names = [n for n in names if n in theirs]
-        return names
-
-    def _prepare(self, g: Group) -> None:
-        """Start a rebalance: members must rejoin within the longest rebalance timeout."""
-        if g.state == "PreparingRebalance":
-            return
-        first = g.state == "Empty"
-        g.state = "PreparingRebalance"
-        for m in g.members.values():  # members waiting in SyncGroup must rejoin
-            if m.sync is not None and not m.sync.done():
-                m.sync.set_result((REBALANCE_IN_PROGRESS, b""))
-        loop = asyncio.get_running_loop()
-        g.delay_until = loop.time() + (INITIAL_DELAY_S if first else 0.0)
-        if first:
-            loop.call_later(INITIAL_DELAY_S, self._maybe_complete, g)
-        if g.timer is not None:
-            g.timer.cancel()
-        timeout = max(m.rebalance_timeout_ms for m in g.members.values()) / 1000
-        g.timer = loop.call_later(timeout, self._complete, g, True)
-
-    def _maybe_complete(self, g: Group) -> None:
-        if g.state != "PreparingRebalance" or not g.members:
-            return
-        if asyncio.get_running_loop().time() < g.delay_until:
-            return  # a new group waits INITIAL_DELAY_S for more members
-        if all(m.join is not None and not m.join.done() for m in g.members.values()):
-            self._complete(g, False)
-
-    def _complete(self, g: Group, drop_missing: bool) -> None:
-        """Form the next generation from the members that rejoined."""
-        if g.state != "PreparingRebalance":
-            return
-        if g.timer is not None:
-            g.timer.cancel()
-            g.timer = None
-        for mid, m in list(g.members.items()):
-            if m.join is None or m.join.done():
-                if not drop_missing:
-                    return
-                del g.members[mid]
-        if not g.members:
-            g.state, g.leader, g.protocol = "Empty", None, None
-            g.generation += 1
-            return
-        g.generation += 1
-        first = next(iter(g.members.values()))
-        g.protocol = (self._common(g, first.protocols) or [first.protocols[0][0]])[0]
-        if g.leader not in g.members:
-            g.leader = first.member_id
-        g.state = "CompletingRebalance"
-        leader = g.members[g.leader]
-        everyone = [(mid, dict(m.protocols).get(g.protocol, b"")) for mid, m in g.members.items()]
-        for mid, m in g.members.items():
-            assert m.join is not None
-            m.assignment = b""
-            m.join.set_result({"error": NONE, "generation": g.generation, "protocol": g.protocol,
-                               "leader": leader.member_id, "member_id": mid,
-                               "members": everyone if mid == g.leader else []})
-            m.join = None
-            m.last_seen = time.monotonic()
+        joined = await self.write(join, group_id, member_id, client_id, client_host, protocol_type, protocols,
+                                  session_timeout_ms, rebalance_timeout_ms, known)
+        if isinstance(joined, dict):
+            return joined
+        while True:
+            wake = self._wake()
+            res = await self.read(join_result, clock.monotonic_ms(), group_id, member_id, joined)
+            if res is True:
+                await self.write(tick, group_id)
+                continue
+            if res is not None:
+                return res  # type: ignore[return-value]
+            await self._wait_for(wake, RECHECK_S)
 
     async def sync(self, group_id: str, generation: int, member_id: str,
                    assignments: list[tuple[str, bytes]]) -> tuple[int, bytes]:
-        g = self.group(group_id)
-        m = g.members.get(member_id)
-        if m is None:
-            return UNKNOWN_MEMBER_ID, b""
-        if generation != g.generation:
-            return ILLEGAL_GENERATION, b""
-        if g.state == "PreparingRebalance":
-            return REBALANCE_IN_PROGRESS, b""
-        m.last_seen = time.monotonic()
-        if g.state == "Stable":
-            return NONE, m.assignment
-        if member_id == g.leader:
-            given = dict(assignments)
-            for mid, other in g.members.items():
-                other.assignment = given.get(mid, b"")
-            g.state = "Stable"
-            for other in g.members.values():
-                if other.sync is not None and not other.sync.done():
-                    other.sync.set_result((NONE, other.assignment))
-            return NONE, m.assignment
-        synced = m.sync = asyncio.get_running_loop().create_future()
-        return tuple(await synced)  # type: ignore[return-value]
+        res = await self.write(sync, group_id, generation, member_id, assignments)
+        beat = time.monotonic()
+        while res is None:
+            wake = self._wake()
+            res = await self.read(sync_result, group_id, generation, member_id)
+            if res is None:
+                if time.monotonic() - beat > 1.0:  # alive while it waits for the leader
+                    beat = time.monotonic()
+                    if await self.write(heartbeat, group_id, generation, member_id) == UNKNOWN_MEMBER_ID:
+                        return UNKNOWN_MEMBER_ID, b""
+                await self._wait_for(wake, RECHECK_S)
+        return res  # type: ignore[no-any-return]
 
-    def heartbeat(self, group_id: str, generation: int, member_id: str) -> int:
-        g = self.group(group_id)
-        m = g.members.get(member_id)
-        if m is None:
-            return UNKNOWN_MEMBER_ID
-        m.last_seen = time.monotonic()
-        if g.state == "PreparingRebalance":
-            return REBALANCE_IN_PROGRESS
-        if generation != g.generation:
-            return ILLEGAL_GENERATION
-        return NONE
+    def heartbeat(self, group_id: str, generation: int, member_id: str) -> Awaitable[int]:
+        return self.write(heartbeat, group_id, generation, member_id)
 
-    def leave(self, group_id: str, member_id: str) -> int:
-        g = self.group(group_id)
-        m = g.members.pop(member_id, None)
-        if m is None:
-            return UNKNOWN_MEMBER_ID
-        if m.join is not None and not m.join.done():
-            m.join.set_result({"error": UNKNOWN_MEMBER_ID, "member_id": member_id})
-        self._rebalance_after_loss(g)
-        return NONE
+    def leave(self, group_id: str, member_id: str) -> Awaitable[int]:
+        return self.write(leave, group_id, member_id)
 
-    def _rebalance_after_loss(self, g: Group) -> None:
-        if not g.members:
-            if g.timer is not None:
-                g.timer.cancel()
-                g.timer = None
-            g.state, g.leader, g.protocol = "Empty", None, None
-            g.generation += 1
-            return
-        if g.state == "PreparingRebalance":
-            self._maybe_complete(g)
-        else:
-            self._prepare(g)
+    def describe(self, group_id: str) -> Awaitable[tuple[Group, list[Member]] | None]:
+        return self.read(describe, group_id)
 
-    def check_commit(self, group_id: str, generation: int, member_id: str) -> int:
-        """May this member commit offsets now? 0 or a Kafka error code."""
-        g = self.groups.get(group_id)
-        if g is None or not g.members:
-            return NONE if generation < 0 else ILLEGAL_GENERATION if member_id else NONE
-        if generation < 0 and not member_id:
-            return REBALANCE_IN_PROGRESS  # an admin commit while members are live
-        m = g.members.get(member_id)
-        if m is None:
-            return UNKNOWN_MEMBER_ID
-        m.last_seen = time.monotonic()
-        if generation != g.generation:
-            return ILLEGAL_GENERATION
-        if g.state == "CompletingRebalance":  # as Kafka: a commit while preparing is the old generation's last
-            return REBALANCE_IN_PROGRESS
-        return NONE
+    def listing(self) -> Awaitable[list[tuple[str, str]]]:
+        return self.read(listing)
 
-    def expire(self) -> None:
-        """Drop members silent past their session timeout (members waiting in a join are alive)."""
-        now = time.monotonic()
-        for g in list(self.groups.values()):
-            dead = [mid for mid, m in g.members.items()
-                    if (m.join is None or m.join.done()) and now - m.last_seen > m.session_timeout_ms / 1000]
-            for mid in dead:
-                del g.members[mid]
-            if dead:
-                self._rebalance_after_loss(g)
+    def _tick_all(self) -> None:
+        now = clock.monotonic_ms()
+        with self.engine.read() as conn:
+            due = [gid for (gid,) in conn.execute("SELECT group_id FROM protocol_groups").fetchall()
+                   if _needs_tick(conn, now, gid)]
+        for gid in due:
+            self._write_now(tick, gid)
 
-    def describe(self, group_id: str) -> Group | None:
-        return self.groups.get(group_id)
-
-    def listing(self) -> list[tuple[str, str]]:
-        """(group id, protocol type) of every group with members."""
-        return [(g.group_id, g.protocol_type) for g in self.groups.values() if g.members]
+    def tick_all(self) -> Awaitable[None]:
+        """Expire dead members and complete due rebalances of every group (the reaper's round)."""
+        return self._run(self._tick_all)
