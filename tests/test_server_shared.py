@@ -1,0 +1,178 @@
+"""Two `sqlog serve` processes on one file are one broker's state: one consumer group across them
+(confluent-kafka, one member per process), idempotent producers' sequences seen by both and kept
+across a restart, producer ids unique across processes; a group id is either a protocol group or a
+native one, whichever joins second is refused, in both directions."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+
+pytest.importorskip("cramjam")
+ck = pytest.importorskip("confluent_kafka")
+
+import sqlog  # noqa: E402
+
+from helpers import fill  # noqa: E402
+from server_helpers import init_producer_id, produce_raw, record_batch, served  # noqa: E402
+
+SESSION_MS = 30_000
+
+
+def _member(bootstrap: str, group: str, name: str, consumed: dict[str, list[tuple[int, int]]]) -> Any:
+    c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": group, "client.id": name,
+                     "auto.offset.reset": "earliest", "heartbeat.interval.ms": 200,
+                     "session.timeout.ms": SESSION_MS, "enable.auto.commit": True,
+                     "auto.commit.interval.ms": 100})
+    c.subscribe(["jobs"])
+    consumed[name] = []
+    return c
+
+
+def _pump(consumers: dict[str, Any], consumed: dict[str, list[tuple[int, int]]], until: Any,
+          timeout: float = 40) -> None:
+    """Poll every consumer in turn (short polls: a rebalance needs them all) until ``until()``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not until():
+        for name, c in consumers.items():
+            m = c.poll(0.05)
+            if m is not None and m.error() is None:
+                consumed[name].append((m.partition(), m.offset()))
+    assert until(), {n: c.assignment() for n, c in consumers.items()}
+
+
+def _parts(c: Any) -> set[int]:
+    return {tp.partition for tp in c.assignment()}
+
+
+def test_one_group_across_two_serve_processes_splits_and_rebalances(log_path: str) -> None:
+    with sqlog.open(log_path) as log:
+        fill(log, "jobs", 40, 4, create=True)
+    consumed: dict[str, list[tuple[int, int]]] = {}
+    with served(log_path) as s1, served(log_path) as s2:
+        a = _member(s1.bootstrap, "workers", "a", consumed)
+        b = _member(s2.bootstrap, "workers", "b", consumed)
+        both = {"a": a, "b": b}
+        _pump(both, consumed, lambda: len(_parts(a)) == 2 and len(_parts(b)) == 2
+              and sum(len(v) for v in consumed.values()) == 40)
+        assert _parts(a) | _parts(b) == {0, 1, 2, 3} and not _parts(a) & _parts(b)
+        everything = consumed["a"] + consumed["b"]
+        assert sorted(everything) == sorted({(p, o) for p in range(4) for o in range(10)})  # once each
+        assert {p for p, _ in consumed["a"]} == _parts(a) and {p for p, _ in consumed["b"]} == _parts(b)
+        with sqlog.open(log_path) as log:
+            assert "workers" in log.list_groups()
+        b.close()  # LeaveGroup through s2: a, on s1, takes everything
+        _pump({"a": a}, consumed, lambda: _parts(a) == {0, 1, 2, 3})
+        a.close()
+    with sqlog.open(log_path) as log:  # both members' commits, one set
+        d = log.describe_group("workers")
+    assert {(p.partition, p.committed_offset) for p in d.partitions} == {(p, 10) for p in range(4)}
+
+
+def test_a_member_whose_serve_process_dies_is_replaced_before_its_session_times_out(log_path: str) -> None:
+    with sqlog.open(log_path) as log:
+        log.create_topic("jobs", partitions=4)
+    consumed: dict[str, list[tuple[int, int]]] = {}
+    with served(log_path) as s1, served(log_path) as s2:
+        a = _member(s1.bootstrap, "workers", "a", consumed)
+        b = _member(s2.bootstrap, "workers", "b", consumed)
+        _pump({"a": a, "b": b}, consumed, lambda: len(_parts(a)) == 2 and len(_parts(b)) == 2)
+        s2.stop(signal.SIGKILL)
+        began = time.monotonic()
+        _pump({"a": a}, consumed, lambda: _parts(a) == {0, 1, 2, 3}, timeout=SESSION_MS / 1000 - 5)
+        took = time.monotonic() - began
+        a.close()
+        del b  # its server is gone: no LeaveGroup to send
+    assert took < SESSION_MS / 1000  # the dead process's member went at once, not at its session timeout
+
+
+def test_a_group_with_live_protocol_members_refuses_a_native_consumer(log_path: str) -> None:
+    with sqlog.open(log_path) as log:
+        fill(log, "jobs", 4, 2, create=True)
+        consumed: dict[str, list[tuple[int, int]]] = {}
+        with served(log_path) as s:
+            a = _member(s.bootstrap, "shared", "a", consumed)
+            _pump({"a": a}, consumed, lambda: len(_parts(a)) == 2)
+            native = log.consumer(group_id="shared", auto_offset_reset="earliest")
+            native.subscribe(["jobs"])
+            with pytest.raises(sqlog.InconsistentGroupProtocolError, match="Kafka-protocol member"):
+                native.poll(timeout_ms=100)
+            with pytest.raises(sqlog.GroupNotEmptyError):  # admin changes wait for the Kafka members too
+                log.alter_group_offsets("shared", {sqlog.TopicPartition("jobs", 0): 0})
+            a.close()  # once they have left, the group id is free for native consumers
+            assert len(native.poll(timeout_ms=2000)) > 0
+            native.close()
+
+
+def test_a_protocol_member_joining_a_native_group_through_another_process_is_refused(log_path: str) -> None:
+    with sqlog.open(log_path) as log:
+        log.create_topic("jobs", partitions=2)
+        native = log.consumer(group_id="shared")
+        native.subscribe(["jobs"])
+        native.poll(timeout_ms=200)
+        with served(log_path) as s1, served(log_path) as s2:
+            errors = []
+            for s in (s1, s2):
+                c = ck.Consumer({"bootstrap.servers": s.bootstrap, "group.id": "shared"})
+                c.subscribe(["jobs"])
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and len(errors) < 2:
+                    m = c.poll(0.2)
+                    if m is not None and m.error():
+                        errors.append(m.error().code())
+                        break
+                c.close()
+        native.close()
+    assert errors == [ck.KafkaError.INCONSISTENT_GROUP_PROTOCOL] * 2
+
+
+# -- idempotent producers -------------------------------------------------------------------------
+def test_a_retried_batch_is_stored_once_across_processes_and_restarts(log_path: str) -> None:
+    with sqlog.open(log_path) as log:
+        log.create_topic("t")
+    with served(log_path) as s1:
+        with socket.create_connection((s1.host, s1.port), timeout=10) as sock:
+            error, pid, epoch = init_producer_id(sock)
+            assert error == 0
+            first = record_batch(pid, epoch, 0, [b"a", b"b"])
+            assert produce_raw(sock, first) == (0, 0)
+    with served(log_path) as s2, served(log_path) as s3:  # a restart, and two processes at once
+        with socket.create_connection((s2.host, s2.port), timeout=10) as two, \
+                socket.create_connection((s3.host, s3.port), timeout=10) as three:
+            assert produce_raw(two, first) == (0, 0)  # the retry after the restart: where it went
+            assert produce_raw(three, record_batch(pid, epoch, 2, [b"c"])) == (0, 2)
+            assert produce_raw(two, record_batch(pid, epoch, 2, [b"c"])) == (0, 2)  # retried to the other one
+            assert produce_raw(two, record_batch(pid, epoch, 9, [b"x"]))[0] == 45  # OUT_OF_ORDER_SEQUENCE_NUMBER
+            assert produce_raw(three, record_batch(pid, epoch, 3, [b"d"])) == (0, 3)
+    with sqlog.open(log_path) as log:
+        c = log.consumer(auto_offset_reset="earliest")
+        c.assign([sqlog.TopicPartition("t", 0)])
+        assert [r.value for r in c.poll(timeout_ms=1000)] == [b"a", b"b", b"c", b"d"]
+        c.close()
+
+
+def test_producer_ids_are_unique_across_processes(log_path: str) -> None:
+    with sqlog.open(log_path):
+        pass
+    ids: list[int] = []
+    with served(log_path) as s1, served(log_path) as s2:
+        def take(s: Any) -> None:
+            with socket.create_connection((s.host, s.port), timeout=10) as sock:
+                for _ in range(25):
+                    error, pid, _ = init_producer_id(sock)
+                    assert error == 0
+                    ids.append(pid)
+
+        threads = [threading.Thread(target=take, args=(s,)) for s in (s1, s2, s1, s2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert len(ids) == 100 and len(set(ids)) == 100
+    with served(log_path) as s3, socket.create_connection((s3.host, s3.port), timeout=10) as sock:
+        assert init_producer_id(sock)[1] not in ids  # nor reused after a restart
