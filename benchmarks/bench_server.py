@@ -32,13 +32,15 @@ def _serve(path: str) -> tuple[subprocess.Popen[str], str]:
     return proc, line.split()[-1]
 
 
-def client_round(bootstrap: str, n: int) -> tuple[float, float]:
+def client_round(bootstrap: str, n: int, idempotent: bool = False) -> tuple[float, float]:
     """(produce rec/s, consume rec/s) of confluent-kafka against the broker at ``bootstrap``,
-    topic "bench" (one partition) existing and empty."""
+    topic "bench" (one partition) existing and empty; ``idempotent``: with
+    ``enable.idempotence`` (sequence numbers checked in the append's transaction)."""
     import confluent_kafka as ck
 
     p = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
-                     "batch.num.messages": 10000, "queue.buffering.max.messages": 1_000_000})
+                     "batch.num.messages": 10000, "queue.buffering.max.messages": 1_000_000,
+                     "enable.idempotence": idempotent})
     t0 = time.perf_counter()
     for _ in range(n):
         p.produce("bench", VALUE, partition=0)
@@ -62,13 +64,13 @@ def client_round(bootstrap: str, n: int) -> tuple[float, float]:
     return produce, consume
 
 
-def protocol_round(path: str, n: int) -> tuple[float, float]:
+def protocol_round(path: str, n: int, idempotent: bool = False) -> tuple[float, float]:
     """(produce rec/s, consume rec/s) through confluent-kafka and `sqlog serve`."""
     with sqlog.open(path) as log:
         log.create_topic("bench")
     proc, bootstrap = _serve(path)
     try:
-        return client_round(bootstrap, n)
+        return client_round(bootstrap, n, idempotent)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -145,9 +147,10 @@ def native_round(path: str, n: int) -> tuple[float, float]:
 
 
 def measure(root: str, n: int, rounds: int, tansu: bool = False) -> dict[str, Any]:
-    """Median rates and per-round ratios of protocol over native; with ``tansu``, the same client
-    against Tansu in the same rounds (``tansu_note`` says why not, when it cannot run)."""
-    keys = ["proto_produce", "proto_consume", "native_send", "native_poll"]
+    """Median rates and per-round ratios of protocol over native (produce also with an idempotent
+    producer); with ``tansu``, the same client against Tansu in the same rounds (``tansu_note``
+    says why not, when it cannot run)."""
+    keys = ["proto_produce", "proto_consume", "native_send", "native_poll", "idempotent_produce"]
     out: dict[str, list[float]] = {k: [] for k in keys + ["tansu_produce", "tansu_consume"]}
     note = ""
     for r in range(rounds):
@@ -155,6 +158,8 @@ def measure(root: str, n: int, rounds: int, tansu: bool = False) -> dict[str, An
         b = os.path.join(root, f"native-{r}.db")
         pp, pc = protocol_round(a, n)
         ns, np_ = native_round(b, n)
+        ip, _ = protocol_round(os.path.join(root, f"idempotent-{r}.db"), n, idempotent=True)
+        out["idempotent_produce"].append(ip)
         out["proto_produce"].append(pp)
         out["proto_consume"].append(pc)
         out["native_send"].append(ns)
@@ -169,6 +174,8 @@ def measure(root: str, n: int, rounds: int, tansu: bool = False) -> dict[str, An
                 out["tansu_consume"].append(tc)
     med: dict[str, Any] = {k: statistics.median(out[k]) for k in keys}
     med["produce_ratio"] = statistics.median(p / s for p, s in zip(out["proto_produce"], out["native_send"]))
+    med["idempotent_produce_ratio"] = statistics.median(
+        p / s for p, s in zip(out["idempotent_produce"], out["native_send"]))
     med["consume_ratio"] = statistics.median(p / s for p, s in zip(out["proto_consume"], out["native_poll"]))
     if out["tansu_produce"]:
         med["tansu_produce"] = statistics.median(out["tansu_produce"])
@@ -272,6 +279,8 @@ if __name__ == "__main__":
     print(f"{n} records of 100 B, median of {rounds} rounds")
     print(f"produce: confluent-kafka -> sqlog serve {res['proto_produce']:>10,.0f} rec/s"
           f"   native send() {res['native_send']:>10,.0f} rec/s   ratio {res['produce_ratio']:.2f} (target >= 0.4)")
+    print(f"produce, enable.idempotence=true {res['idempotent_produce']:>10,.0f} rec/s"
+          f"   native send() {res['native_send']:>10,.0f} rec/s   ratio {res['idempotent_produce_ratio']:.2f}")
     print(f"consume: sqlog serve -> confluent-kafka {res['proto_consume']:>10,.0f} rec/s"
           f"   native poll() {res['native_poll']:>10,.0f} rec/s   ratio {res['consume_ratio']:.2f} (target >= 0.4)")
     if "tansu_note" in res:

@@ -443,11 +443,14 @@ def txn_workload(key: str) -> Callable[[Ctx], Result]:
 
 
 SERVER_TITLES = [("sqlog serve: confluent-kafka produce / native send()", ">= 0.40"),
-                 ("sqlog serve: confluent-kafka consume / native poll()", ">= 0.40")]
+                 ("sqlog serve: confluent-kafka consume / native poll()", ">= 0.40"),
+                 ("sqlog serve: idempotent produce / native send()", "-"),
+                 ("sqlog serve: 100 connections, slowest producer's acks / median", ">= 0.30")]
 
 
 def server_protocol(ctx: Ctx) -> Result:
-    """confluent-kafka through `sqlog serve` beside native send()/poll(), 100-byte records."""
+    """confluent-kafka through `sqlog serve` beside native send()/poll(), 100-byte records; then
+    100 connections at once (is a one-record-at-a-time producer starved?)."""
     try:
         import confluent_kafka  # noqa: F401
 
@@ -462,7 +465,17 @@ def server_protocol(ctx: Ctx) -> Result:
             baseline_name=base, target=">= 0.40", met=data["produce_ratio"] >= 0.4),
         Row("server", SERVER_TITLES[1][0], data["proto_consume"], data["native_poll"], data["consume_ratio"],
             baseline_name=base, target=">= 0.40", met=data["consume_ratio"] >= 0.4),
+        Row("server", SERVER_TITLES[2][0], data["idempotent_produce"], data["native_send"],
+            data["idempotent_produce_ratio"], baseline_name=base),
     ]
+    many = bench_server.many_clients(os.path.join(ctx.files.root, "many.db"), seconds=1.0 if ctx.quick else 2.0)
+    data["many_clients"] = many
+    fair = many["light_acks_min"] / many["light_acks_median"]
+    rows.append(Row("server", SERVER_TITLES[3][0], many["light_acks_min"], many["light_acks_median"], fair,
+                    unit="acks/s", baseline_name="the median producer", target=">= 0.30",
+                    met=fair >= 0.3 and many["all_caught_up"],
+                    note=f"ack latency max {many['latency_max_ms']:.0f} ms, p99 {many['latency_p99_ms']:.0f} ms;"
+                         f" every consumer caught up: {many['all_caught_up']}"))
     return data, rows
 
 

@@ -86,6 +86,8 @@ class Sequences:
         self.changed.add(key)
 
     def store(self) -> None:
+        if not self.changed:
+            return
         now = wall_ms()
         rows = []
         for key in self.changed:
