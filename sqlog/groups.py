@@ -565,8 +565,8 @@ def _exists(conn: apsw.Connection, group_id: str) -> bool:
 
 
 def describe(conn: apsw.Connection, group_id: str) -> GroupDescription:
-    """Live members with what they own and are meant to own; per partition the committed offset,
-    log end offset, lag and owner."""
+    """Live members (native ones, else the Kafka-protocol members of ``sqlog serve``) with what they
+    own and are meant to own; per partition the committed offset, log end offset, lag and owner."""
     validate_group_id(group_id)
     if not _exists(conn, group_id):
         raise GroupIdNotFoundError(f"no consumer group {group_id!r}; log.list_groups() lists them")
@@ -594,13 +594,26 @@ def describe(conn: apsw.Connection, group_id: str) -> GroupDescription:
             " WHERE group_id = ? ORDER BY member_id", (group_id,)
         ) if m in live
     )
+    generation, strategy = grow if grow else (-1, None)
+    kafka = None if members else _protocol_view(conn, group_id, now, to_wall, names)
+    if kafka is not None:
+        state, generation, strategy, members, owners = kafka
+        targets = {k: o for k, (o, _) in owners.items()}
+    elif not members:
+        state = "Empty"
+    elif all(m in live and k in owners and owners[k][0] == m for k, m in targets.items()) and all(
+        targets.get(k) == o for k, (o, _) in owners.items()
+    ):
+        state = "Stable"  # every partition of the target owned by its live target member
+    else:
+        state = "PreparingRebalance"  # a partition waits for a release, a claim or a dead member's expiry
     committed, skipped, metadata = {}, {}, {}
     for t, p, o, n, m in conn.execute(
         "SELECT topic_id, partition, offset, skipped, metadata FROM committed_offsets WHERE group_id = ?", (group_id,)
     ):
         committed[(t, p)], skipped[(t, p)], metadata[(t, p)] = o, n, m
     parts = []
-    for key in sorted(set(committed) | set(owners) | (set(targets) if live else set()),
+    for key in sorted(set(committed) | set(owners) | (set(targets) if members else set()),
                       key=lambda k: (names.get(k[0], ""), k[1])):
         end = conn.execute("SELECT next_offset FROM partitions WHERE topic_id = ? AND partition = ?", key).fetchone()
         if end is None or key[0] not in names:
@@ -609,15 +622,37 @@ def describe(conn: apsw.Connection, group_id: str) -> GroupDescription:
         parts.append(GroupPartitionDescription(names[key[0]], key[1], c, end[0], None if c is None else max(end[0] - c, 0),
                                                owners[key][0] if key in owners else None,
                                                skipped=skipped.get(key, 0), metadata=metadata.get(key, "")))
-    if not members:
-        state = "Empty"
-    elif all(m in live and k in owners and owners[k][0] == m for k, m in targets.items()) and all(
-        targets.get(k) == o for k, (o, _) in owners.items()
+    return GroupDescription(group_id, state, generation, strategy, members, tuple(parts))
+
+
+def _protocol_view(conn: apsw.Connection, group_id: str, now: int, to_wall: int, names: Mapping[int, str]
+                   ) -> tuple[str, int, str | None, tuple[MemberDescription, ...], dict[Key, tuple[str, int]]] | None:
+    """A Kafka-protocol group with live members as `describe` shows it: ``(state, generation,
+    assignor, members, owners)``, a member's pid being its serving process's; None without live
+    members. The clients assign, so what a member owns is also its target."""
+    live = set(protocol_members(conn, group_id, now)[0])
+    row = conn.execute("SELECT state, generation, protocol FROM protocol_groups WHERE group_id = ?",
+                       (group_id,)).fetchone()
+    if not live or row is None:
+        return None
+    ids = {name: t for t, name in names.items()}
+    members = []
+    owners: dict[Key, tuple[str, int]] = {}
+    for m, client, host, pid, sub, assigned, joined, beat in conn.execute(
+        "SELECT member_id, client_id, client_host, pid, subscription, assigned, joined_ms, heartbeat_ms"
+        " FROM protocol_members WHERE group_id = ? ORDER BY member_id", (group_id,)
     ):
-        state = "Stable"  # every partition of the target owned by its live target member
-    else:
-        state = "PreparingRebalance"  # a partition waits for a release, a claim or a dead member's expiry
-    return GroupDescription(group_id, state, grow[0] if grow else -1, grow[1] if grow else None, members, tuple(parts))
+        if m not in live:
+            continue
+        mine = []
+        for item in assigned.split(",") if assigned else ():
+            topic, _, p = item.rpartition(":")
+            if topic in ids:
+                owners[(ids[topic], int(p))] = (m, row[1])
+                mine.append(TopicPartition(topic, int(p)))
+        members.append(MemberDescription(m, client, host, pid, tuple(sub.split(",")) if sub else (),
+                                         frozenset(mine), frozenset(mine), joined + to_wall, beat + to_wall))
+    return row[0], row[1], row[2], tuple(members), owners
 
 
 def require_empty(conn: apsw.Connection, group_id: str, what: str) -> None:

@@ -316,6 +316,8 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
         join_id              INTEGER,        -- set while its JoinGroup waits for the generation
         generation           INTEGER NOT NULL,  -- the generation it belongs to (-1: none yet)
         assignment           BLOB NOT NULL DEFAULT x'',
+        subscription         TEXT NOT NULL DEFAULT '',  -- for describe_group (consumer protocol): topics joined by ','
+        assigned             TEXT NOT NULL DEFAULT '',  -- and its assignment: 'topic:partition' joined by ','
         joined_ms            INTEGER NOT NULL,
         heartbeat_ms         INTEGER NOT NULL,
         PRIMARY KEY(group_id, member_id)

@@ -64,8 +64,15 @@ def test_one_group_across_two_serve_processes_splits_and_rebalances(log_path: st
         everything = consumed["a"] + consumed["b"]
         assert sorted(everything) == sorted({(p, o) for p in range(4) for o in range(10)})  # once each
         assert {p for p, _ in consumed["a"]} == _parts(a) and {p for p, _ in consumed["b"]} == _parts(b)
-        with sqlog.open(log_path) as log:
+        with sqlog.open(log_path) as log:  # sqlog's own view of the protocol group
             assert "workers" in log.list_groups()
+            d = log.describe_group("workers")
+        assert (d.state, d.strategy) == ("Stable", "range")
+        assert {m.client_id: {tp.partition for tp in m.assignment} for m in d.members} == {
+            "a": _parts(a), "b": _parts(b)}
+        assert all(m.subscription == ("jobs",) for m in d.members)
+        assert {p.partition: p.owner for p in d.partitions} == {
+            tp.partition: m.member_id for m in d.members for tp in m.assignment}
         b.close()  # LeaveGroup through s2: a, on s1, takes everything
         _pump({"a": a}, consumed, lambda: _parts(a) == {0, 1, 2, 3})
         a.close()

@@ -29,7 +29,7 @@ import attrs
 
 from .. import clock, groups, liveness
 from ..engine import Engine
-from .wire import Reader, Writer
+from .wire import Malformed, Reader, Writer
 
 log_ = logging.getLogger("sqlog.server")
 
@@ -89,6 +89,31 @@ def _encode(protocols: list[tuple[str, bytes]]) -> bytes:
 
 def _decode(blob: bytes) -> tuple[tuple[str, bytes], ...]:
     return tuple(Reader(blob).array(lambda r: (r.string(), r.nullable_bytes() or b"")))
+
+
+def subscribed_topics(protocol_type: str, protocols: list[tuple[str, bytes]]) -> str:
+    """A consumer's subscription as ``protocol_members.subscription`` keeps it for describe_group:
+    the topics of its first protocol's metadata (the consumer protocol: version, topics, ...),
+    sorted and joined by ','; "" for another protocol type or metadata that does not parse."""
+    if protocol_type != "consumer" or not protocols:
+        return ""
+    try:
+        r = Reader(protocols[0][1])
+        r.int16()
+        return ",".join(sorted(set(r.array(Reader.string))))
+    except Malformed:
+        return ""
+
+
+def assigned_partitions(assignment: bytes) -> str:
+    """A consumer-protocol assignment (version, [(topic, [partition])], ...) as
+    ``protocol_members.assigned`` keeps it: 'topic:partition' joined by ','; "" if it does not parse."""
+    try:
+        r = Reader(assignment)
+        r.int16()
+        return ",".join(f"{t}:{p}" for t, ps in r.array(lambda r: (r.string(), r.array(Reader.int32))) for p in ps)
+    except Malformed:
+        return ""
 
 
 # -- the group in the file; every function below runs inside a write transaction -----------------
@@ -179,8 +204,8 @@ def maybe_complete(conn: apsw.Connection, now: int, group_id: str) -> None:
     leader = g.leader if any(m.member_id == g.leader for m in members) else first.member_id
     generation = g.generation + 1
     _set(conn, group_id, state=COMPLETING, generation=generation, protocol=protocol, leader=leader)
-    conn.execute("UPDATE protocol_members SET join_id = NULL, generation = ?, assignment = x'', heartbeat_ms = ?"
-                 " WHERE group_id = ?", (generation, now, group_id))
+    conn.execute("UPDATE protocol_members SET join_id = NULL, generation = ?, assignment = x'', assigned = '',"
+                 " heartbeat_ms = ? WHERE group_id = ?", (generation, now, group_id))
 
 
 def _needs_tick(conn: apsw.Connection, now: int, group_id: str) -> bool:
@@ -227,19 +252,20 @@ def join(conn: apsw.Connection, now: int, group_id: str, member_id: str, client_
     else:
         _set(conn, group_id, protocol_type=protocol_type)
     join_id = random.getrandbits(62)
+    subscription = subscribed_topics(protocol_type, protocols)
     if mine is None:
         conn.execute(
             "INSERT INTO protocol_members(group_id, member_id, client_id, client_host, pid, pid_namespace,"
-            " pid_start_time, session_timeout_ms, rebalance_timeout_ms, protocols, join_id, generation, joined_ms,"
-            " heartbeat_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, -1, ?, ?)",
+            " pid_start_time, session_timeout_ms, rebalance_timeout_ms, protocols, subscription, join_id, generation,"
+            " joined_ms, heartbeat_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, -1, ?, ?)",
             (group_id, member_id, client_id, client_host, _PID, liveness.PID_NAMESPACE, _PID_START,
-             session_timeout_ms, rebalance_timeout_ms, _encode(protocols), join_id, now, now))
+             session_timeout_ms, rebalance_timeout_ms, _encode(protocols), subscription, join_id, now, now))
     else:  # a rejoin (a second join supersedes a first one still waiting)
         conn.execute(
-            "UPDATE protocol_members SET protocols = ?, session_timeout_ms = ?, rebalance_timeout_ms = ?,"
-            " join_id = ?, heartbeat_ms = ?, pid = ?, pid_namespace = ?, pid_start_time = ?"
+            "UPDATE protocol_members SET protocols = ?, subscription = ?, session_timeout_ms = ?,"
+            " rebalance_timeout_ms = ?, join_id = ?, heartbeat_ms = ?, pid = ?, pid_namespace = ?, pid_start_time = ?"
             " WHERE group_id = ? AND member_id = ?",
-            (_encode(protocols), session_timeout_ms, rebalance_timeout_ms, join_id, now, _PID,
+            (_encode(protocols), subscription, session_timeout_ms, rebalance_timeout_ms, join_id, now, _PID,
              liveness.PID_NAMESPACE, _PID_START, group_id, member_id))
     g = _group(conn, group_id)
     assert g is not None
@@ -288,9 +314,12 @@ def sync(conn: apsw.Connection, now: int, group_id: str, generation: int, member
     if member_id != g.leader:
         return None
     given = dict(assignments)
-    conn.executemany("UPDATE protocol_members SET assignment = ? WHERE group_id = ? AND member_id = ?"
-                     " AND generation = ?", [(given.get(o.member_id, b""), group_id, o.member_id, generation)
-                                             for o in _members(conn, group_id)])
+    consumer = g.protocol_type == "consumer"
+    conn.executemany(
+        "UPDATE protocol_members SET assignment = ?, assigned = ? WHERE group_id = ? AND member_id = ?"
+        " AND generation = ?",
+        [(a, assigned_partitions(a) if consumer else "", group_id, o.member_id, generation)
+         for o in _members(conn, group_id) for a in [given.get(o.member_id, b"")]])
     _set(conn, group_id, state=STABLE)
     return NONE, given.get(member_id, b"")
 
