@@ -183,3 +183,124 @@ def test_producer_ids_are_unique_across_processes(log_path: str) -> None:
     assert len(ids) == 100 and len(set(ids)) == 100
     with served(log_path) as s3, socket.create_connection((s3.host, s3.port), timeout=10) as sock:
         assert init_producer_id(sock)[1] not in ids  # nor reused after a restart
+
+
+# -- a real client's retry, after a restart ---------------------------------------------------------
+class Proxy:
+    """A TCP proxy in front of a `sqlog serve` process (``target``, a port, may change): armed with
+    `swallow_next_produce`, it forwards the next Produce request, then drops the connection instead
+    of relaying the answer, so the client sees a network error for a batch that was stored."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.target = 0
+        self.armed = threading.Event()
+        self.swallowed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def swallow_next_produce(self) -> None:
+        self.swallowed.clear()
+        self.armed.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._pair, args=(client,), daemon=True).start()
+
+    @staticmethod
+    def _frame(sock: socket.socket) -> bytes:
+        head = sock.recv(4, socket.MSG_WAITALL)
+        if len(head) < 4:
+            raise ConnectionError("closed")
+        body = sock.recv(int.from_bytes(head, "big"), socket.MSG_WAITALL)
+        return head + body
+
+    def _pair(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        drop: list[bytes] = []  # the correlation id whose answer is swallowed
+
+        def back() -> None:
+            try:
+                while True:
+                    frame = self._frame(upstream)
+                    if drop and frame[4:8] == drop[0]:
+                        self.swallowed.set()
+                        break
+                    client.sendall(frame)
+            except OSError:
+                pass
+            for s in (client, upstream):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)  # a FIN now, and the other thread's recv returns
+                except OSError:
+                    pass
+                s.close()
+
+        threading.Thread(target=back, daemon=True).start()
+        try:
+            while True:
+                frame = self._frame(client)
+                if frame[4:6] == b"\x00\x00" and self.armed.is_set():  # api key 0: Produce
+                    self.armed.clear()
+                    drop.append(frame[8:12])
+                upstream.sendall(frame)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _serve_behind(path: str, proxy: Proxy) -> Any:
+    """A `sqlog serve` process advertising the proxy's port; the proxy now forwards to it."""
+    import subprocess
+    import sys
+
+    code = ("import asyncio, sys, sqlog.server; asyncio.run(sqlog.server.run(sys.argv[1], '127.0.0.1', 0,"
+            " advertised_port=int(sys.argv[2])))")
+    proc = subprocess.Popen([sys.executable, "-c", code, path, str(proxy.port)], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    assert line.startswith("listening on "), line
+    proxy.target = int(line.rsplit(":", 1)[1])
+    return proc
+
+
+def test_kafka_python_retries_a_stored_batch_after_a_restart_and_it_is_stored_once(log_path: str) -> None:
+    kafka = pytest.importorskip("kafka")
+    with sqlog.open(log_path) as log:
+        log.create_topic("t")
+    proxy = Proxy()
+    first = _serve_behind(log_path, proxy)
+    p = kafka.KafkaProducer(bootstrap_servers=f"127.0.0.1:{proxy.port}", enable_idempotence=True, acks="all",
+                            retry_backoff_ms=100, reconnect_backoff_ms=100, reconnect_backoff_max_ms=500)
+    try:
+        assert p.send("t", b"one").get(timeout=20).offset == 0
+        proxy.swallow_next_produce()
+        pending = p.send("t", b"two")  # stored by the first process; its answer never arrives
+        assert proxy.swallowed.wait(20)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(20) == 0
+        second = _serve_behind(log_path, proxy)  # a restart: the client retries its batch here
+        try:
+            assert pending.get(timeout=60).offset == 1  # where the first process stored it
+            assert p.send("t", b"three").get(timeout=20).offset == 2
+        finally:
+            p.close()
+            second.send_signal(signal.SIGTERM)
+            second.wait(20)
+    finally:
+        proxy.close()
+    with sqlog.open(log_path) as log:
+        c = log.consumer(auto_offset_reset="earliest")
+        c.assign([sqlog.TopicPartition("t", 0)])
+        assert [r.value for r in c.poll(timeout_ms=1000)] == [b"one", b"two", b"three"]
+        c.close()

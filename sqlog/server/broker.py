@@ -109,12 +109,14 @@ class Server:
 
     ``auto_create_partitions``: topics a client names but that do not exist are created with
     this many partitions (Kafka's ``auto.create.topics.enable`` + ``num.partitions``); None: off.
+    ``advertised_host`` / ``advertised_port``: the address clients are told to connect to (Kafka's
+    ``advertised.listeners``; default: the one listened on), e.g. behind a proxy.
     """
 
     def __init__(self, log: Log, host: str = "127.0.0.1", port: int = 9092, *,
                  allow_anonymous: bool = False, auto_create_partitions: int | None = None,
-                 advertised_host: str | None = None, max_record_bytes: int = 1024 * 1024,
-                 threads: int = 4) -> None:
+                 advertised_host: str | None = None, advertised_port: int | None = None,
+                 max_record_bytes: int = 1024 * 1024, threads: int = 4) -> None:
         if not is_loopback(host) and not allow_anonymous:
             raise InvalidConfigError(
                 f"refusing to listen on {host}: clients there would read and write this log without "
@@ -125,6 +127,7 @@ class Server:
         self.host = host
         self.port = port
         self.advertised_host = advertised_host
+        self.advertised_port = advertised_port
         self.auto_create_partitions = auto_create_partitions
         self.max_record_bytes = max_record_bytes
         self.coordinator = Coordinator(self.engine, self._db, lambda: self._wake, self._wait_wake)
@@ -151,6 +154,8 @@ class Server:
         self.port = self._server.sockets[0].getsockname()[1]
         if self.advertised_host is None:
             self.advertised_host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if self.advertised_port is None:
+            self.advertised_port = self.port
         self._watcher = threading.Thread(target=self._watch, name="sqlog-serve-watch", daemon=True)
         self._watcher.start()
         self._reaper = asyncio.create_task(self._reap())
@@ -313,7 +318,7 @@ class Server:
         w = Writer()
         if v >= 3:
             w.int32(0)
-        w.int32(1).int32(0).string(self.advertised_host).int32(self.port).string(None)
+        w.int32(1).int32(0).string(self.advertised_host).int32(self.advertised_port).string(None)
         if v >= 2:
             w.string("sqlog")
         w.int32(0)
@@ -366,7 +371,7 @@ class Server:
         w.int16(NONE)
         if v >= 1:
             w.string(None)
-        return w.int32(0).string(self.advertised_host).int32(self.port).bytes()
+        return w.int32(0).string(self.advertised_host).int32(self.advertised_port).bytes()
 
     # -- topics ----------------------------------------------------------------------------
     async def _CreateTopics(self, r: Reader, v: int) -> bytes:
