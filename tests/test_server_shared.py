@@ -24,11 +24,12 @@ from server_helpers import init_producer_id, produce_raw, record_batch, served  
 SESSION_MS = 30_000
 
 
-def _member(bootstrap: str, group: str, name: str, consumed: dict[str, list[tuple[int, int]]]) -> Any:
+def _member(bootstrap: str, group: str, name: str, consumed: dict[str, list[tuple[int, int]]],
+            **config: Any) -> Any:
     c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": group, "client.id": name,
                      "auto.offset.reset": "earliest", "heartbeat.interval.ms": 200,
                      "session.timeout.ms": SESSION_MS, "enable.auto.commit": True,
-                     "auto.commit.interval.ms": 100})
+                     "auto.commit.interval.ms": 100, **config})
     c.subscribe(["jobs"])
     consumed[name] = []
     return c
@@ -79,6 +80,30 @@ def test_one_group_across_two_serve_processes_splits_and_rebalances(log_path: st
     with sqlog.open(log_path) as log:  # both members' commits, one set
         d = log.describe_group("workers")
     assert {(p.partition, p.committed_offset) for p in d.partitions} == {(p, 10) for p in range(4)}
+
+
+def test_three_cooperative_sticky_members_on_two_processes(log_path: str) -> None:
+    """librdkafka's incremental (cooperative) rebalances, with the members split over two servers."""
+    with sqlog.open(log_path) as log:
+        fill(log, "jobs", 60, 6, create=True)
+    consumed: dict[str, list[tuple[int, int]]] = {}
+    coop = {"partition.assignment.strategy": "cooperative-sticky"}
+    with served(log_path) as s1, served(log_path) as s2:
+        members = {"a": _member(s1.bootstrap, "workers", "a", consumed, **coop),
+                   "b": _member(s2.bootstrap, "workers", "b", consumed, **coop),
+                   "c": _member(s1.bootstrap, "workers", "c", consumed, **coop)}
+
+        def split(names: str, each: int) -> bool:
+            owned = [_parts(members[n]) for n in names]
+            return all(len(o) == each for o in owned) and set().union(*owned) == set(range(6))
+
+        _pump(members, consumed, lambda: split("abc", 2) and sum(map(len, consumed.values())) >= 60)
+        assert sorted(set(consumed["a"] + consumed["b"] + consumed["c"])) == [
+            (p, o) for p in range(6) for o in range(10)]
+        members.pop("b").close()  # s2's member leaves: its two partitions move to a and c on s1
+        _pump(members, consumed, lambda: split("ac", 3))
+        for c in members.values():
+            c.close()
 
 
 def test_a_member_whose_serve_process_dies_is_replaced_before_its_session_times_out(log_path: str) -> None:
