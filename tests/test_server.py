@@ -406,7 +406,7 @@ def test_random_garbage_never_takes_the_server_down(log_path: str) -> None:
 
 # -- ListGroups, DescribeGroups ---------------------------------------------------------------
 def test_list_and_describe_groups_from_every_client_both_doors(log_path: str) -> None:
-    """Protocol groups (members held by the server), native groups (members in the file) and
+    """Protocol groups (Kafka clients' members), native groups (sqlog consumers' members) and
     groups with only committed offsets, listed and described by confluent-kafka, kafka-python and
     aiokafka; sqlog's own describe_group and `sqlog groups` see the protocol group's offsets."""
     import asyncio

@@ -124,16 +124,21 @@ def _group(conn: apsw.Connection, group_id: str) -> Group | None:
     return None if row is None else Group(*row)
 
 
-def _members(conn: apsw.Connection, group_id: str) -> list[Member]:
-    """The group's members, oldest first (the first is the default leader)."""
-    return [Member(m, c, h, s, r, _decode(p), j, g, a, jm, hb) for m, c, h, s, r, p, j, g, a, jm, hb in conn.execute(
-        "SELECT member_id, client_id, client_host, session_timeout_ms, rebalance_timeout_ms, protocols, join_id,"
-        " generation, assignment, joined_ms, heartbeat_ms FROM protocol_members WHERE group_id = ?"
-        " ORDER BY joined_ms, member_id", (group_id,))]
+_MEMBER = ("SELECT member_id, client_id, client_host, session_timeout_ms, rebalance_timeout_ms, protocols, join_id,"
+           " generation, assignment, joined_ms, heartbeat_ms FROM protocol_members WHERE group_id = ?")
+
+
+def _members(conn: apsw.Connection, group_id: str, member_id: str | None = None) -> list[Member]:
+    """The group's members, oldest first (the first is the default leader); or the one ``member_id``."""
+    sql, args = (_MEMBER + " AND member_id = ?", (group_id, member_id)) if member_id is not None else (
+        _MEMBER + " ORDER BY joined_ms, member_id", (group_id,))
+    return [Member(m, c, h, s, r, _decode(p), j, g, a, jm, hb)
+            for m, c, h, s, r, p, j, g, a, jm, hb in conn.execute(sql, args)]
 
 
 def _member(conn: apsw.Connection, group_id: str, member_id: str) -> Member | None:
-    return next((m for m in _members(conn, group_id) if m.member_id == member_id), None)
+    found = _members(conn, group_id, member_id)
+    return found[0] if found else None
 
 
 def _common(protocols: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]], members: list[Member]) -> list[str]:
