@@ -24,9 +24,12 @@ import sys
 from typing import Any, TextIO
 
 from .. import open as open_log
-from .broker import VERSIONS, Server, is_loopback
+from .auth import is_loopback, tls_context
+from .broker import VERSIONS, Server
+from .users import UnknownUserError, User, add_user, list_users, remove_user
 
-__all__ = ["Server", "VERSIONS", "is_loopback", "run", "serve"]
+__all__ = ["Server", "UnknownUserError", "User", "VERSIONS", "add_user", "is_loopback", "list_users", "remove_user",
+           "run", "serve", "tls_context"]
 
 
 async def run(path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 9092, *,
