@@ -1236,7 +1236,9 @@ def _add_serve(subparsers: Any) -> None:
     p = _command(subparsers, "serve", "serve the Kafka protocol over the log (for any Kafka client)", cmd_serve,
                  "A Kafka broker endpoint (one broker, id 0) over the log file: kafka-python, confluent-kafka "
                  "and other Kafka clients produce, fetch, commit and join groups through it. Prints "
-                 "'listening on HOST:PORT' when ready; stops on SIGINT/SIGTERM. Needs sqlog[kafka].")
+                 "'listening on HOST:PORT' when ready; stops on SIGINT/SIGTERM. Listens on 127.0.0.1 unless --host; "
+                 "any other address needs --sasl with --tls-cert/--tls-key (users from 'sqlog users add'), or "
+                 "--allow-anonymous. Needs sqlog[kafka].")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=9092, help="port (default: 9092; 0 picks a free one)")
     p.add_argument("--allow-anonymous", action="store_true",

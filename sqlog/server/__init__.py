@@ -12,6 +12,8 @@ Inside an asyncio app::
     await server.close()     # the log stays open
 
 Or blocking, as the CLI does: ``sqlog.server.serve("app.db", port=9092)``.
+Beyond loopback, clients log in over TLS (``Server(log, "0.0.0.0", 9093, sasl=True,
+tls_cert=..., tls_key=...)``) as users stored in the log (`add_user`); see `auth`.
 Needs the ``kafka`` extra (``pip install 'sqlog[kafka]'``).
 """
 
