@@ -136,7 +136,7 @@ class FuzzRun(NamedTuple):
 
 
 def fuzz_latencies(conf: dict[str, Any], topic: str, garbage: Callable[[random.Random], tuple[str, int, bytes]],
-                   seconds: float = 3.0, threads: int = 6) -> FuzzRun:
+                   seconds: float = 2.0, threads: int = 6) -> FuzzRun:
     """Round trips of a well-behaved confluent-kafka producer (one record produced, its ack awaited):
     for ``seconds`` alone, then for ``seconds`` while ``threads`` threads each open connection after
     connection and send ``garbage(rng)`` -> (host, port, bytes) on it. Returns the quiet and the

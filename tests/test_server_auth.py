@@ -60,26 +60,32 @@ def secured(log_path: str, certs: Certs) -> Iterator[Served]:
         yield s
 
 
-def ck_conf(s: Served, certs: Certs | None, mechanism: str | None, user: str = "alice",
-            password: str = PASSWORD) -> dict[str, Any]:
-    conf: dict[str, Any] = {"bootstrap.servers": s.bootstrap}
+# A client's config keys: bootstrap, security protocol, CA file, mechanism, user name, password.
+CK_KEYS = ("bootstrap.servers", "security.protocol", "ssl.ca.location", "sasl.mechanism", "sasl.username",
+           "sasl.password")
+KP_KEYS = ("bootstrap_servers", "security_protocol", "ssl_cafile", "sasl_mechanism", "sasl_plain_username",
+           "sasl_plain_password")
+
+
+def client_conf(keys: tuple[str, ...], s: Served, certs: Certs | None, mechanism: str | None, user: str = "alice",
+                password: str = PASSWORD) -> dict[str, Any]:
+    """A client's config for ``s``: TLS trusting ``certs``' CA if given, SASL if ``mechanism``."""
+    bootstrap, protocol, ca, mech, username, secret = keys
+    conf: dict[str, Any] = {bootstrap: s.bootstrap}
     if certs is not None:
-        conf.update({"security.protocol": "SSL", "ssl.ca.location": certs.ca})
+        conf.update({protocol: "SSL", ca: certs.ca})
     if mechanism is not None:
-        conf.update({"security.protocol": "SASL_SSL" if certs else "SASL_PLAINTEXT", "sasl.mechanism": mechanism,
-                     "sasl.username": user, "sasl.password": password})
+        conf.update({protocol: "SASL_SSL" if certs else "SASL_PLAINTEXT", mech: mechanism, username: user,
+                     secret: password})
     return conf
 
 
-def kp_conf(s: Served, certs: Certs | None, mechanism: str | None, user: str = "alice",
-            password: str = PASSWORD) -> dict[str, Any]:
-    conf: dict[str, Any] = {"bootstrap_servers": s.bootstrap}
-    if certs is not None:
-        conf.update({"security_protocol": "SSL", "ssl_cafile": certs.ca})
-    if mechanism is not None:
-        conf.update({"security_protocol": "SASL_SSL" if certs else "SASL_PLAINTEXT", "sasl_mechanism": mechanism,
-                     "sasl_plain_username": user, "sasl_plain_password": password})
-    return conf
+def ck_conf(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return client_conf(CK_KEYS, *args, **kwargs)
+
+
+def kp_conf(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return client_conf(KP_KEYS, *args, **kwargs)
 
 
 def ck_round_trip(conf: dict[str, Any], topic: str, n: int, group: str) -> list[bytes]:
@@ -419,7 +425,7 @@ def test_a_connection_that_does_not_log_in_in_time_is_closed(log_path: str) -> N
                 await reader.readexactly(4)
                 started = time.monotonic()
                 rest = await asyncio.wait_for(reader.read(), 10)  # the answer's body, then EOF
-                assert time.monotonic() - started < 5 and len(rest) > 0
+                assert 0.3 < time.monotonic() - started < 5 and len(rest) > 0  # closed at the deadline
                 writer.close()
             finally:
                 await server.close()
