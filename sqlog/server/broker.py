@@ -241,22 +241,23 @@ class Server:
                 if gate is None or gate.open:
                     response = await self._dispatch(await _frame(reader, MAX_REQUEST_BYTES))
                 else:  # not authenticated yet: small frames, a deadline, only the SASL requests
-                    frame = await asyncio.wait_for(_frame(reader, auth.MAX_SASL_BYTES, 0), gate.time_left())
+                    try:
+                        frame = await asyncio.wait_for(_frame(reader, auth.MAX_SASL_BYTES, 0), gate.time_left())
+                    except asyncio.TimeoutError:
+                        raise auth.Refused(f"not authenticated within {gate.auth.deadline_s} s") from None
                     response = await gate.handle(frame, self._dispatch)
                 if response is not None:
                     writer.write(_SIZE.pack(len(response)) + response)
                     await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
-        except asyncio.TimeoutError:
-            log_.info("closing %s: not authenticated within %s s", peer, self.auth and self.auth.deadline_s)
         except auth.Refused as exc:
             log_.info("closing %s: %s", peer, exc)
             with contextlib.suppress(ConnectionError):
                 if exc.response is not None:
                     writer.write(_SIZE.pack(len(exc.response)) + exc.response)
                     await writer.drain()
-                await asyncio.sleep(self.auth.failure_delay_s if self.auth else 0)
+                await asyncio.sleep(gate.auth.failure_delay_s if gate else 0)
         except (Malformed, ssl.SSLError) as exc:
             log_.info("closing %s: %s", peer, exc)
         except Exception:
