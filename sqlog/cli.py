@@ -1147,33 +1147,115 @@ def _add_upkeep(subparsers: Any) -> None:
              "committed offsets); print 'ok', or each violation and exit 1.")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve the Kafka protocol over the log until SIGINT/SIGTERM."""
+def _server() -> Any:
+    """The ``sqlog.server`` subpackage, which needs the kafka extra."""
     try:
-        from .server import serve
+        import sqlog.server
     except ImportError as exc:
         raise CliError(f"sqlog serve needs the kafka extra ({exc.name} is missing): "
                        "pip install 'sqlog[kafka]'") from None
-    serve(_db_path(args), args.host, args.port, allow_anonymous=args.allow_anonymous,
-          auto_create_partitions=args.auto_create_partitions)
+    return sqlog.server
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the Kafka protocol over the log until SIGINT/SIGTERM."""
+    if args.tls_key and not args.tls_cert:
+        args.parser.error("--tls-key needs --tls-cert")
+    _server().serve(_db_path(args), args.host, args.port, allow_anonymous=args.allow_anonymous,
+                    auto_create_partitions=args.auto_create_partitions, sasl=args.sasl, tls_cert=args.tls_cert,
+                    tls_key=args.tls_key, advertised_host=args.advertised_host)
     return 0
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    """The new password: stdin's first line with --password-stdin, else typed twice at the terminal."""
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    if not sys.stdin.isatty():
+        raise CliError("stdin is not a terminal: pass the password on stdin with --password-stdin")
+    import getpass
+
+    password = getpass.getpass(f"Password for {args.name}: ")
+    if getpass.getpass("Again: ") != password:
+        raise CliError("the two passwords differ; nothing was changed")
+    return password
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    server = _server()
+    password = _read_password(args)
+    with _open_log(args, create=True) as log:
+        existed = any(u.name == args.name for u in server.list_users(log))
+        user = server.add_user(log, args.name, password,
+                               **({} if args.iterations is None else {"iterations": args.iterations}))
+    print(f"{'Changed the password of' if existed else 'Added'} user {user.name} "
+          f"({user.mechanism}, {user.iterations} iterations).")
+    return 0
+
+
+def cmd_users_remove(args: argparse.Namespace) -> int:
+    with _open_log(args) as log:
+        _server().remove_user(log, args.name)
+    print(f"Removed user {args.name}.")
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    with _open_log(args) as log:
+        users = _server().list_users(log)
+    if args.format == "json":
+        _print_json([{"name": u.name, "mechanism": u.mechanism, "iterations": u.iterations} for u in users])
+    elif users:
+        print(_table(["USER", "MECHANISM", "ITERATIONS"], [[u.name, u.mechanism, u.iterations] for u in users]))
+    return 0
+
+
+def _add_users(subparsers: Any) -> None:
+    users = subparsers.add_parser(
+        "users", help="add, remove and list the users sqlog serve authenticates (SASL)",
+        description="Add, remove and list the users 'sqlog serve --sasl' lets in (SASL/PLAIN and "
+                    "SASL/SCRAM-SHA-256, like kafka-configs --alter --entity-type users). Passwords are "
+                    "stored only as salted SCRAM-SHA-256 keys (PBKDF2-HMAC-SHA-256) in the log file. A running "
+                    "server sees changes at the next login. Needs sqlog[kafka].")
+    commands = users.add_subparsers(dest="users_command", metavar="COMMAND", required=True)
+    p = _command(commands, "add", "add a user, or set a new password for one", cmd_users_add,
+                 "Add a user, or set a new password for an existing one. The password is typed twice at "
+                 "the terminal, or read from the first line of stdin with --password-stdin.")
+    p.add_argument("name", help="user name (sasl.username in the client)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin's first line")
+    p.add_argument("--iterations", type=int, metavar="N",
+                   help="PBKDF2 iterations, 4096 to 16384 (default 8192)")
+    p = _command(commands, "remove", "remove a user (its open connections stay open)", cmd_users_remove)
+    p.add_argument("name", help="user name")
+    p = _command(commands, "list", "list the users with their mechanism and iterations", cmd_users_list)
+    _format_option(p)
 
 
 def _add_serve(subparsers: Any) -> None:
     p = _command(subparsers, "serve", "serve the Kafka protocol over the log (for any Kafka client)", cmd_serve,
                  "A Kafka broker endpoint (one broker, id 0) over the log file: kafka-python, confluent-kafka "
                  "and other Kafka clients produce, fetch, commit and join groups through it. Prints "
-                 "'listening on HOST:PORT' when ready; stops on SIGINT/SIGTERM. Needs sqlog[kafka].")
+                 "'listening on HOST:PORT' when ready; stops on SIGINT/SIGTERM. Listens on 127.0.0.1 unless --host; "
+                 "any other address needs --sasl with --tls-cert/--tls-key (users from 'sqlog users add'), or "
+                 "--allow-anonymous. Needs sqlog[kafka].")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=9092, help="port (default: 9092; 0 picks a free one)")
     p.add_argument("--allow-anonymous", action="store_true",
                    help="allow listening on a non-loopback address without authentication")
+    p.add_argument("--sasl", action="store_true",
+                   help="clients must log in (SASL PLAIN or SCRAM-SHA-256) as a user from 'sqlog users add'; "
+                        "needs --tls-cert off loopback")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (PEM)")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (default: in --tls-cert)")
+    p.add_argument("--advertised-host", metavar="HOST",
+                   help="the host clients are told to connect to (default: --host; 127.0.0.1 for 0.0.0.0)")
     p.add_argument("--auto-create-partitions", type=int, metavar="N", default=None,
                    help="create unknown topics clients name, with N partitions (default: off)")
 
 
 COMMANDS: tuple[Callable[[Any], None], ...] = (_add_topics, _add_produce, _add_consume, _add_get, _add_groups,
-                                               _add_upkeep, _add_serve)
+                                               _add_upkeep, _add_serve, _add_users)
 
 
 def build_parser() -> argparse.ArgumentParser:

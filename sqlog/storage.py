@@ -285,7 +285,21 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     # 10: a running count per share group and partition of the records archived (rejected or past
     # delivery_count_limit: each copied to the dead-letter topic when one is set), for describe.
     lambda conn: _add_column(conn, "share_partitions", "dead_lettered INTEGER NOT NULL DEFAULT 0"),
-    # 11: the Kafka protocol's state (sqlog serve, see server/coordinator.py and server/idempotence.py),
+    # 11: the users `sqlog serve` authenticates (SASL; see server/users.py), as SCRAM credentials
+    # (RFC 5802): a random salt, the PBKDF2 iteration count and the two keys derived from the
+    # password. The password itself is never stored; SASL/PLAIN is checked against the same keys.
+    """
+    CREATE TABLE IF NOT EXISTS scram_credentials(
+        name       TEXT NOT NULL,
+        mechanism  TEXT NOT NULL,     -- 'SCRAM-SHA-256'
+        salt       BLOB NOT NULL,
+        iterations INTEGER NOT NULL,
+        stored_key BLOB NOT NULL,     -- H(HMAC(SaltedPassword, "Client Key"))
+        server_key BLOB NOT NULL,     -- HMAC(SaltedPassword, "Server Key")
+        PRIMARY KEY(name, mechanism)
+    ) WITHOUT ROWID;
+    """,
+    # 12: the Kafka protocol's state (sqlog serve, see server/coordinator.py and server/idempotence.py),
     # in the file so that every process serving it agrees: classic consumer groups (JoinGroup /
     # SyncGroup membership, generation, assignments) and idempotent producers' sequences.
     """

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, NamedTuple
 
 CLI = [sys.executable, "-m", "sqlog.cli"]
 
@@ -118,3 +122,100 @@ def closed_by_peer(sock: socket.socket, timeout: float = 5) -> bool:
         return True
     except socket.timeout:
         return False
+
+
+class Certs:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost (PEM files in a directory)."""
+
+    def __init__(self, directory: str) -> None:
+        import trustme
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        self.ca = os.path.join(directory, "ca.pem")
+        self.cert = os.path.join(directory, "server-cert.pem")
+        self.key = os.path.join(directory, "server-key.pem")
+        ca.cert_pem.write_to_path(self.ca)
+        cert.private_key_pem.write_to_path(self.key)
+        with open(self.cert, "wb") as f:
+            for pem in cert.cert_chain_pems:
+                f.write(pem.bytes())
+
+    def serve_args(self) -> tuple[str, ...]:
+        return ("--tls-cert", self.cert, "--tls-key", self.key)
+
+
+def add_user(path: str, name: str, password: str) -> None:
+    """``sqlog --db PATH users add NAME --password-stdin``."""
+    done = subprocess.run([*CLI, "--db", path, "users", "add", name, "--password-stdin"], input=password + "\n",
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+class FuzzRun(NamedTuple):
+    quiet: list[float]  # round-trip seconds, sorted, without the fuzz
+    noisy: list[float]  # the same during the fuzz
+    connections: int  # fuzz connections made
+    acked: int  # records the well-behaved producer wrote, warm-up included
+
+    def p(self, latencies: list[float], q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(len(latencies) * q))]
+
+    def summary(self) -> str:
+        ms = lambda x: f"{x * 1000:.1f} ms"  # noqa: E731
+        return (f"well-behaved round trips: alone p50 {ms(self.p(self.quiet, 0.5))} p99 {ms(self.p(self.quiet, 0.99))}"
+                f" ({len(self.quiet)}); during fuzz p50 {ms(self.p(self.noisy, 0.5))} p99 "
+                f"{ms(self.p(self.noisy, 0.99))} max {ms(self.noisy[-1])} ({len(self.noisy)}); "
+                f"{self.connections} fuzz connections; load {os.getloadavg()[0]:.1f}")
+
+
+def fuzz_latencies(conf: dict[str, Any], topic: str, garbage: Callable[[random.Random], tuple[str, int, bytes]],
+                   seconds: float = 2.0, threads: int = 6) -> FuzzRun:
+    """Round trips of a well-behaved confluent-kafka producer (one record produced, its ack awaited):
+    for ``seconds`` alone, then for ``seconds`` while ``threads`` threads each open connection after
+    connection and send ``garbage(rng)`` -> (host, port, bytes) on it. Returns the quiet and the
+    noisy latencies and counts (`FuzzRun`); any failed ack raises."""
+    import confluent_kafka as ck
+
+    producer = ck.Producer({**conf, "linger.ms": 0})
+    failures: list[Any] = []
+
+    def round_trips(until: float) -> list[float]:
+        out = []
+        while time.monotonic() < until:
+            started = time.monotonic()
+            producer.produce(topic, b"well-behaved", on_delivery=lambda err, _msg: err and failures.append(err))
+            assert producer.flush(10) == 0, "an ack did not arrive within 10 s"
+            out.append(time.monotonic() - started)
+        assert not failures, failures
+        return sorted(out)
+
+    warm = round_trips(time.monotonic() + 0.5)  # connect and warm up
+    quiet = round_trips(time.monotonic() + seconds)
+    stop = threading.Event()
+    made = [0] * threads
+
+    def fuzz(i: int) -> None:
+        rng = random.Random(14 + i)
+        while not stop.is_set():
+            host, port, data = garbage(rng)
+            try:
+                with socket.create_connection((host, port), timeout=2) as sock:
+                    sock.sendall(data)
+                    sock.settimeout(0.2)
+                    while sock.recv(65536):  # answers (a fuzzed request may be valid), until EOF
+                        pass
+            except OSError:  # reset, timeout: the server closed it or is still reading
+                pass
+            made[i] += 1
+
+    workers = [threading.Thread(target=fuzz, args=(i,), daemon=True) for i in range(threads)]
+    for w in workers:
+        w.start()
+    try:
+        noisy = round_trips(time.monotonic() + seconds)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(10)
+    return FuzzRun(quiet, noisy, sum(made), len(warm) + len(quiet) + len(noisy))

@@ -56,7 +56,7 @@ def test_send_batch_refuses_bad_input_without_storing_anything(log: sqlog.Log) -
 
 
 def test_send_batch_future_reports_a_failed_write(log_path: str) -> None:
-    log = sqlog.open(log_path, max_db_bytes=172 * 1024)  # schemas 6 and 11 added three pages each
+    log = sqlog.open(log_path, max_db_bytes=172 * 1024)  # schemas 6 and 12 added three pages each
     log.create_topic("t")
     producer = log.producer()
     future = producer.send_batch("t", [b"x" * 10_000] * 50)

@@ -320,7 +320,7 @@ def test_page_limit_size_retained_topic_keeps_writing_forever(log_path: str) -> 
 
 
 def test_page_limit_reached_by_an_offset_commit_keeps_the_previous_commit(log_path: str) -> None:
-    log = sqlog.open(log_path, max_db_bytes=172 * 1024, retention_check_interval_ms=None)  # schemas 6, 11: +3 pages each
+    log = sqlog.open(log_path, max_db_bytes=172 * 1024, retention_check_interval_ms=None)  # schemas 6, 12: +3 pages each
     log.create_topic("t", partitions=1)
     with log.producer() as producer:
         producer.send("t", b"r0").get(timeout=30)

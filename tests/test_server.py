@@ -3,6 +3,7 @@ against a server process, with sqlog's own API on the same file (one log, two fr
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import struct
@@ -25,6 +26,7 @@ from helpers import fill  # noqa: E402
 from server_helpers import (  # noqa: E402
     CLI,
     closed_by_peer,
+    fuzz_latencies,
     init_producer_id,
     produce_raw,
     record_batch,
@@ -378,30 +380,31 @@ def test_malformed_frames_close_only_their_connection(log_path: str, frame: byte
         assert log.describe_topic("t").partitions[0].high_watermark == 0
 
 
-def test_random_garbage_never_takes_the_server_down(log_path: str) -> None:
-    import random
+def garbage(rng: random.Random) -> bytes:
+    """A request of a served api and version with a random body, or random bytes."""
+    if rng.randrange(3):
+        api = rng.choice(list(VERSIONS))
+        lo, hi = VERSIONS[api][1:]
+        return request(api, rng.randint(lo, hi), bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 64))))
+    return bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 40)))
 
-    rng = random.Random(14)
+
+def test_random_garbage_never_takes_the_server_down_nor_slows_others(log_path: str) -> None:
+    """Garbage on other connections: a well-behaved producer's round trips all succeed, with a p99
+    under a generous fixed ceiling (measured alone and during the fuzz, in the same run)."""
     with sqlog.open(log_path) as log:
         log.create_topic("t")
+        log.create_topic("good")
         with served(log_path) as s:
-            for i in range(150):
-                api = rng.choice(list(VERSIONS))
-                lo, hi = VERSIONS[api][1:]
-                body = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 64)))
-                frame = request(api, rng.randint(lo, hi), body) if i % 3 else bytes(
-                    rng.getrandbits(8) for _ in range(rng.randrange(1, 40)))
-                with socket.create_connection((s.host, s.port), timeout=5) as sock:
-                    sock.sendall(frame)
-                    sock.settimeout(5)
-                    try:
-                        sock.recv(65536)  # a response (a fuzzed request may be valid) or EOF
-                    except (ConnectionResetError, socket.timeout):
-                        pass
+            run = fuzz_latencies({"bootstrap.servers": s.bootstrap}, "good", lambda rng: (s.host, s.port, garbage(rng)))
+            print("\nfuzz:", run.summary())
+            assert run.connections > 100 and len(run.noisy) > 20
+            assert run.p(run.noisy, 0.99) < 1.0  # a ceiling, not a benchmark: the machine is shared
             admin = ck.admin.AdminClient({"bootstrap.servers": s.bootstrap})
             assert "t" in admin.list_topics(timeout=10).topics
             assert s.proc.poll() is None
         assert log.describe_topic("t").partitions[0].high_watermark == 0
+        assert log.describe_topic("good").partitions[0].high_watermark == run.acked
 
 
 # -- ListGroups, DescribeGroups ---------------------------------------------------------------

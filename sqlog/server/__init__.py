@@ -12,6 +12,8 @@ Inside an asyncio app::
     await server.close()     # the log stays open
 
 Or blocking, as the CLI does: ``sqlog.server.serve("app.db", port=9092)``.
+Beyond loopback, clients log in over TLS (``Server(log, "0.0.0.0", 9093, sasl=True,
+tls_cert=..., tls_key=...)``) as users stored in the log (`add_user`); see `auth`.
 Needs the ``kafka`` extra (``pip install 'sqlog[kafka]'``).
 """
 
@@ -24,9 +26,12 @@ import sys
 from typing import Any, TextIO
 
 from .. import open as open_log
-from .broker import VERSIONS, Server, is_loopback
+from .auth import is_loopback, tls_context
+from .broker import VERSIONS, Server
+from .users import UnknownUserError, User, add_user, list_users, remove_user
 
-__all__ = ["Server", "VERSIONS", "is_loopback", "run", "serve"]
+__all__ = ["Server", "UnknownUserError", "User", "VERSIONS", "add_user", "is_loopback", "list_users", "remove_user",
+           "run", "serve", "tls_context"]
 
 
 async def run(path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 9092, *,

@@ -10,9 +10,10 @@ for the engine's commit signal or another process's commit, up to ``fetch.max.wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
-import ipaddress
 import logging
+import ssl
 import struct
 import threading
 import time
@@ -37,8 +38,7 @@ from ..log import Log
 from ..types import GroupDescription
 from ..retention import append_rows
 from ..storage import data_version, snapshot, wait_for_commit
-from . import idempotence, records
-from . import coordinator
+from . import auth, coordinator, idempotence, records
 from .coordinator import Coordinator
 from .wire import Malformed, Reader, Writer
 
@@ -73,10 +73,12 @@ VERSIONS: dict[int, tuple[str, int, int]] = {
     14: ("SyncGroup", 0, 3),
     15: ("DescribeGroups", 0, 4),
     16: ("ListGroups", 0, 2),
+    17: ("SaslHandshake", 0, 1),
     18: ("ApiVersions", 0, 3),
     19: ("CreateTopics", 0, 4),
     20: ("DeleteTopics", 0, 3),
     22: ("InitProducerId", 0, 1),
+    36: ("SaslAuthenticate", 0, 1),
 }
 API_VERSIONS = 18
 
@@ -90,14 +92,12 @@ _client_id: contextvars.ContextVar[str] = contextvars.ContextVar("client_id", de
 _client_host: contextvars.ContextVar[str] = contextvars.ContextVar("client_host", default="")
 
 
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+async def _frame(reader: asyncio.StreamReader, limit: int, least: int = 8) -> bytes:
+    """One size-prefixed frame; `Malformed` if its size is below ``least`` or above ``limit``."""
+    (size,) = _SIZE.unpack(await reader.readexactly(4))
+    if not least <= size <= limit:
+        raise Malformed(f"a frame of {size} bytes")
+    return await reader.readexactly(size)
 
 
 class _OutOfRange(Exception):
@@ -111,17 +111,21 @@ class Server:
     this many partitions (Kafka's ``auto.create.topics.enable`` + ``num.partitions``); None: off.
     ``advertised_host`` / ``advertised_port``: the address clients are told to connect to (Kafka's
     ``advertised.listeners``; default: the one listened on), e.g. behind a proxy.
+    ``sasl``: clients must authenticate (SASL PLAIN or SCRAM-SHA-256) as a user stored in the log
+    (`add_user`); ``tls_cert``/``tls_key``: PEM files, clients connect with TLS (see `auth`).
+    A non-loopback ``host`` needs ``sasl`` (and then TLS) or ``allow_anonymous``.
     """
 
     def __init__(self, log: Log, host: str = "127.0.0.1", port: int = 9092, *,
                  allow_anonymous: bool = False, auto_create_partitions: int | None = None,
-                 advertised_host: str | None = None, advertised_port: int | None = None,
-                 max_record_bytes: int = 1024 * 1024, threads: int = 4) -> None:
-        if not is_loopback(host) and not allow_anonymous:
-            raise InvalidConfigError(
-                f"refusing to listen on {host}: clients there would read and write this log without "
-                "authentication, which sqlog serve does not implement yet; listen on 127.0.0.1, or pass "
-                "--allow-anonymous (allow_anonymous=True) to accept anyone who can reach the port")
+                 advertised_host: str | None = None, max_record_bytes: int = 1024 * 1024,
+                 threads: int = 4, sasl: bool = False, tls_cert: str | None = None,
+                 tls_key: str | None = None, advertised_port: int | None = None) -> None:
+        self.tls = auth.listener_tls(host, sasl, allow_anonymous, tls_cert, tls_key)
+        self.auth = auth.Authenticator(log) if sasl else None
+        if self.auth is not None and not self.auth.has_users():
+            raise InvalidConfigError(f"--sasl: {log.path} has no users yet, so nobody could log in; add one "
+                                     "with 'sqlog --db PATH users add NAME' (sqlog.server.add_user)")
         self.log = log
         self.engine = log.engine
         self.host = host
@@ -150,7 +154,8 @@ class Server:
         """Listen; returns the ``(host, port)`` bound (``port=0`` picks a free one)."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._server = await asyncio.start_server(self._client, self.host, self.port, limit=1 << 20)
+        self._server = await asyncio.start_server(self._client, self.host, self.port, limit=1 << 20, ssl=self.tls,
+                                                  ssl_handshake_timeout=None if self.tls is None else 10.0)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.advertised_host is None:
             self.advertised_host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
@@ -183,6 +188,8 @@ class Server:
         if self._watcher is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._watcher.join)
         self._pool.shutdown(wait=True)
+        if self.auth is not None:
+            self.auth.close()
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
@@ -244,19 +251,30 @@ class Server:
         self._connections.add(task)
         peer = writer.get_extra_info("peername")
         _client_host.set("/" + str(peer[0]) if isinstance(peer, tuple) and peer else "")
+        gate = None if self.auth is None else self.auth.gate(peer)
         try:
             while True:
-                (size,) = _SIZE.unpack(await reader.readexactly(4))
-                if not 8 <= size <= MAX_REQUEST_BYTES:
-                    raise Malformed(f"a request frame of {size} bytes")
-                frame = await reader.readexactly(size)
-                response = await self._dispatch(frame)
+                if gate is None or gate.open:
+                    response = await self._dispatch(await _frame(reader, MAX_REQUEST_BYTES))
+                else:  # not authenticated yet: small frames, a deadline, only the SASL requests
+                    try:
+                        frame = await asyncio.wait_for(_frame(reader, auth.MAX_SASL_BYTES, 0), gate.time_left())
+                    except asyncio.TimeoutError:
+                        raise auth.Refused(f"not authenticated within {gate.auth.deadline_s} s") from None
+                    response = await gate.handle(frame, self._dispatch)
                 if response is not None:
                     writer.write(_SIZE.pack(len(response)) + response)
                     await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
-        except Malformed as exc:
+        except auth.Refused as exc:
+            log_.info("closing %s: %s", peer, exc)
+            with contextlib.suppress(ConnectionError):
+                if exc.response is not None:
+                    writer.write(_SIZE.pack(len(exc.response)) + exc.response)
+                    await writer.drain()
+                await asyncio.sleep(gate.auth.failure_delay_s if gate else 0)
+        except (Malformed, ssl.SSLError) as exc:
             log_.info("closing %s: %s", peer, exc)
         except Exception:
             log_.exception("closing %s after an unexpected error", peer)
@@ -281,6 +299,18 @@ class Server:
         handler: Callable[[Reader, int], Awaitable[bytes | None]] = getattr(self, "_" + entry[0])
         body = await handler(r, version)
         return None if body is None else head + body
+
+    async def _SaslHandshake(self, r: Reader, v: int) -> bytes:
+        """Only reached once authenticated, or on a listener without SASL (as Kafka answers)."""
+        r.string()
+        r.done()
+        return auth.handshake_body(auth.ILLEGAL_SASL_STATE, auth.MECHANISMS if self.auth else ())
+
+    async def _SaslAuthenticate(self, r: Reader, v: int) -> bytes:
+        r.nullable_bytes()
+        r.done()
+        return auth.authenticate_body(v, auth.ILLEGAL_SASL_STATE, "no SASL exchange is in progress on this "
+                                      "connection" if self.auth else "this listener has no SASL", b"")
 
     def _db(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
         assert self._loop is not None
@@ -958,4 +988,4 @@ def _native_members(d: GroupDescription) -> list[tuple[str, str, str, bytes, byt
     return out
 
 
-__all__ = ["Server", "VERSIONS", "is_loopback"]
+__all__ = ["Server", "VERSIONS"]
