@@ -18,6 +18,8 @@ import sqlog
 import sqlog.aio
 from sqlog import TopicPartition
 
+from helpers import read_all
+
 pytestmark = pytest.mark.asyncio
 WORKER = Path(__file__).resolve().parent / "procs" / "aio_worker.py"
 TP0 = TopicPartition("t", 0)
@@ -101,6 +103,74 @@ async def test_producer_send_futures_flush_and_batch(log_path: str) -> None:
         with pytest.raises(sqlog.LogClosedError):
             await producer.send("t", 1)
         assert (await log.describe_topic("t")).partitions[0].high_watermark >= 13
+
+
+async def test_plain_sends_mixed_with_keyed_keep_order_metadata_and_timestamps(log_path: str) -> None:
+    """Plain bytes sends (collected into runs on the loop) interleaved with keyed, headered and
+    timestamped ones: every future gets the right metadata, each partition keeps send order,
+    and a record's timestamp is the wall clock at its send()."""
+    async with sqlog.aio.open(log_path) as log:
+        await log.create_topic("t", partitions=3)
+        await log.create_topic("u")
+        kept: list[tuple[asyncio.Future[sqlog.RecordMetadata], int, int, int, bytes]] = []
+        rng = random.Random(7)
+        async with log.producer() as producer:
+            for i in range(5000):
+                value = b"%d" % i
+                before = int(time.time() * 1000)
+                roll = rng.random()
+                if roll < 0.05:
+                    fut = await producer.send("t", value, key=b"k%d" % (i % 5))
+                elif roll < 0.08:
+                    fut = await producer.send("t", value, headers=[("h", b"1")], partition=1)
+                elif roll < 0.10:
+                    fut = await producer.send("u", value)
+                elif roll < 0.12:
+                    fut = await producer.send("t", value, partition=2, timestamp_ms=before - 10_000)
+                    before -= 10_000
+                else:
+                    fut = await producer.send("t", value, partition=i % 2 if roll < 0.5 else None)
+                after = int(time.time() * 1000)
+                kept.append((fut, i, before, after, value))
+                if i % 700 == 0:
+                    await asyncio.sleep(0)
+            await producer.flush()
+        assert all(f.done() for f, *_ in kept)
+        where: dict[tuple[str, int, int], tuple[int, bytes]] = {}
+        for fut, i, before, after, value in kept:
+            md = fut.result()
+            assert before <= md.timestamp_ms <= after, (i, md)
+            where[md.topic, md.partition, md.offset] = (i, value)
+        assert len(where) == 5000
+        for topic, parts in (("t", 3), ("u", 1)):
+            for p in range(parts):
+                records = read_all(log.log, topic, p)
+                assert [r.value for r in records] == [where[topic, p, r.offset][1] for r in records]
+                sent_order = [where[topic, p, r.offset][0] for r in records]
+                assert sent_order == sorted(sent_order), f"{topic}-{p} out of send order"
+
+
+async def test_send_futures_seen_only_by_callbacks_or_gather_are_resolved(log_path: str) -> None:
+    """A future the caller dropped after adding a callback still runs it; gathered and listed
+    futures get their metadata; errors of plain sends still raise at once."""
+    async with sqlog.aio.open(log_path) as log:
+        await log.create_topic("t")
+        await log.create_topic("c", cleanup_policy="compact")
+        seen: list[int] = []
+        async with log.producer(max_record_bytes=1000) as producer:
+            for i in range(300):
+                (await producer.send("t", b"x")).add_done_callback(lambda f: seen.append(f.result().offset))
+            listed = [await producer.send("t", b"y") for _ in range(300)]
+            gathered = asyncio.gather(*[await producer.send("t", b"z") for _ in range(300)])
+            for _ in range(3):  # the plain path refuses what send() refuses, at every call
+                with pytest.raises(sqlog.RecordTooLarge):
+                    await producer.send("t", b"x" * 1001)
+                with pytest.raises(sqlog.InvalidRecordError):
+                    await producer.send("c", b"no key")
+            await producer.flush()
+            assert sorted(seen) == list(range(300))
+            assert [f.result().offset for f in listed] == list(range(300, 600))
+            assert [m.offset for m in await gathered] == list(range(600, 900))
 
 
 async def test_thousand_concurrent_senders_share_commits(log_path: str) -> None:
