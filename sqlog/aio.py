@@ -24,9 +24,12 @@ import functools
 import inspect
 import itertools
 import math
+import operator
 import os
+import re
 import sys
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
 from typing import Any, Generic, TypeVar
@@ -209,9 +212,12 @@ def _check_max(max_records: object, default: int) -> int:
     return limit
 
 
+_WHERE = operator.attrgetter("topic", "partition")
+
+
 def _grouped(records: list[Any]) -> dict[TopicPartition, list[Any]]:
     out: dict[TopicPartition, list[Any]] = {}
-    for (topic, partition), run in itertools.groupby(records, key=lambda r: (r.topic, r.partition)):
+    for (topic, partition), run in itertools.groupby(records, key=_WHERE):
         out.setdefault(TopicPartition(topic, partition), []).extend(run)
     return out
 
@@ -662,6 +668,8 @@ class _Reader(Generic[R]):
         self._error: BaseException | None = None  # of a queued plain call, raised by the next awaited one
         self._stopped = False
         self._sync = None
+        self._prefetch: concurrent.futures.Future[int] | None = None  # a fetch started ahead (see _get)
+        self._buffered = 0  # records the sync client holds for take(), at most
         self._unwatch = log.engine.watch()  # other processes' commits wake the waker while this client lives
 
         self._create_error: BaseException | None = None
@@ -750,23 +758,36 @@ class _Reader(Generic[R]):
         raise NotImplementedError
 
     async def _get(self, timeout_s: float, limit: int, fetch: Callable[[bool], int],
-                   take: Callable[[int], list[Any]], wake_in: Callable[[], float] | None = None) -> list[Any]:
+                   take: Callable[[int], list[Any]], wake_in: Callable[[], float] | None = None,
+                   prefetch: bool = False) -> list[Any]:
         """Records handed out on the loop, fetching (off the loop) and waiting until some come or
-        ``timeout_s`` passes. Cancelled anywhere, nothing is lost: fetched records stay buffered."""
+        ``timeout_s`` passes. Cancelled anywhere, nothing is lost: fetched records stay buffered.
+        ``prefetch``: once a call empties the buffer, the next fetch starts at once (off the
+        loop), so a loop that keeps calling finds records waiting rather than a thread to wake."""
         loop = self._loop
         deadline = loop.time() + timeout_s
         waker = self._log.waker
         first = True
         while True:
             self._check_running()
+            ahead = self._prefetch
+            if ahead is not None:
+                self._prefetch = None
+                if not ahead.done():
+                    await asyncio.wrap_future(ahead, loop=loop)
+                self._buffered = ahead.result()  # the fetch's error, if it failed
             if self._sync is not None and self._strand.idle():
                 out = take(limit)
                 if out:
+                    self._buffered -= len(out)
+                    if prefetch and self._buffered <= 0 and not self._stopped:
+                        self._prefetch = self._strand.submit(functools.partial(fetch, False))
                     return out
             seq = waker.seq
             again = not first
             first = False
-            if await self._call(functools.partial(fetch, again)):
+            self._buffered = await self._call(functools.partial(fetch, again))
+            if self._buffered:
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -849,6 +870,13 @@ class AIOConsumer(_Reader[Record]):
     def __init__(self, log: AIOLog, *topics: str, **config: Any) -> None:
         self._max_poll = config.get("max_poll_records", 500)
         self._iter_timeout_s = _check_ms("consumer_timeout_ms", config.get("consumer_timeout_ms"), allow_none=True)
+        self._group_id = config.get("group_id")
+        self._in_group = False  # subscribed with a group_id: fetches coordinate, so none start ahead
+        self._pattern: re.Pattern[str] | None = None
+        self._pattern_listener: Any = None
+        self._pattern_due = 0.0  # when (monotonic s) the topics are matched against the pattern again
+        self._pattern_epoch = -1
+        self._buffer_only: frozenset[TopicPartition] | None = None  # the filter the buffer was filled under
         super().__init__(log, functools.partial(log.log.consumer, **config))
         if topics:
             self.subscribe(topics)
@@ -862,33 +890,112 @@ class AIOConsumer(_Reader[Record]):
         await self._stop(lambda: self._need().close())
 
     # -- assignment -----------------------------------------------------------------------------
-    def subscribe(self, topics: Iterable[str] = (), listener: Any = None) -> None:
-        """Consume these topics; with a group_id the group assigns partitions at the next getmany().
-        ``listener``: a `sqlog.aio.ConsumerRebalanceListener` (coroutines, on the loop) or a
+    def subscribe(self, topics: Iterable[str] = (), pattern: str | re.Pattern[str] | None = None,
+                  listener: Any = None) -> None:
+        """Consume these topics, or every topic whose name matches ``pattern`` (``re.match``, as
+        aiokafka; topics created later join within ``metadata_max_age_ms``); with a group_id the
+        group assigns partitions at the next getmany(). ``listener``: a
+        `sqlog.aio.ConsumerRebalanceListener` (coroutines, on the loop) or a
         `sqlog.ConsumerRebalanceListener` (run on the pool)."""
         if listener is not None and callable(getattr(listener, "on_partitions_assigned", None)):
             listener = _OnLoop(self, listener)
+        if pattern is not None:
+            if topics:
+                raise InvalidConfigError("subscribe() takes topics or a pattern, not both")
+            try:
+                compiled = re.compile(pattern)
+            except (re.error, TypeError) as exc:
+                raise InvalidConfigError(f"pattern must be a regular expression, not {pattern!r} ({exc})") from None
+            self._plain(lambda: self._need().subscribe([], listener))
+            self._pattern, self._pattern_listener, self._pattern_due = compiled, listener, 0.0
+            self._in_group = self._group_id is not None
+            return
         names = list(topics) if not isinstance(topics, (str, bytes)) else topics
         self._plain(lambda: self._need().subscribe(names, listener))
+        self._pattern = None
+        self._in_group = self._group_id is not None
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Consume exactly these partitions, outside any group rebalancing."""
         parts = list(partitions) if not isinstance(partitions, (str, bytes)) else partitions
         self._plain(lambda: self._need().assign(parts))
+        self._pattern = None
+        self._in_group = False
 
     def unsubscribe(self) -> None:
         """Drop the subscription or assignment (a group member leaves its group, off the loop)."""
         self._plain(lambda: self._need().unsubscribe(), queue_only=True)
-
+        self._pattern = None
+        self._in_group = False
 
     def assignment(self) -> set[TopicPartition]:
         return set() if self._sync is None else self._sync.assignment()
 
+    def _match_pattern(self, sync: Any) -> None:
+        """Off the loop, before a fetch: subscribe to the topics the pattern matches now (when
+        ``metadata_max_age_ms`` has passed or a topic changed in this process)."""
+        pattern = self._pattern
+        engine = self._log.engine
+        if pattern is None or (time.monotonic() < self._pattern_due and self._pattern_epoch == engine.meta_epoch):
+            return
+        self._pattern_epoch = engine.meta_epoch
+        self._pattern_due = time.monotonic() + (sync.config["metadata_max_age_ms"] or 0) / 1000
+        names = {t for t in self._log.log.list_topics() if pattern.match(t)}
+        if names != sync.subscription():
+            sync.subscribe(sorted(names), self._pattern_listener)
 
-    async def _records(self, timeout_s: float, limit: int) -> list[Record]:
+    # -- records ---------------------------------------------------------------------------------
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int | float = 0,  # type: ignore[override]
+                      max_records: int | None = None) -> dict[TopicPartition, list[Record]]:
+        """Records by partition (at most ``max_records``), waiting up to ``timeout_ms`` for some;
+        given ``partitions``, only records of those (as aiokafka: the others wait for later calls)."""
+        timeout_s = _check_ms("timeout_ms", timeout_ms)
+        limit = _check_max(max_records, self._max_poll)
+        if not partitions:
+            return _grouped(await self._records(timeout_s, limit))
+        if not all(isinstance(tp, TopicPartition) for tp in partitions):
+            raise InvalidConfigError(f"getmany() takes TopicPartitions, not {partitions!r}")
+        return _grouped(await self._records(timeout_s, limit, frozenset(partitions)))
+
+    async def _records(self, timeout_s: float, limit: int,
+                       only: frozenset[TopicPartition] | None = None) -> list[Record]:
         fetch_limit = max(limit, self._max_poll if type(self._max_poll) is int else 1)
-        return await self._get(timeout_s, limit, lambda again: self._need().fetch(fetch_limit),
-                               lambda n: self._need().take(n))
+        if only is not None:
+            def take_only(n: int) -> list[Record]:
+                held = self._buffer_only
+                return self._need().take(n) if held is not None and held <= only else []
+
+            return await self._get(timeout_s, limit, lambda again: self._fetch_only(only, limit), take_only)
+
+        def fetch(again: bool) -> int:
+            sync = self._need()
+            self._match_pattern(sync)
+            self._buffer_only = None
+            return int(sync.fetch(fetch_limit))
+
+        return await self._get(timeout_s, limit, fetch, lambda n: self._need().take(n),
+                               prefetch=not self._in_group)
+
+    def _fetch_only(self, only: frozenset[TopicPartition], limit: int) -> int:
+        """Off the loop: fill the buffer from the partitions in ``only`` alone, pausing the others
+        for the fetch (pause() empties the buffer; positions stay, so nothing is skipped)."""
+        sync = self._need()
+        self._match_pattern(sync)
+        for _ in range(3):
+            assigned = sync.assignment()
+            paused = sync.paused()
+            others = [tp for tp in assigned if tp not in only and tp not in paused]
+            sync.pause(*others)
+            try:
+                n = int(sync.fetch(limit))
+            finally:
+                sync.resume(*[tp for tp in others if tp in sync.assignment()])
+            if sync.assignment() == assigned:  # no rebalance meanwhile: only wanted partitions fetched
+                self._buffer_only = only
+                return n
+            sync.pause()  # the assignment changed inside fetch(): drop what it read, try again
+        self._buffer_only = None
+        return 0
 
     # -- positions and offsets -------------------------------------------------------------------
     def seek(self, tp: TopicPartition, offset: int) -> None:
