@@ -65,7 +65,15 @@ Kafka's ``buffer.memory``): bounds memory, the size of one commit and the garbag
 RESOLVE_SLICE = 1000
 """Send futures resolved per loop callback (about a millisecond), so a large commit does not stall the loop."""
 
-_Future = asyncio.Future  # the C future: created per send, so without a method call in between
+class _SendFuture(asyncio.Future):  # type: ignore[type-arg]
+    """A send's future; ``watched`` once anything added a callback (an awaiting task, gather(),
+    add_done_callback()), the other way besides a reference to see it resolve."""
+
+    watched = False
+
+    def add_done_callback(self, fn: Callable[..., object], *, context: contextvars.Context | None = None) -> None:
+        self.watched = True
+        super().add_done_callback(fn, context=context)
 
 
 def _refs(obj: object) -> int:
@@ -74,10 +82,10 @@ def _refs(obj: object) -> int:
 
 def _unseen_refs() -> int:
     """What `_refs` says of an object only the caller's local variable holds (just popped from a
-    deque, as `AIOProducer._resolve` does): a send future at that count, without callbacks, is
+    deque, as `AIOProducer._resolve` does): a send future at that count and not ``watched`` is
     referenced by nothing else, so nothing can ever see its result. -1 (never) where CPython's
-    reference counts or the C future's ``_callbacks`` are not there to ask."""
-    if not hasattr(sys, "getrefcount") or not hasattr(asyncio.Future, "_callbacks"):
+    reference counts are not there to ask."""
+    if not hasattr(sys, "getrefcount"):
         return -1
     pending = collections.deque([object()])
     obj = pending.popleft()
@@ -477,7 +485,7 @@ class AIOProducer:
         futures = self._futures
         if len(futures) >= MAX_PENDING_SENDS:
             await self._room()
-        fut = _Future(loop=self._loop)
+        fut = _SendFuture(loop=self._loop)
         if (type(value) is bytes and key is None and headers is None and timestamp_ms is None
                 and topic == self._fast_topic and partition == self._fast_partition
                 and self._fast_epoch == self._engine.meta_epoch and len(value) <= self._max_record
@@ -519,7 +527,7 @@ class AIOProducer:
         if len(self._futures) >= MAX_PENDING_SENDS:
             await self._room()
         self._flush_run()
-        fut = _Future(loop=self._loop)
+        fut = _SendFuture(loop=self._loop)
         self._futures.append(fut)
         try:
             self._sent.append(sync.send_batch(topic, values, partition=partition, timestamp_ms=timestamp_ms))
@@ -624,14 +632,14 @@ class AIOProducer:
                 self._head_index = index + 1
                 if fut.done():  # cancelled by its awaiter
                     continue
-                if refs(fut) <= unseen and fut._callbacks is None and entry.error() is None:
+                if refs(fut) <= unseen and not fut.watched and entry.error() is None:
                     continue  # nothing can see it (see the class doc); a failed one gets its error
                 try:
                     fut.set_result(entry.result(index))
                 except SqlogError as exc:
                     fut.set_exception(exc)
                 continue
-            if fut.done() or refs(fut) <= unseen and fut._callbacks is None and entry.exception(0) is None:
+            if fut.done() or refs(fut) <= unseen and not fut.watched and entry.exception(0) is None:
                 continue
             try:
                 fut.set_result(entry.get(0))
@@ -670,6 +678,7 @@ class _Reader(Generic[R]):
         self._sync = None
         self._prefetch: concurrent.futures.Future[int] | None = None  # a fetch started ahead (see _get)
         self._buffered = 0  # records the sync client holds for take(), at most
+        self._fetched = 0  # records the last fetch found
         self._unwatch = log.engine.watch()  # other processes' commits wake the waker while this client lives
 
         self._create_error: BaseException | None = None
@@ -759,11 +768,12 @@ class _Reader(Generic[R]):
 
     async def _get(self, timeout_s: float, limit: int, fetch: Callable[[bool], int],
                    take: Callable[[int], list[Any]], wake_in: Callable[[], float] | None = None,
-                   prefetch: bool = False) -> list[Any]:
+                   prefetch: int | None = None) -> list[Any]:
         """Records handed out on the loop, fetching (off the loop) and waiting until some come or
         ``timeout_s`` passes. Cancelled anywhere, nothing is lost: fetched records stay buffered.
-        ``prefetch``: once a call empties the buffer, the next fetch starts at once (off the
-        loop), so a loop that keeps calling finds records waiting rather than a thread to wake."""
+        ``prefetch``: when a call empties the buffer and the last fetch found at least this many
+        records (the reader is behind), the next fetch starts at once, off the loop, so a loop
+        that keeps calling finds records waiting rather than a thread to wake."""
         loop = self._loop
         deadline = loop.time() + timeout_s
         waker = self._log.waker
@@ -775,18 +785,18 @@ class _Reader(Generic[R]):
                 self._prefetch = None
                 if not ahead.done():
                     await asyncio.wrap_future(ahead, loop=loop)
-                self._buffered = ahead.result()  # the fetch's error, if it failed
+                self._buffered = self._fetched = ahead.result()  # the fetch's error, if it failed
             if self._sync is not None and self._strand.idle():
                 out = take(limit)
                 if out:
                     self._buffered -= len(out)
-                    if prefetch and self._buffered <= 0 and not self._stopped:
+                    if prefetch is not None and self._buffered <= 0 and self._fetched >= prefetch and not self._stopped:
                         self._prefetch = self._strand.submit(functools.partial(fetch, False))
                     return out
             seq = waker.seq
             again = not first
             first = False
-            self._buffered = await self._call(functools.partial(fetch, again))
+            self._buffered = self._fetched = await self._call(functools.partial(fetch, again))
             if self._buffered:
                 continue
             remaining = deadline - loop.time()
@@ -974,7 +984,7 @@ class AIOConsumer(_Reader[Record]):
             return int(sync.fetch(fetch_limit))
 
         return await self._get(timeout_s, limit, fetch, lambda n: self._need().take(n),
-                               prefetch=not self._in_group)
+                               prefetch=None if self._in_group else fetch_limit)
 
     def _fetch_only(self, only: frozenset[TopicPartition], limit: int) -> int:
         """Off the loop: fill the buffer from the partitions in ``only`` alone, pausing the others
