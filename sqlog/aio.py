@@ -478,14 +478,8 @@ class AIOProducer:
         """Queue one record; returns a future of its `RecordMetadata`, set once it is durable.
         Raises at once for what `sqlog.Producer.send` refuses (unknown topic, too large, ...)."""
         sync = self._sync
-        if not sync.has_metadata(topic):
-            self._fast_topic = None
-            while not sync.has_metadata(topic):  # a read of the file: off the loop
-                await self._log.run(functools.partial(sync.load_metadata, topic))
-        futures = self._futures
-        if len(futures) >= MAX_PENDING_SENDS:
-            await self._room()
-        fut = _SendFuture(loop=self._loop)
+        if not sync.has_metadata(topic) or len(self._futures) >= MAX_PENDING_SENDS:
+            await self._ready(topic)
         if (type(value) is bytes and key is None and headers is None and timestamp_ms is None
                 and topic == self._fast_topic and partition == self._fast_partition
                 and self._fast_epoch == self._engine.meta_epoch and len(value) <= self._max_record
@@ -496,17 +490,12 @@ class AIOProducer:
                     or len(run.values) >= RUN_MAX):
                 run = self._new_run(topic, partition, now)
             run.values.append(value)
-            futures.append(fut)
+            fut = _SendFuture(loop=self._loop)
+            self._futures.append(fut)
             self._sent.append(run)
             return fut
-        self._flush_run()
-        futures.append(fut)  # before the record is queued: the commit that writes it finds it pending
-        try:
-            self._sent.append(sync.send(topic, value, key=key, headers=headers, partition=partition,
-                                        timestamp_ms=timestamp_ms))
-        except BaseException:
-            futures.pop()
-            raise
+        fut = self._queue(functools.partial(sync.send, topic, value, key=key, headers=headers, partition=partition,
+                                            timestamp_ms=timestamp_ms))
         if type(value) is bytes and key is None and headers is None and timestamp_ms is None and self._plain:
             self._fast_topic, self._fast_partition, self._fast_epoch = topic, partition, self._engine.meta_epoch
         return fut
@@ -521,16 +510,27 @@ class AIOProducer:
                          timestamp_ms: int | None = None) -> asyncio.Future[list[RecordMetadata]]:
         """Queue many keyless records for one partition (`sqlog.Producer.send_batch`); one future
         of their `RecordMetadata` list."""
+        await self._ready(topic)
+        return self._queue(functools.partial(self._sync.send_batch, topic, values, partition=partition,
+                                             timestamp_ms=timestamp_ms))
+
+    async def _ready(self, topic: str) -> None:
+        """Before a send: the topic's metadata cached (read off the loop) and room among the pending sends."""
         sync = self._sync
-        while not sync.has_metadata(topic):
-            await self._log.run(functools.partial(sync.load_metadata, topic))
+        if not sync.has_metadata(topic):
+            self._fast_topic = None  # reloaded: the plain path waits for a checked send again
+            while not sync.has_metadata(topic):
+                await self._log.run(functools.partial(sync.load_metadata, topic))
         if len(self._futures) >= MAX_PENDING_SENDS:
             await self._room()
+
+    def _queue(self, send: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Queue through the sync producer (after the run being collected); the future of it."""
         self._flush_run()
         fut = _SendFuture(loop=self._loop)
-        self._futures.append(fut)
+        self._futures.append(fut)  # before the record is queued: the commit that writes it finds it pending
         try:
-            self._sent.append(sync.send_batch(topic, values, partition=partition, timestamp_ms=timestamp_ms))
+            self._sent.append(send())
         except BaseException:
             self._futures.pop()
             raise
