@@ -65,6 +65,7 @@ Kafka's ``buffer.memory``): bounds memory, the size of one commit and the garbag
 RESOLVE_SLICE = 1000
 """Send futures resolved per loop callback (about a millisecond), so a large commit does not stall the loop."""
 
+
 class _SendFuture(asyncio.Future):  # type: ignore[type-arg]
     """A send's future; ``watched`` once anything added a callback (an awaiting task, gather(),
     add_done_callback()), the other way besides a reference to see it resolve."""
@@ -93,7 +94,6 @@ def _unseen_refs() -> int:
 
 
 _UNSEEN = _unseen_refs()
-
 
 _IN_LISTENER: contextvars.ContextVar[object] = contextvars.ContextVar("sqlog_aio_in_listener", default=None)
 
@@ -790,7 +790,8 @@ class _Reader(Generic[R]):
                 out = take(limit)
                 if out:
                     self._buffered -= len(out)
-                    if prefetch is not None and self._buffered <= 0 and self._fetched >= prefetch and not self._stopped:
+                    behind = prefetch is not None and self._fetched >= prefetch
+                    if behind and self._buffered <= 0 and not self._stopped:
                         self._prefetch = self._strand.submit(functools.partial(fetch, False))
                     return out
             seq = waker.seq
@@ -995,11 +996,13 @@ class AIOConsumer(_Reader[Record]):
             assigned = sync.assignment()
             paused = sync.paused()
             others = [tp for tp in assigned if tp not in only and tp not in paused]
-            sync.pause(*others)
+            if others:
+                sync.pause(*others)
             try:
                 n = int(sync.fetch(limit))
             finally:
-                sync.resume(*[tp for tp in others if tp in sync.assignment()])
+                if others:
+                    sync.resume(*[tp for tp in others if tp in sync.assignment()])
             if sync.assignment() == assigned:  # no rebalance meanwhile: only wanted partitions fetched
                 self._buffer_only = only
                 return n
