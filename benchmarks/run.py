@@ -494,9 +494,10 @@ def aio(ctx: Ctx) -> Result:
     os.makedirs(root, exist_ok=True)
     data = bench_aio.measure(root, cfg, ctx.rounds, ctx.progress)
     rows = []
-    for title, value, base, ratio, unit, target, check in bench_aio.ROWS:
+    for title, value, base, ratio, unit, target, check in bench_aio.rows(data):
         rows.append(Row("aio", title, data[value], data[base], data[ratio] if ratio else None, unit,
-                        "sync API, same run" if unit != "ms" or ratio else "idle event loop, same run", target,
+                        "aiokafka via sqlog serve, same run" if "aiokafka" in title
+                        else "sync API, same run" if unit != "ms" or ratio else "idle event loop, same run", target,
                         None if check is None else check(data)))
     return data, rows
 

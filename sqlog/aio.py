@@ -24,8 +24,12 @@ import functools
 import inspect
 import itertools
 import math
+import operator
 import os
+import re
+import sys
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
 from typing import Any, Generic, TypeVar
@@ -58,8 +62,38 @@ MAX_PENDING_SENDS = 10_000
 """A producer's sends not yet durable before ``send()`` waits for the writer (back-pressure, as
 Kafka's ``buffer.memory``): bounds memory, the size of one commit and the garbage collector's work."""
 
-RESOLVE_SLICE = 500
-"""Send futures resolved per loop callback, so a large commit does not stall the loop."""
+RESOLVE_SLICE = 1000
+"""Send futures resolved per loop callback (about a millisecond), so a large commit does not stall the loop."""
+
+
+class _SendFuture(asyncio.Future):  # type: ignore[type-arg]
+    """A send's future; ``watched`` once anything added a callback (an awaiting task, gather(),
+    add_done_callback()), the other way besides a reference to see it resolve."""
+
+    watched = False
+
+    def add_done_callback(self, fn: Callable[..., object], *, context: contextvars.Context | None = None) -> None:
+        self.watched = True
+        super().add_done_callback(fn, context=context)
+
+
+def _refs(obj: object) -> int:
+    return sys.getrefcount(obj)
+
+
+def _unseen_refs() -> int:
+    """What `_refs` says of an object only the caller's local variable holds (just popped from a
+    deque, as `AIOProducer._resolve` does): a send future at that count and not ``watched`` is
+    referenced by nothing else, so nothing can ever see its result. -1 (never) where CPython's
+    reference counts are not there to ask."""
+    if not hasattr(sys, "getrefcount"):
+        return -1
+    pending = collections.deque([object()])
+    obj = pending.popleft()
+    return _refs(obj)
+
+
+_UNSEEN = _unseen_refs()
 
 _IN_LISTENER: contextvars.ContextVar[object] = contextvars.ContextVar("sqlog_aio_in_listener", default=None)
 
@@ -186,9 +220,12 @@ def _check_max(max_records: object, default: int) -> int:
     return limit
 
 
+_WHERE = operator.attrgetter("topic", "partition")
+
+
 def _grouped(records: list[Any]) -> dict[TopicPartition, list[Any]]:
     out: dict[TopicPartition, list[Any]] = {}
-    for (topic, partition), run in itertools.groupby(records, key=lambda r: (r.topic, r.partition)):
+    for (topic, partition), run in itertools.groupby(records, key=_WHERE):
         out.setdefault(TopicPartition(topic, partition), []).extend(run)
     return out
 
@@ -339,19 +376,82 @@ def open(path: str | os.PathLike[str], **options: Any) -> _Opening:  # noqa: A00
 
 
 # -- the producer --------------------------------------------------------------------------------------
+_UNKNOWN = object()
+
+
+class _Run:
+    """Consecutive sends of plain bytes (no key, headers or timestamp) to one topic and
+    ``partition`` argument within one wall-clock millisecond: handed to the sync producer as one
+    ``send_batch`` (the timestamp each record would have had), so the loop's share of such a
+    send is a list append and its future."""
+
+    __slots__ = ("topic", "partition", "timestamp_ms", "values", "future", "metadata", "failure")
+
+    def __init__(self, topic: str, partition: int | None, timestamp_ms: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.timestamp_ms = timestamp_ms
+        self.values: list[bytes] = []
+        self.future: Any = None  # the sync producer's BatchFuture, once handed over
+        self.metadata: list[RecordMetadata] | None = None
+        self.failure: object = _UNKNOWN
+
+    def done(self) -> bool:
+        future = self.future
+        return future is not None and future.done()
+
+    def error(self) -> SqlogError | None:
+        """Why the run's write failed (its future is done), or None."""
+        if self.failure is _UNKNOWN:
+            self.failure = self.future.exception(0)
+        return self.failure  # type: ignore[return-value]
+
+    def result(self, index: int) -> RecordMetadata:
+        """The `RecordMetadata` of the run's ``index``-th record (its future is done)."""
+        if self.metadata is None:
+            self.metadata = self.future.get(0)
+        return self.metadata[index]
+
+
+RUN_MAX = 1024
+"""Most records in one `_Run` (a run also ends with the millisecond, or at the end of a loop turn)."""
+
+
 class AIOProducer:
     """Sends records; ``send()`` returns an `asyncio.Future` of `RecordMetadata`, done once the
-    record is durable. Tasks sending at once share transactions (group commit)."""
+    record is durable. Tasks sending at once share transactions (group commit).
+
+    The loop's share of a send is the sync producer's enqueue (no I/O; plain bytes sends in a
+    run share one), and one future; the writer thread commits, and the futures of a commit are
+    resolved on the loop in slices by one callback, not one thread hop per record. A future that
+    nothing but the producer references when its record is written, and that has no callbacks,
+    is dropped rather than resolved: nothing could see the difference (a failed send's future is
+    always given its error)."""
 
     def __init__(self, log: AIOLog, **config: Any) -> None:
         config.setdefault("linger_ms", 0)
         self._log = log
         self._loop = log.loop
+        self._engine = log.engine
         self._sync = log.log.producer(**config)
         self._sync.caller_writes = False  # the loop never writes: the log's writer thread does
-        self._pending: collections.deque[tuple[Any, asyncio.Future[Any]]] = collections.deque()
+        # Sends not yet resolved, oldest first: the loop's futures and, side by side, what the sync
+        # producer returned for each (or the _Run it is in). One producer's records are committed
+        # in the order they were sent.
+        self._futures: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._sent: collections.deque[Any] = collections.deque()
         self._posted = False
         self._room_made: asyncio.Future[None] | None = None
+        self._run: _Run | None = None  # the run being collected
+        self._run_posted = False
+        self._head_run: _Run | None = None  # the run being resolved, and the index of its next record
+        self._head_index = 0
+        self._run_error: SqlogError | None = None  # of a run the sync producer refused, for flush()
+        self._plain = self._sync.config["value_serializer"] is None  # bytes values pass through
+        self._max_record = self._sync.config["max_record_bytes"]
+        self._fast_topic: str | None = None  # runs need one checked send of this (topic, partition) first
+        self._fast_partition: int | None = None
+        self._fast_epoch = -1
         self._unlisten = log.engine.signal.listen(self._on_commit)
         self._stopped = False
 
@@ -364,12 +464,13 @@ class AIOProducer:
         """Flush and close; idempotent."""
         if self._stopped:
             return
+        self._flush_run()
         self._stopped = True
         try:
             await self._log.run(self._sync.close)
         finally:
             self._unlisten()
-            self._resolve()
+            await self._resolve_all()
 
     async def send(self, topic: str, value: Any = None, key: Any = None, partition: int | None = None,
                    timestamp_ms: int | None = None,
@@ -377,12 +478,27 @@ class AIOProducer:
         """Queue one record; returns a future of its `RecordMetadata`, set once it is durable.
         Raises at once for what `sqlog.Producer.send` refuses (unknown topic, too large, ...)."""
         sync = self._sync
-        while not sync.has_metadata(topic):  # a read of the file: off the loop
-            await self._log.run(functools.partial(sync.load_metadata, topic))
-        if len(self._pending) >= MAX_PENDING_SENDS:
-            await self._room()
-        return self._track(sync.send(topic, value, key=key, headers=headers, partition=partition,
-                                     timestamp_ms=timestamp_ms))
+        if not sync.has_metadata(topic) or len(self._futures) >= MAX_PENDING_SENDS:
+            await self._ready(topic)
+        if (type(value) is bytes and key is None and headers is None and timestamp_ms is None
+                and topic == self._fast_topic and partition == self._fast_partition
+                and self._fast_epoch == self._engine.meta_epoch and len(value) <= self._max_record
+                and not self._stopped):
+            now = clock.wall_ms()
+            run = self._run
+            if (run is None or run.timestamp_ms != now or run.topic != topic or run.partition != partition
+                    or len(run.values) >= RUN_MAX):
+                run = self._new_run(topic, partition, now)
+            run.values.append(value)
+            fut = _SendFuture(loop=self._loop)
+            self._futures.append(fut)
+            self._sent.append(run)
+            return fut
+        fut = self._queue(functools.partial(sync.send, topic, value, key=key, headers=headers, partition=partition,
+                                            timestamp_ms=timestamp_ms))
+        if type(value) is bytes and key is None and headers is None and timestamp_ms is None and self._plain:
+            self._fast_topic, self._fast_partition, self._fast_epoch = topic, partition, self._engine.meta_epoch
+        return fut
 
     async def send_and_wait(self, topic: str, value: Any = None, key: Any = None, partition: int | None = None,
                             timestamp_ms: int | None = None,
@@ -394,56 +510,145 @@ class AIOProducer:
                          timestamp_ms: int | None = None) -> asyncio.Future[list[RecordMetadata]]:
         """Queue many keyless records for one partition (`sqlog.Producer.send_batch`); one future
         of their `RecordMetadata` list."""
+        await self._ready(topic)
+        return self._queue(functools.partial(self._sync.send_batch, topic, values, partition=partition,
+                                             timestamp_ms=timestamp_ms))
+
+    async def _ready(self, topic: str) -> None:
+        """Before a send: the topic's metadata cached (read off the loop) and room among the pending sends."""
         sync = self._sync
-        while not sync.has_metadata(topic):
-            await self._log.run(functools.partial(sync.load_metadata, topic))
-        return self._track(sync.send_batch(topic, values, partition=partition, timestamp_ms=timestamp_ms))
+        if not sync.has_metadata(topic):
+            self._fast_topic = None  # reloaded: the plain path waits for a checked send again
+            while not sync.has_metadata(topic):
+                await self._log.run(functools.partial(sync.load_metadata, topic))
+        if len(self._futures) >= MAX_PENDING_SENDS:
+            await self._room()
+
+    def _queue(self, send: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Queue through the sync producer (after the run being collected); the future of it."""
+        self._flush_run()
+        fut = _SendFuture(loop=self._loop)
+        self._futures.append(fut)  # before the record is queued: the commit that writes it finds it pending
+        try:
+            self._sent.append(send())
+        except BaseException:
+            self._futures.pop()
+            raise
+        return fut
 
     async def flush(self) -> None:
-        """Wait until every record sent so far is durable; raises the error of a failed write."""
+        """Wait until every record sent so far is durable and its future done; raises the error
+        of a failed write."""
+        self._flush_run()
         await self._log.run(self._sync.flush)
-        self._resolve()
+        await self._resolve_all()
+        error, self._run_error = self._run_error, None
+        if error is not None:
+            raise error
+
+    # -- runs ----------------------------------------------------------------------------------
+    def _new_run(self, topic: str, partition: int | None, now: int) -> _Run:
+        self._flush_run()
+        run = self._run = _Run(topic, partition, now)
+        if not self._run_posted:  # handed over at the end of this loop turn at the latest
+            self._run_posted = True
+            self._loop.call_soon(self._flush_posted)
+        return run
+
+    def _flush_posted(self) -> None:
+        self._run_posted = False
+        self._flush_run()
+
+    def _flush_run(self) -> None:
+        """Hand the run being collected to the sync producer (its records are the newest sent)."""
+        run = self._run
+        if run is None:
+            return
+        self._run = None
+        try:
+            run.future = self._sync.send_batch(run.topic, run.values, partition=run.partition,
+                                               timestamp_ms=run.timestamp_ms)
+        except SqlogError as exc:  # e.g. the log was closed, or the topic made compacted meanwhile
+            self._fast_topic = None
+            self._run_error = exc
+            for _ in run.values:
+                self._sent.pop()
+                fut = self._futures.pop()
+                if not fut.done():
+                    fut.set_exception(exc)
+
+    # -- resolving -----------------------------------------------------------------------------
+    async def _resolve_all(self) -> None:
+        """Resolve every future whose record is written, a slice per loop turn."""
+        while True:
+            self._resolve(post_rest=False)
+            if not self._sent or not self._sent[0].done():
+                return
+            await asyncio.sleep(0)
 
     async def _room(self) -> None:
         """Wait until half the pending sends are durable."""
-        while len(self._pending) >= MAX_PENDING_SENDS // 2:
+        self._flush_run()
+        while len(self._futures) >= MAX_PENDING_SENDS // 2:
             self._room_made = self._loop.create_future()
             await self._room_made
 
-    def _track(self, sync_future: Any) -> asyncio.Future[Any]:
-        fut = self._loop.create_future()
-        self._pending.append((sync_future, fut))
-        if sync_future.done():  # written before we queued it: its commit's listener may have missed it
-            self._resolve()
-        return fut
-
     def _on_commit(self) -> None:  # the committing thread
-        if self._pending and not self._posted:
+        if self._futures and not self._posted:
             self._posted = True
             try:
                 self._loop.call_soon_threadsafe(self._resolve)
             except RuntimeError:  # the loop is closed
                 pass
 
-    def _resolve(self) -> None:
+    def _written(self) -> int:
+        """How many of the oldest pending sends are done (written or failed): a binary search,
+        as one producer's batches complete in the order they were sent."""
+        sent = self._sent
+        lo, hi = 0, len(sent)
+        if hi and sent[hi - 1].done():
+            return hi
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if sent[mid].done():
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def _resolve(self, post_rest: bool = True) -> None:
+        """Set the futures of written sends (at most `RESOLVE_SLICE`; the rest in a later callback)."""
         self._posted = False
-        pending = self._pending
-        room = self._room_made
-        if room is not None and len(pending) < MAX_PENDING_SENDS // 2 and not room.done():
-            room.set_result(None)
-        for _ in range(RESOLVE_SLICE):
-            if not pending or not pending[0][0].done():  # one producer's batches are written in order
-                break
-            sync_future, fut = pending.popleft()
-            if fut.done():  # cancelled by its awaiter
+        futures, sent = self._futures, self._sent
+        refs, unseen = _refs, _UNSEEN
+        for _ in range(min(self._written(), RESOLVE_SLICE)):
+            fut = futures.popleft()
+            entry = sent.popleft()
+            if type(entry) is _Run:
+                if entry is self._head_run:
+                    index = self._head_index
+                else:
+                    self._head_run, index = entry, 0
+                self._head_index = index + 1
+                if fut.done():  # cancelled by its awaiter
+                    continue
+                if refs(fut) <= unseen and not fut.watched and entry.error() is None:
+                    continue  # nothing can see it (see the class doc); a failed one gets its error
+                try:
+                    fut.set_result(entry.result(index))
+                except SqlogError as exc:
+                    fut.set_exception(exc)
+                continue
+            if fut.done() or refs(fut) <= unseen and not fut.watched and entry.exception(0) is None:
                 continue
             try:
-                fut.set_result(sync_future.get(0))
+                fut.set_result(entry.get(0))
             except SqlogError as exc:
                 fut.set_exception(exc)
-        if room is not None and len(pending) < MAX_PENDING_SENDS // 2 and not room.done():
+        room = self._room_made
+        if room is not None and len(futures) < MAX_PENDING_SENDS // 2 and not room.done():
             room.set_result(None)
-        if pending and pending[0][0].done() and not self._posted:
+        if post_rest and sent and not self._posted and sent[0].done():
             self._posted = True
             self._loop.call_soon(self._resolve)  # the rest after other callbacks: no long stall
 
@@ -471,6 +676,9 @@ class _Reader(Generic[R]):
         self._error: BaseException | None = None  # of a queued plain call, raised by the next awaited one
         self._stopped = False
         self._sync = None
+        self._prefetch: concurrent.futures.Future[int] | None = None  # a fetch started ahead (see _get)
+        self._buffered = 0  # records the sync client holds for take(), at most
+        self._fetched = 0  # records the last fetch found
         self._unwatch = log.engine.watch()  # other processes' commits wake the waker while this client lives
 
         self._create_error: BaseException | None = None
@@ -559,23 +767,38 @@ class _Reader(Generic[R]):
         raise NotImplementedError
 
     async def _get(self, timeout_s: float, limit: int, fetch: Callable[[bool], int],
-                   take: Callable[[int], list[Any]], wake_in: Callable[[], float] | None = None) -> list[Any]:
+                   take: Callable[[int], list[Any]], wake_in: Callable[[], float] | None = None,
+                   prefetch: int | None = None) -> list[Any]:
         """Records handed out on the loop, fetching (off the loop) and waiting until some come or
-        ``timeout_s`` passes. Cancelled anywhere, nothing is lost: fetched records stay buffered."""
+        ``timeout_s`` passes. Cancelled anywhere, nothing is lost: fetched records stay buffered.
+        ``prefetch``: when a call empties the buffer and the last fetch found at least this many
+        records (the reader is behind), the next fetch starts at once, off the loop, so a loop
+        that keeps calling finds records waiting rather than a thread to wake."""
         loop = self._loop
         deadline = loop.time() + timeout_s
         waker = self._log.waker
         first = True
         while True:
             self._check_running()
+            ahead = self._prefetch
+            if ahead is not None:
+                self._prefetch = None
+                if not ahead.done():
+                    await asyncio.wrap_future(ahead, loop=loop)
+                self._buffered = self._fetched = ahead.result()  # the fetch's error, if it failed
             if self._sync is not None and self._strand.idle():
                 out = take(limit)
                 if out:
+                    self._buffered -= len(out)
+                    behind = prefetch is not None and self._fetched >= prefetch
+                    if behind and self._buffered <= 0 and not self._stopped:
+                        self._prefetch = self._strand.submit(functools.partial(fetch, False))
                     return out
             seq = waker.seq
             again = not first
             first = False
-            if await self._call(functools.partial(fetch, again)):
+            self._buffered = self._fetched = await self._call(functools.partial(fetch, again))
+            if self._buffered:
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -658,6 +881,13 @@ class AIOConsumer(_Reader[Record]):
     def __init__(self, log: AIOLog, *topics: str, **config: Any) -> None:
         self._max_poll = config.get("max_poll_records", 500)
         self._iter_timeout_s = _check_ms("consumer_timeout_ms", config.get("consumer_timeout_ms"), allow_none=True)
+        self._group_id = config.get("group_id")
+        self._in_group = False  # subscribed with a group_id: fetches coordinate, so none start ahead
+        self._pattern: re.Pattern[str] | None = None
+        self._pattern_listener: Any = None
+        self._pattern_due = 0.0  # when (monotonic s) the topics are matched against the pattern again
+        self._pattern_epoch = -1
+        self._buffer_only: frozenset[TopicPartition] | None = None  # the filter the buffer was filled under
         super().__init__(log, functools.partial(log.log.consumer, **config))
         if topics:
             self.subscribe(topics)
@@ -671,33 +901,114 @@ class AIOConsumer(_Reader[Record]):
         await self._stop(lambda: self._need().close())
 
     # -- assignment -----------------------------------------------------------------------------
-    def subscribe(self, topics: Iterable[str] = (), listener: Any = None) -> None:
-        """Consume these topics; with a group_id the group assigns partitions at the next getmany().
-        ``listener``: a `sqlog.aio.ConsumerRebalanceListener` (coroutines, on the loop) or a
+    def subscribe(self, topics: Iterable[str] = (), pattern: str | re.Pattern[str] | None = None,
+                  listener: Any = None) -> None:
+        """Consume these topics, or every topic whose name matches ``pattern`` (``re.match``, as
+        aiokafka; topics created later join within ``metadata_max_age_ms``); with a group_id the
+        group assigns partitions at the next getmany(). ``listener``: a
+        `sqlog.aio.ConsumerRebalanceListener` (coroutines, on the loop) or a
         `sqlog.ConsumerRebalanceListener` (run on the pool)."""
         if listener is not None and callable(getattr(listener, "on_partitions_assigned", None)):
             listener = _OnLoop(self, listener)
+        if pattern is not None:
+            if topics:
+                raise InvalidConfigError("subscribe() takes topics or a pattern, not both")
+            try:
+                compiled = re.compile(pattern)
+            except (re.error, TypeError) as exc:
+                raise InvalidConfigError(f"pattern must be a regular expression, not {pattern!r} ({exc})") from None
+            self._plain(lambda: self._need().subscribe([], listener))
+            self._pattern, self._pattern_listener, self._pattern_due = compiled, listener, 0.0
+            self._in_group = self._group_id is not None
+            return
         names = list(topics) if not isinstance(topics, (str, bytes)) else topics
         self._plain(lambda: self._need().subscribe(names, listener))
+        self._pattern = None
+        self._in_group = self._group_id is not None
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Consume exactly these partitions, outside any group rebalancing."""
         parts = list(partitions) if not isinstance(partitions, (str, bytes)) else partitions
         self._plain(lambda: self._need().assign(parts))
+        self._pattern = None
+        self._in_group = False
 
     def unsubscribe(self) -> None:
         """Drop the subscription or assignment (a group member leaves its group, off the loop)."""
         self._plain(lambda: self._need().unsubscribe(), queue_only=True)
-
+        self._pattern = None
+        self._in_group = False
 
     def assignment(self) -> set[TopicPartition]:
         return set() if self._sync is None else self._sync.assignment()
 
+    def _match_pattern(self, sync: Any) -> None:
+        """Off the loop, before a fetch: subscribe to the topics the pattern matches now (when
+        ``metadata_max_age_ms`` has passed or a topic changed in this process)."""
+        pattern = self._pattern
+        engine = self._log.engine
+        if pattern is None or (time.monotonic() < self._pattern_due and self._pattern_epoch == engine.meta_epoch):
+            return
+        self._pattern_epoch = engine.meta_epoch
+        self._pattern_due = time.monotonic() + (sync.config["metadata_max_age_ms"] or 0) / 1000
+        names = {t for t in self._log.log.list_topics() if pattern.match(t)}
+        if names != sync.subscription():
+            sync.subscribe(sorted(names), self._pattern_listener)
 
-    async def _records(self, timeout_s: float, limit: int) -> list[Record]:
+    # -- records ---------------------------------------------------------------------------------
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int | float = 0,  # type: ignore[override]
+                      max_records: int | None = None) -> dict[TopicPartition, list[Record]]:
+        """Records by partition (at most ``max_records``), waiting up to ``timeout_ms`` for some;
+        given ``partitions``, only records of those (as aiokafka: the others wait for later calls)."""
+        timeout_s = _check_ms("timeout_ms", timeout_ms)
+        limit = _check_max(max_records, self._max_poll)
+        if not partitions:
+            return _grouped(await self._records(timeout_s, limit))
+        if not all(isinstance(tp, TopicPartition) for tp in partitions):
+            raise InvalidConfigError(f"getmany() takes TopicPartitions, not {partitions!r}")
+        return _grouped(await self._records(timeout_s, limit, frozenset(partitions)))
+
+    async def _records(self, timeout_s: float, limit: int,
+                       only: frozenset[TopicPartition] | None = None) -> list[Record]:
         fetch_limit = max(limit, self._max_poll if type(self._max_poll) is int else 1)
-        return await self._get(timeout_s, limit, lambda again: self._need().fetch(fetch_limit),
-                               lambda n: self._need().take(n))
+        if only is not None:
+            def take_only(n: int) -> list[Record]:
+                held = self._buffer_only
+                return self._need().take(n) if held is not None and held <= only else []
+
+            return await self._get(timeout_s, limit, lambda again: self._fetch_only(only, limit), take_only)
+
+        def fetch(again: bool) -> int:
+            sync = self._need()
+            self._match_pattern(sync)
+            self._buffer_only = None
+            return int(sync.fetch(fetch_limit))
+
+        return await self._get(timeout_s, limit, fetch, lambda n: self._need().take(n),
+                               prefetch=None if self._in_group else fetch_limit)
+
+    def _fetch_only(self, only: frozenset[TopicPartition], limit: int) -> int:
+        """Off the loop: fill the buffer from the partitions in ``only`` alone, pausing the others
+        for the fetch (pause() empties the buffer; positions stay, so nothing is skipped)."""
+        sync = self._need()
+        self._match_pattern(sync)
+        for _ in range(3):
+            assigned = sync.assignment()
+            paused = sync.paused()
+            others = [tp for tp in assigned if tp not in only and tp not in paused]
+            if others:
+                sync.pause(*others)
+            try:
+                n = int(sync.fetch(limit))
+            finally:
+                if others:
+                    sync.resume(*[tp for tp in others if tp in sync.assignment()])
+            if sync.assignment() == assigned:  # no rebalance meanwhile: only wanted partitions fetched
+                self._buffer_only = only
+                return n
+            sync.pause()  # the assignment changed inside fetch(): drop what it read, try again
+        self._buffer_only = None
+        return 0
 
     # -- positions and offsets -------------------------------------------------------------------
     def seek(self, tp: TopicPartition, offset: int) -> None:

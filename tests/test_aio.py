@@ -18,6 +18,8 @@ import sqlog
 import sqlog.aio
 from sqlog import TopicPartition
 
+from helpers import read_all
+
 pytestmark = pytest.mark.asyncio
 WORKER = Path(__file__).resolve().parent / "procs" / "aio_worker.py"
 TP0 = TopicPartition("t", 0)
@@ -103,6 +105,74 @@ async def test_producer_send_futures_flush_and_batch(log_path: str) -> None:
         assert (await log.describe_topic("t")).partitions[0].high_watermark >= 13
 
 
+async def test_plain_sends_mixed_with_keyed_keep_order_metadata_and_timestamps(log_path: str) -> None:
+    """Plain bytes sends (collected into runs on the loop) interleaved with keyed, headered and
+    timestamped ones: every future gets the right metadata, each partition keeps send order,
+    and a record's timestamp is the wall clock at its send()."""
+    async with sqlog.aio.open(log_path) as log:
+        await log.create_topic("t", partitions=3)
+        await log.create_topic("u")
+        kept: list[tuple[asyncio.Future[sqlog.RecordMetadata], int, int, int, bytes]] = []
+        rng = random.Random(7)
+        async with log.producer() as producer:
+            for i in range(5000):
+                value = b"%d" % i
+                before = int(time.time() * 1000)
+                roll = rng.random()
+                if roll < 0.05:
+                    fut = await producer.send("t", value, key=b"k%d" % (i % 5))
+                elif roll < 0.08:
+                    fut = await producer.send("t", value, headers=[("h", b"1")], partition=1)
+                elif roll < 0.10:
+                    fut = await producer.send("u", value)
+                elif roll < 0.12:
+                    fut = await producer.send("t", value, partition=2, timestamp_ms=before - 10_000)
+                    before -= 10_000
+                else:
+                    fut = await producer.send("t", value, partition=i % 2 if roll < 0.5 else None)
+                after = int(time.time() * 1000)
+                kept.append((fut, i, before, after, value))
+                if i % 700 == 0:
+                    await asyncio.sleep(0)
+            await producer.flush()
+        assert all(f.done() for f, *_ in kept)
+        where: dict[tuple[str, int, int], tuple[int, bytes]] = {}
+        for fut, i, before, after, value in kept:
+            md = fut.result()
+            assert before <= md.timestamp_ms <= after, (i, md)
+            where[md.topic, md.partition, md.offset] = (i, value)
+        assert len(where) == 5000
+        for topic, parts in (("t", 3), ("u", 1)):
+            for p in range(parts):
+                records = read_all(log.log, topic, p)
+                assert [r.value for r in records] == [where[topic, p, r.offset][1] for r in records]
+                sent_order = [where[topic, p, r.offset][0] for r in records]
+                assert sent_order == sorted(sent_order), f"{topic}-{p} out of send order"
+
+
+async def test_send_futures_seen_only_by_callbacks_or_gather_are_resolved(log_path: str) -> None:
+    """A future the caller dropped after adding a callback still runs it; gathered and listed
+    futures get their metadata; errors of plain sends still raise at once."""
+    async with sqlog.aio.open(log_path) as log:
+        await log.create_topic("t")
+        await log.create_topic("c", cleanup_policy="compact")
+        seen: list[int] = []
+        async with log.producer(max_record_bytes=1000) as producer:
+            for i in range(300):
+                (await producer.send("t", b"x")).add_done_callback(lambda f: seen.append(f.result().offset))
+            listed = [await producer.send("t", b"y") for _ in range(300)]
+            gathered = asyncio.gather(*[await producer.send("t", b"z") for _ in range(300)])
+            for _ in range(3):  # the plain path refuses what send() refuses, at every call
+                with pytest.raises(sqlog.RecordTooLarge):
+                    await producer.send("t", b"x" * 1001)
+                with pytest.raises(sqlog.InvalidRecordError):
+                    await producer.send("c", b"no key")
+            await producer.flush()
+            assert sorted(seen) == list(range(300))
+            assert [f.result().offset for f in listed] == list(range(300, 600))
+            assert [m.offset for m in await gathered] == list(range(600, 900))
+
+
 async def test_thousand_concurrent_senders_share_commits(log_path: str) -> None:
     async with sqlog.aio.open(log_path) as log:
         await log.create_topic("t")
@@ -162,6 +232,90 @@ async def test_consumer_calls(log_path: str) -> None:
         assert [r async for r in consumer] == []  # stopped: iteration ends
 
 
+async def test_getmany_of_named_partitions(log_path: str) -> None:
+    """getmany(*partitions) returns records of those partitions only; the others' records come
+    later, none skipped or repeated, and a partition the caller paused stays paused."""
+    async with sqlog.aio.open(log_path) as log:
+        await log.create_topic("t", partitions=3)
+        parts = [TopicPartition("t", p) for p in range(3)]
+        with log.log.producer() as producer:
+            for i in range(90):
+                producer.send("t", b"%d" % i, partition=i % 3)
+        async with log.consumer(auto_offset_reset="earliest") as consumer:
+            consumer.assign(parts)
+            seen: dict[TopicPartition, list[int]] = {tp: [] for tp in parts}
+            first = await consumer.getmany(parts[1], timeout_ms=1000, max_records=7)
+            assert list(first) == [parts[1]] and [r.offset for r in first[parts[1]]] == list(range(7))
+            seen[parts[1]] += [r.offset for r in first[parts[1]]]
+            consumer.pause(parts[2])
+            rng = random.Random(3)
+            for _ in range(200):
+                wanted = rng.sample(parts, rng.randint(0, 2))
+                batch = await consumer.getmany(*wanted, timeout_ms=0, max_records=rng.randint(1, 9))
+                assert set(batch) <= (set(wanted) or set(parts)) - {parts[2]}
+                for tp, records in batch.items():
+                    seen[tp] += [r.offset for r in records]
+            assert consumer.paused() == {parts[2]}
+            consumer.resume(parts[2])
+            while batch := await consumer.getmany(parts[2], timeout_ms=100):
+                seen[parts[2]] += [r.offset for rs in batch.values() for r in rs]
+            while batch := await consumer.getmany(timeout_ms=100):
+                for tp, records in batch.items():
+                    seen[tp] += [r.offset for r in records]
+            assert seen == {tp: list(range(30)) for tp in parts}
+            with pytest.raises(sqlog.InvalidConfigError):
+                await consumer.getmany("t")  # type: ignore[arg-type]
+
+
+async def test_subscribe_pattern(log_path: str) -> None:
+    """subscribe(pattern=...) reads every matching topic (re.match, as aiokafka), picks up a
+    matching topic created later, and leaves the others alone; topics and a pattern together
+    (or a bad pattern) are refused."""
+    async with sqlog.aio.open(log_path) as log:
+        for name in ("orders.eu", "orders.us", "other", "xorders.eu"):
+            await log.create_topic(name)
+        async with log.producer() as producer:
+            for name in ("orders.eu", "orders.us", "other", "xorders.eu"):
+                await producer.send(name, name.encode())
+        async with log.consumer(group_id="p", auto_offset_reset="earliest") as consumer:
+            consumer.subscribe(pattern=r"orders\.")
+            got: list[str] = []
+            deadline = time.monotonic() + 10
+            while len(got) < 2 and time.monotonic() < deadline:
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    got += [r.topic for r in records]
+            assert sorted(got) == ["orders.eu", "orders.us"]
+            assert consumer.subscription() == {"orders.eu", "orders.us"}
+            await log.create_topic("orders.asia")
+            async with log.producer() as producer:
+                await producer.send_and_wait("orders.asia", b"new")
+                await producer.send_and_wait("other", b"ignored")
+            late = await consumer.getone()
+            assert (late.topic, late.value) == ("orders.asia", b"new")
+            assert consumer.subscription() == {"orders.eu", "orders.us", "orders.asia"}
+            with pytest.raises(sqlog.InvalidConfigError):
+                consumer.subscribe(["other"], pattern="o.*")
+            with pytest.raises(sqlog.InvalidConfigError):
+                consumer.subscribe(pattern="(")
+
+
+async def test_seek_while_a_fetch_runs_ahead(log_path: str) -> None:
+    """A manually assigned consumer fetches ahead of the calls; a seek meanwhile wins."""
+    async with sqlog.aio.open(log_path) as log:
+        await log.create_topic("t")
+        with log.log.producer() as producer:
+            producer.send_batch("t", [b"%d" % i for i in range(100)])
+        async with log.consumer(auto_offset_reset="earliest", max_poll_records=10) as consumer:
+            consumer.assign([TP0])
+            pos = 0
+            while pos < 100:
+                batch = await consumer.getmany(timeout_ms=1000)
+                assert [r.offset for r in batch[TP0]] == list(range(pos, min(pos + 10, 100)))
+                pos += 5
+                consumer.seek(TP0, pos)  # back over records a fetch ahead may already hold
+            assert await consumer.getmany(timeout_ms=10) == {}
+
+
 async def _take(consumer: sqlog.aio.AIOConsumer, n: int):  # type: ignore[no-untyped-def]
     async for record in consumer:
         yield record
@@ -195,12 +349,20 @@ async def test_cancelled_getone_loses_nothing(log_path: str, no_slices: None) ->
             assert (await asyncio.wait_for(consumer.getone(), 5)).value == b"first"
 
 
-async def test_cancellation_storm_never_skips_or_repeats(log_path: str) -> None:
-    """Cancel getmany()/getone() at random moments while records flow: every offset comes out once, in order."""
+@pytest.mark.parametrize("mode", ["group", "assigned", "filtered"])
+async def test_cancellation_storm_never_skips_or_repeats(log_path: str, mode: str) -> None:
+    """Cancel getmany()/getone() at random moments while records flow: every offset comes out
+    once, in order. "group": a subscribed group member; "assigned": a manual assignment (fetches
+    start ahead of the calls); "filtered": as assigned, every other getmany() asks for the
+    partition by name."""
     n = 3000
     async with sqlog.aio.open(log_path) as log:
         await log.create_topic("t")
-        consumer = log.consumer("t", group_id="g", auto_offset_reset="earliest", max_poll_records=37)
+        if mode == "group":
+            consumer = log.consumer("t", group_id="g", auto_offset_reset="earliest", max_poll_records=37)
+        else:
+            consumer = log.consumer(group_id="g", auto_offset_reset="earliest", max_poll_records=37)
+            consumer.assign([TP0])
         producer = log.producer()
         stop = asyncio.Event()
 
@@ -217,7 +379,13 @@ async def test_cancellation_storm_never_skips_or_repeats(log_path: str) -> None:
         cancelled = 0
         deadline = time.monotonic() + 60
         while len(seen) < n and time.monotonic() < deadline:
-            call = consumer.getone() if rng.random() < 0.3 else consumer.getmany(timeout_ms=200, max_records=50)
+            roll = rng.random()
+            if roll < 0.3:
+                call = consumer.getone()
+            elif mode == "filtered" and roll < 0.65:
+                call = consumer.getmany(TP0, timeout_ms=200, max_records=50)
+            else:
+                call = consumer.getmany(timeout_ms=200, max_records=50)
             task = asyncio.ensure_future(call)
             await asyncio.sleep(rng.choice([0, 0, 0.0001, 0.0005, 0.002]))
             if not task.done():
