@@ -126,6 +126,8 @@ def run_stress(tmp_path: Path, seconds: float, partitions: int, producer_procs: 
         assert not errors, errors
 
         # -- the model ------------------------------------------------------------------------
+        failed = [line for child in producers for line in child.lines if line.startswith("error ")]
+        assert not failed, failed
         ack_lines = acks.lines + [line for child in producers for line in child.lines if line.startswith("ack ")]
         acked = {}
         for line in ack_lines:

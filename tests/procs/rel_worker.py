@@ -268,9 +268,14 @@ def stress_produce(args: dict[str, Any]) -> None:
     with sqlog.open(args["path"], **args.get("open", {})) as log:
         producer = log.producer(batch_size=args["batch_size"], linger_ms=args["linger_ms"])
         say("ready")
-        workers = [threading.Thread(target=stress_send_loop, daemon=True,
-                                    args=(producer, args["topic"], f"{args['pid']}.{t}", args["seed"], deadline,
-                                          say_many))
+        def send_loop(pid: str) -> None:
+            try:
+                stress_send_loop(producer, args["topic"], pid, args["seed"], deadline, say_many)
+            except BaseException as exc:  # reported, so the test fails with the cause, not a count
+                say("error", pid, repr(exc).replace("\n", " "))
+                raise
+
+        workers = [threading.Thread(target=send_loop, daemon=True, args=(f"{args['pid']}.{t}",))
                    for t in range(args["threads"])]
         for w in workers:
             w.start()
