@@ -166,6 +166,20 @@ class MirrorHandle:
         logger.warning("mirror %s: %s; retrying in %.1f s", self.status.direction, error, delay)
         self.sleep(delay)
 
+    def on_kafka_error(self, err: KafkaError) -> None:
+        """librdkafka's error_cb: the cluster unreachable and the like (it keeps retrying itself)."""
+        with self.status.lock:
+            self.status.last_error = err.str()
+            if err.code() == KafkaError._ALL_BROKERS_DOWN and self.status.state == "running":
+                self.status.state = "disconnected"
+        logger.info("mirror %s: %s", self.status.direction, err.str())
+
+    def running_again(self) -> None:
+        """Records got through after a fault."""
+        with self.status.lock:
+            if self.status.state in ("retrying", "disconnected"):
+                self.status.state = "running"
+
     # -- public ----------------------------------------------------------------------------
     def progress(self) -> MirrorProgress:
         """Records mirrored, rate over the last seconds, lag per partition, skips, retries, state."""

@@ -69,6 +69,7 @@ class _Puller:
 
     def run(self, h: MirrorHandle) -> None:
         self.h = h
+        self.conf["error_cb"] = h.on_kafka_error
         try:
             self._prepare()
             producer = self.log.producer(transactional_id=f"sqlog-mirror-pull.{self.group}")
@@ -170,6 +171,7 @@ class _Puller:
                         self._rewind(consumer)
                         raise
                     backoff.reset()
+                    self.h.running_again()
                 self._show(consumer)
             return True
         finally:

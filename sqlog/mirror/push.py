@@ -104,10 +104,12 @@ class _Pusher:
         self.read: dict[TopicPartition, int] = {}  # next local offset to hand to the producer
         self.skipped: dict[TopicPartition, int] = {}
         self.targets: dict[TopicPartition, int] | None = None  # once: the end offsets seen at start
+        self.next_show = 0.0
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, h: MirrorHandle) -> None:
         self.h = h
+        self.conf["error_cb"] = h.on_kafka_error
         try:
             self._check_remote()
             for tp in self.tps:
@@ -197,7 +199,12 @@ class _Pusher:
         self.consumer.commit({tp: OffsetAndMetadata(o, self.meta) for tp, o in ends.items()})
         self._show()
 
-    def _show(self) -> None:
+    def _show(self, every: float = 0.0) -> None:
+        """Cursor and local end offsets into the progress (at most once per ``every`` seconds)."""
+        now = time.monotonic()
+        if now < self.next_show + every:
+            return
+        self.next_show = now
         ends = self.consumer.end_offsets(self.tps)
         with self.h.status.lock:
             for tp in self.tps:
@@ -237,10 +244,10 @@ class _Pusher:
                     done = {}
                     next_commit = now + COMMIT_EVERY_S
                     backoff.reset()
-                    if self.h.status.state == "retrying":
-                        self.h.set_state("running")
+                    self.h.running_again()
                 if self.once and not batches and not done and self._caught_up():
                     return True
+                self._show(every=0.5)
                 if batches and not records:
                     producer.poll(0.05)
         except (_UplinkFault, Stopped):
@@ -307,6 +314,7 @@ class _Pusher:
             metadata = progress.consumer_group_metadata()
             while not self.h.stopping:
                 records = self._poll(100)
+                self._show(every=0.5)
                 if not records:
                     if self.once and self._caught_up():
                         return True
@@ -330,8 +338,7 @@ class _Pusher:
                 self.h.status.add_records(len(records))
                 self._commit_local(ends)  # the local group shows the lag; the cluster's progress rules
                 backoff.reset()
-                if self.h.status.state == "retrying":
-                    self.h.set_state("running")
+                self.h.running_again()
             return True
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
