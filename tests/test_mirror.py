@@ -277,3 +277,35 @@ def test_mirror_without_a_log_file_or_with_bad_arguments(tmp_path: Path) -> None
         push(sqlog.open(str(tmp_path / "a.db")), "x:1", [])
     with pytest.raises(MirrorError, match="needs a group id"):
         pull(sqlog.open(str(tmp_path / "a.db")), "x:1", ["t"], group="")
+
+
+# -- exactly-once push ---------------------------------------------------------------------------
+def test_exactly_once_push_keeps_its_progress_on_the_cluster(tmp_path: Path) -> None:
+    """Tansu stores transactional offsets (TxnOffsetCommit): a restart with the local cursor gone
+    resumes from the cluster's progress, read back after init_transactions()."""
+    src = sqlog.open(str(tmp_path / "edge.db"))
+    write_records(src, "orders", 50, 2, create=True)
+    with tansu() as bootstrap:
+        def run() -> int:
+            return push(src, bootstrap, "orders", exactly_once=True, transactional_id="edge-7", once=True,
+                        max_records=20).join(60).records
+
+        assert run() == 50
+        src.delete_group("sqlog-mirror")  # the local cursor is only for show: the cluster's progress rules
+        assert run() == 0
+        write_records(src, "orders", 20, 2, start=50)
+        assert run() == 20
+        assert remote_rows(bootstrap, "orders", 2) == local_rows(src, "orders")
+
+
+def test_exactly_once_push_on_the_mock_falls_back_to_the_local_cursor(tmp_path: Path, cluster: MockCluster) -> None:
+    """The mock drops TxnOffsetCommit: the cluster shows no progress, and the local cursor (committed
+    after each cluster transaction) keeps a restart from sending everything again."""
+    cluster.create_topic("orders", 2)
+    src = sqlog.open(str(tmp_path / "edge.db"))
+    write_records(src, "orders", 30, 2, create=True)
+    bs = cluster.bootstrap_servers
+    assert push(src, bs, "orders", exactly_once=True, transactional_id="e", once=True).join(60).records == 30
+    write_records(src, "orders", 10, 2, start=30)
+    assert push(src, bs, "orders", exactly_once=True, transactional_id="e", once=True).join(60).records == 10
+    assert remote_rows(bs, "orders", 2) == local_rows(src, "orders")
