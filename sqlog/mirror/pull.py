@@ -1,11 +1,13 @@
 """``pull``: consume topics from a Kafka cluster and append them locally, partition p to partition p.
 
 Each batch of fetched records is appended by a sqlog transactional producer together with the
-remote offsets it reached (as the committed offsets of the local group named like the remote
-consumer group), in ONE SQLite transaction: a crash at any moment leaves either both or neither,
-so a restart resumes exactly after the last appended record — nothing lost, nothing twice. The
-same offsets are then committed to the cluster's group too (asynchronously, for the cluster's
-lag tools; the local file is what a restart reads).
+remote offsets it reached, in ONE SQLite transaction: a crash at any moment leaves either both or
+neither, so a restart resumes exactly after the last appended record — nothing lost, nothing
+twice. The cursor is the local consumer group named like the remote one: its committed offset is
+the local end after the append, its metadata ``remote-offset=N ...`` the next remote offset
+(remote offsets need not match local ones: transaction markers, compaction, retention). The
+remote offsets are then committed to the cluster's group too (asynchronously, for the cluster's
+lag tools; a restart reads the local file).
 """
 
 from __future__ import annotations
@@ -38,12 +40,24 @@ CONSUMER_DEFAULTS = {"enable.auto.commit": False, "enable.auto.offset.store": Fa
                      "isolation.level": "read_committed", "enable.partition.eof": True}
 
 
+REMOTE_OFFSET = "remote-offset="  # the committed offset's metadata starts with it
+
+
+def remote_offset(metadata: str) -> int | None:
+    """The remote offset a pull stored in the local group's offset metadata (None: not a pull's)."""
+    head = metadata.split(" ", 1)[0]
+    if head.startswith(REMOTE_OFFSET) and head[len(REMOTE_OFFSET):].isdigit():
+        return int(head[len(REMOTE_OFFSET):])
+    return None
+
+
 def pull(log: Log, bootstrap_servers: str, topics: Iterable[str] | str, *, group: str, once: bool = False,
          config: Mapping[str, Any] | None = None, max_records: int = POLL_RECORDS) -> MirrorHandle:
     """Start appending the records of the cluster's ``topics`` to the same-named local topics
     (created with the remote partition count when missing) in a background thread; returns its
-    handle. ``group``: the consumer group on the cluster and, locally, the group whose committed
-    offsets are the remote offsets reached (``sqlog groups describe GROUP``). ``once``: stop at
+    handle. ``group``: the consumer group on the cluster and, locally, the cursor: a group whose
+    committed offsets are the local end after each append, with the remote offset reached in their
+    metadata (``remote-offset=N ...``; ``sqlog groups describe GROUP``). ``once``: stop at
     the end offsets seen at the start. ``config``: librdkafka consumer settings."""
     names = check_topics(topics)
     if not isinstance(group, str) or not group:
@@ -66,6 +80,7 @@ class _Puller:
         self.cursor: dict[tuple[str, int], int | None] = {}  # next remote offset to append
         self.targets: dict[tuple[str, int], int] = {}
         self.eof: dict[tuple[str, int], int] = {}
+        self.reader: Any = None  # a local consumer of the group: its committed offsets, local end offsets
 
     def run(self, h: MirrorHandle) -> None:
         self.h = h
@@ -92,6 +107,9 @@ class _Puller:
                 producer.close()
         except Stopped:
             pass
+        finally:
+            if self.reader is not None:
+                self.reader.close(autocommit=False)
 
     def _prepare(self) -> None:
         """The remote partition counts; the local topics created or checked; the local cursors."""
@@ -115,13 +133,11 @@ class _Puller:
                     f"local topic {topic!r} has {have} partitions but the remote one has {n}: pull maps partition p "
                     f"to partition p, so grow it first (sqlog topics alter {topic} --partitions {n})"
                 )
-        reader = self.log.consumer(group_id=self.group, enable_auto_commit=False)
-        try:
-            for topic, n in counts.items():
-                for p in range(n):
-                    self.cursor[(topic, p)] = reader.committed(TopicPartition(topic, p))
-        finally:
-            reader.close(autocommit=False)
+        self.reader = self.log.consumer(group_id=self.group, enable_auto_commit=False)
+        for topic, n in counts.items():
+            for p in range(n):
+                committed = self.reader.committed(TopicPartition(topic, p), metadata=True)
+                self.cursor[(topic, p)] = None if committed is None else remote_offset(committed.metadata)
         self._show()
 
     def _show(self, consumer: KafkaConsumer | None = None) -> None:
@@ -166,7 +182,7 @@ class _Puller:
                             self.h.status.last_error = err.str()
                 if data:
                     try:
-                        self._append(producer, data)
+                        self._append(producer, data, consumer)
                     except SqlogError:
                         self._rewind(consumer)
                         raise
@@ -177,21 +193,32 @@ class _Puller:
         finally:
             consumer.close()
 
-    def _append(self, producer: Any, messages: list[Any]) -> None:
+    def _append(self, producer: Any, messages: list[Any], consumer: KafkaConsumer) -> None:
         """The records and the remote offsets they reach, in one SQLite transaction."""
         producer.begin_transaction()
         ends: dict[tuple[str, int], int] = {}
+        counts: dict[tuple[str, int], int] = {}
         send = producer.send
         for m in messages:
             kind, ts = m.timestamp()
-            topic, p = m.topic(), m.partition()
-            send(topic, m.value(), m.key(), m.headers(), p, ts if kind else None)
-            ends[(topic, p)] = m.offset() + 1
+            key = m.topic(), m.partition()
+            send(key[0], m.value(), m.key(), m.headers(), key[1], ts if kind else None)
+            ends[key] = m.offset() + 1
+            counts[key] = counts.get(key, 0) + 1
+        # The group's offset is the local end after this append (so its lag reads 0 once caught up, and
+        # it is never past the high watermark); the remote offset reached is in its metadata.
+        tps = {key: TopicPartition(*key) for key in counts}
+        local_end = self.reader.end_offsets(list(tps.values()))
         producer.send_offsets_to_transaction(
-            {TopicPartition(t, p): OffsetAndMetadata(o, self.meta) for (t, p), o in ends.items()}, self.group)
+            {tp: OffsetAndMetadata(local_end[tp] + counts[key], f"{REMOTE_OFFSET}{ends[key]} {self.meta}")
+             for key, tp in tps.items()}, self.group)
         producer.commit_transaction()
         self.cursor.update(ends)
         self.h.status.add_records(len(messages))
+        try:  # for the cluster's lag tools; a restart reads the local file, so a failure here is harmless
+            consumer.commit(offsets=[KafkaTP(t, p, o) for (t, p), o in ends.items()], asynchronous=True)
+        except KafkaException as exc:
+            logger.info("mirror pull: committing offsets to the cluster failed: %s", describe(exc))
 
     def _rewind(self, consumer: KafkaConsumer) -> None:
         for (t, p), o in self.cursor.items():
