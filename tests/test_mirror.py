@@ -309,3 +309,34 @@ def test_exactly_once_push_on_the_mock_falls_back_to_the_local_cursor(tmp_path: 
     write_records(src, "orders", 10, 2, start=30)
     assert push(src, bs, "orders", exactly_once=True, transactional_id="e", once=True).join(60).records == 10
     assert remote_rows(bs, "orders", 2) == local_rows(src, "orders")
+
+
+def test_pull_keeps_remote_offsets_apart_from_local_ones_and_warns_of_remote_retention(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Through `sqlog serve` over a file whose retention moves the remote log start: remote offsets
+    differ from local ones (kept in the cursor's metadata), and records the cluster dropped before
+    they were pulled are a warning and a count."""
+    remote = str(tmp_path / "remote.db")
+    with sqlog.open(remote, retention_check_interval_ms=None) as log:
+        log.create_topic("cmds", retention_bytes=3000)
+        write_records(log, "cmds", 100, 1)
+        log.sweep()
+        start = log.describe_topic("cmds").partitions[0].log_start_offset
+    assert start > 0
+    dst = sqlog.open(str(tmp_path / "edge.db"))
+    with served(remote) as server:
+        assert pull(dst, server.bootstrap, "cmds", group="edge", once=True).join(30).records == 100 - start
+        described = dst.describe_group("edge").partitions[0]
+        assert (described.committed_offset, described.lag) == (100 - start, 0)
+        assert described.metadata.startswith("remote-offset=100 ")
+        with sqlog.open(remote, retention_check_interval_ms=None) as log:
+            write_records(log, "cmds", 100, 1, start=100)
+            log.sweep()
+            start2 = log.describe_topic("cmds").partitions[0].log_start_offset
+        assert start2 > 100
+        with caplog.at_level(logging.WARNING, logger="sqlog"):
+            progress = pull(dst, server.bootstrap, "cmds", group="edge", once=True).join(30)
+    assert progress.skipped == start2 - 100 and progress.records == 200 - start2
+    assert f"retention removed cmds-0 offsets 100 to {start2 - 1}" in caplog.text
+    values = [int(v.split(b"-")[1]) for _, _, v, _, _ in local_rows(dst, "cmds")]
+    assert values == list(range(start, 100)) + list(range(start2, 200))

@@ -80,6 +80,7 @@ class _Puller:
         self.cursor: dict[tuple[str, int], int | None] = {}  # next remote offset to append
         self.targets: dict[tuple[str, int], int] = {}
         self.eof: dict[tuple[str, int], int] = {}
+        self.floor: dict[tuple[str, int], int] = {}  # the cluster's log start, where retention moved it past the cursor
         self.reader: Any = None  # a local consumer of the group: its committed offsets, local end offsets
 
     def run(self, h: MirrorHandle) -> None:
@@ -156,7 +157,7 @@ class _Puller:
         """Consume from the cursors until stopped (False on a fault to retry), True when done."""
         consumer = KafkaConsumer(self.conf)
         try:
-            consumer.assign([KafkaTP(t, p, OFFSET_BEGINNING if o is None else o) for (t, p), o in self.cursor.items()])
+            self._assign(consumer)
             if self.once and not self.targets:
                 for key in self.cursor:
                     self.targets[key] = consumer.get_watermark_offsets(KafkaTP(*key), METADATA_TIMEOUT_S)[1]
@@ -220,9 +221,13 @@ class _Puller:
         except KafkaException as exc:
             logger.info("mirror pull: committing offsets to the cluster failed: %s", describe(exc))
 
+    def _assign(self, consumer: KafkaConsumer) -> None:
+        """Fetch every partition from its cursor (or past what the cluster's retention removed)."""
+        consumer.assign([KafkaTP(t, p, max(o, self.floor.get((t, p), 0)) if o is not None else
+                                 self.floor.get((t, p), OFFSET_BEGINNING)) for (t, p), o in self.cursor.items()])
+
     def _rewind(self, consumer: KafkaConsumer) -> None:
-        for (t, p), o in self.cursor.items():
-            consumer.seek(KafkaTP(t, p, OFFSET_BEGINNING if o is None else o))
+        self._assign(consumer)
 
     def _skip(self, consumer: KafkaConsumer, topic: str, partition: int) -> None:
         """The cluster's retention removed records before they were pulled: warn, count, go on
@@ -234,5 +239,6 @@ class _Puller:
                        "were pulled; going on from offset %d", topic, partition, first, low - 1, n, low)
         with self.h.status.lock:
             self.h.status.skipped += n
-        consumer.seek(KafkaTP(topic, partition, low))
+        self.floor[(topic, partition)] = low
+        self._assign(consumer)
 
