@@ -245,7 +245,7 @@ def check_topics(topics: Iterable[str] | str) -> list[str]:
 def remote_partitions(conf: Mapping[str, Any], topic: str, timeout: float = METADATA_TIMEOUT_S) -> int | None:
     """The remote topic's partition count, None when it does not exist. Raises KafkaException when
     the cluster cannot be reached."""
-    admin = AdminClient({k: v for k, v in conf.items() if k in ADMIN_KEYS or k.startswith(("security.", "ssl.", "sasl."))})
+    admin = AdminClient(connection_config(conf))
     md = admin.list_topics(topic, timeout=timeout)
     t = md.topics.get(topic)
     if t is None or t.error is not None:
@@ -255,7 +255,13 @@ def remote_partitions(conf: Mapping[str, Any], topic: str, timeout: float = META
     return len(t.partitions)
 
 
-ADMIN_KEYS = {"bootstrap.servers", "logger", "client.id", "socket.timeout.ms", "reconnect.backoff.ms",
+def connection_config(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of ``conf`` that say how to reach the cluster (address, security, timeouts),
+    for the admin and helper clients beside the mirror's producer or consumer."""
+    return {k: v for k, v in conf.items() if k in CONNECTION_KEYS or k.startswith(("security.", "ssl.", "sasl."))}
+
+
+CONNECTION_KEYS = {"bootstrap.servers", "logger", "client.id", "socket.timeout.ms", "reconnect.backoff.ms",
               "reconnect.backoff.max.ms", "client.dns.lookup", "broker.address.family"}
 UNKNOWN_TOPIC_CODES = {3, -188}  # UNKNOWN_TOPIC_OR_PART (broker), _UNKNOWN_TOPIC (local)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -31,6 +30,7 @@ from .common import (
     MirrorHandle,
     Stopped,
     check_topics,
+    connection_config,
     describe,
     kafka_config,
     logger,
@@ -43,23 +43,6 @@ COMMIT_EVERY_S = 0.2
 FLUSH_ON_STOP_S = 10.0
 TXN_TIMEOUT_S = 30.0
 PRODUCER_DEFAULTS = {"acks": "all", "enable.idempotence": True, "linger.ms": 5, "allow.auto.create.topics": True}
-
-
-class _Batch:
-    """Records produced together: the cursor may pass ``ends`` once every one was acknowledged."""
-
-    __slots__ = ("count", "pending", "error", "ends")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.pending = 0
-        self.error: KafkaError | None = None
-        self.ends: dict[TopicPartition, int] = {}
-
-    def delivered(self, err: KafkaError | None, _msg: Any) -> None:
-        self.pending -= 1
-        if err is not None and self.error is None:
-            self.error = err
 
 
 def push(log: Log, bootstrap_servers: str, topics: Iterable[str] | str, *, remote_topic_prefix: str = "",
@@ -192,7 +175,9 @@ class _Pusher:
         assert self.targets is not None
         return all(self.cursor[tp] >= end for tp, end in self.targets.items())
 
-    def _commit_local(self, ends: Mapping[TopicPartition, int]) -> None:
+    def _commit_local(self, ends: Mapping[TopicPartition, int], records: int) -> None:
+        """Move the cursor (the local group's offsets) past ``records`` the cluster acknowledged."""
+        self.h.status.add_records(records)
         if not ends:
             return
         self.cursor.update(ends)
@@ -219,55 +204,54 @@ class _Pusher:
 
     # -- at-least-once ---------------------------------------------------------------------
     def _run_idempotent(self, backoff: Backoff) -> bool:
-        producer = Producer(self.conf)
-        batches: deque[_Batch] = deque()
-        done: dict[TopicPartition, int] = {}
-        next_commit = 0.0
+        """Produce as the local records come; librdkafka reports failures only
+        (``delivery.report.only.error``), so once its queue is empty (``len(producer) == 0``) with
+        no failure reported, everything produced was acknowledged and the cursor moves there. A
+        steady stream is paused every ``COMMIT_EVERY_S`` until the queue drains, for a commit."""
+        producer = Producer({**self.conf, "delivery.report.only.error": True})
+        errors: list[KafkaError] = []
+        pending: dict[TopicPartition, int] = {}  # where the cursor goes once the queue is empty
+        count = 0  # records produced since the last commit
+        since = 0.0
         self._show()
         try:
             while True:
                 if self.h.stopping:
                     producer.flush(FLUSH_ON_STOP_S)
-                    self._settle(batches, done, raise_errors=False)
-                    self._commit_local(done)
+                    if not errors and len(producer) == 0:
+                        self._commit_local(pending, count)
                     return True
-                records = self._poll(0 if batches else 100)
+                draining = count and time.monotonic() - since >= COMMIT_EVERY_S
+                records = None if draining else self._poll(0 if count else 100)
                 if records:
-                    self._produce(producer, records, batches)
-                producer.poll(0)
-                self._settle(batches, done)
-                if not batches and self.read != self.cursor:  # a retention skip with nothing in flight
-                    done.update({tp: o for tp, o in self.read.items() if o > self.cursor[tp]})
-                now = time.monotonic()
-                if done and (now >= next_commit or not batches):
-                    self._commit_local(done)
-                    done = {}
-                    next_commit = now + COMMIT_EVERY_S
-                    backoff.reset()
-                    self.h.running_again()
-                if self.once and not batches and not done and self._caught_up():
-                    return True
+                    if not count:
+                        since = time.monotonic()
+                    count += len(records)
+                    self._produce(producer, records, pending, errors.append)
+                producer.poll(0.005 if draining else 0)
+                if errors:
+                    raise _UplinkFault(f"delivery failed: {errors[0].str()}")
+                if len(producer) == 0:
+                    if not count and self.read != self.cursor:  # a retention skip with nothing in flight
+                        pending = {tp: o for tp, o in self.read.items() if o > self.cursor[tp]}
+                    if pending:
+                        self._commit_local(pending, count)
+                        pending, count = {}, 0
+                        backoff.reset()
+                        self.h.running_again()
+                    if self.once and self._caught_up():
+                        return True
                 self._show(every=0.5)
-                if batches and not records:
-                    producer.poll(0.05)
-        except (_UplinkFault, Stopped):
-            producer.purge()
-            producer.flush(0)
-            self._settle(batches, done, raise_errors=False)
-            self._commit_local(done)
-            raise
         finally:
             producer.purge()
             producer.flush(0)
 
-    def _produce(self, producer: Producer, records: list[Any], batches: deque[_Batch]) -> None:
-        batch = _Batch()
-        batches.append(batch)
-        cb = batch.delivered
+    def _produce(self, producer: Producer, records: list[Any], pending: dict[TopicPartition, int],
+                 failed: Any) -> None:
         prefix = self.prefix
         produce = producer.produce
+        cb = lambda err, _msg: failed(err)  # noqa: E731  (called for failures only)
         ends: dict[tuple[str, int], int] = {}
-        batch.count = batch.pending = len(records)  # before any poll() can run a callback
         for r in records:
             while True:
                 try:
@@ -279,29 +263,16 @@ class _Pusher:
                     if self.h.stopping:
                         raise Stopped from None
             ends[(r.topic, r.partition)] = r.offset + 1
-        batch.ends = {TopicPartition(t, p): o for (t, p), o in ends.items()}
-        self.read.update(batch.ends)
-
-    def _settle(self, batches: deque[_Batch], done: dict[TopicPartition, int], raise_errors: bool = True) -> None:
-        """Move the cursor past the leading batches the cluster acknowledged entirely; a delivery
-        error anywhere is an uplink fault (the records from the cursor on are sent again)."""
-        while batches and batches[0].pending <= 0 and batches[0].error is None:
-            b = batches.popleft()
-            done.update(b.ends)
-            self.h.status.add_records(b.count)
-        if raise_errors:
-            for b in batches:
-                if b.error is not None:
-                    raise _UplinkFault(f"delivery failed: {b.error.str()}")
+        batch = {TopicPartition(t, p): o for (t, p), o in ends.items()}
+        pending.update(batch)
+        self.read.update(batch)
 
     # -- exactly-once ----------------------------------------------------------------------
     def _run_transactional(self, backoff: Backoff) -> bool:
         producer = Producer(self.conf)
         group = self.conf["transactional.id"]
-        progress = KafkaConsumer({k: v for k, v in self.conf.items() if k in ("bootstrap.servers", "logger")
-                                  or k.startswith(("security.", "ssl.", "sasl."))}
-                                 | {"group.id": group, "isolation.level": "read_committed",
-                                    "enable.auto.commit": False})
+        progress = KafkaConsumer(connection_config(self.conf) | {"group.id": group, "enable.auto.commit": False,
+                                                                 "isolation.level": "read_committed"})
         try:
             producer.init_transactions(TXN_TIMEOUT_S)  # fences the previous instance, aborting its transaction
             stored = progress.committed([KafkaTP(self.prefix + tp.topic, tp.partition) for tp in self.tps],
@@ -335,8 +306,7 @@ class _Pusher:
                     [KafkaTP(self.prefix + tp.topic, tp.partition, o) for tp, o in ends.items()], metadata,
                     TXN_TIMEOUT_S)
                 _commit_transaction(producer)
-                self.h.status.add_records(len(records))
-                self._commit_local(ends)  # the local group shows the lag; the cluster's progress rules
+                self._commit_local(ends, len(records))  # the local group shows the lag; the cluster's progress rules
                 backoff.reset()
                 self.h.running_again()
             return True
@@ -372,8 +342,7 @@ def _commit_transaction(producer: Producer) -> None:
 def _create(conf: Mapping[str, Any], topic: str, partitions: int) -> None:
     """Ask the cluster to create the topic; a cluster that cannot (no CreateTopics, no rights) is
     left to its auto-creation, checked by the caller."""
-    admin = AdminClient({k: v for k, v in conf.items() if k in ("bootstrap.servers", "logger")
-                         or k.startswith(("security.", "ssl.", "sasl."))})
+    admin = AdminClient(connection_config(conf))
     try:
         for f in admin.create_topics([NewTopic(topic, partitions, -1)], request_timeout=5,
                                      operation_timeout=5).values():
