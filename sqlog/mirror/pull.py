@@ -12,6 +12,7 @@ lag tools; a restart reads the local file).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -162,9 +163,11 @@ class _Puller:
                 for key in self.cursor:
                     self.targets[key] = consumer.get_watermark_offsets(KafkaTP(*key), METADATA_TIMEOUT_S)[1]
             self.h.set_state("running")
+            shown = 0.0
             while not self.h.stopping:
                 if self.once and all((self.cursor[k] or 0) >= end or self.eof.get(k, -1) >= end
                                      for k, end in self.targets.items()):
+                    self._show(consumer)
                     return True
                 messages = consumer.consume(self.max_records, 0.1)
                 data = []
@@ -182,14 +185,12 @@ class _Puller:
                         with self.h.status.lock:
                             self.h.status.last_error = err.str()
                 if data:
-                    try:
-                        self._append(producer, data, consumer)
-                    except SqlogError:
-                        self._rewind(consumer)
-                        raise
+                    self._append(producer, data, consumer)  # a failure: the next session starts at the cursor
                     backoff.reset()
                     self.h.running_again()
-                self._show(consumer)
+                if time.monotonic() >= shown + 0.5:
+                    self._show(consumer)
+                    shown = time.monotonic()
             return True
         finally:
             consumer.close()
@@ -225,9 +226,6 @@ class _Puller:
         """Fetch every partition from its cursor (or past what the cluster's retention removed)."""
         consumer.assign([KafkaTP(t, p, max(o, self.floor.get((t, p), 0)) if o is not None else
                                  self.floor.get((t, p), OFFSET_BEGINNING)) for (t, p), o in self.cursor.items()])
-
-    def _rewind(self, consumer: KafkaConsumer) -> None:
-        self._assign(consumer)
 
     def _skip(self, consumer: KafkaConsumer, topic: str, partition: int) -> None:
         """The cluster's retention removed records before they were pulled: warn, count, go on
