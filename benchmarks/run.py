@@ -40,6 +40,7 @@ import bench_aio  # noqa: E402
 import bench_compaction  # noqa: E402
 import bench_core  # noqa: E402
 import bench_latency  # noqa: E402
+import bench_mirror  # noqa: E402
 import bench_peers  # noqa: E402
 import bench_scale  # noqa: E402
 import bench_server  # noqa: E402
@@ -479,6 +480,32 @@ def server_protocol(ctx: Ctx) -> Result:
     return data, rows
 
 
+MIRROR_TITLES = [("sqlog mirror push / confluent-kafka producing from memory (mock cluster)", ">= 0.50"),
+                 ("sqlog mirror pull / plain confluent-kafka consumer (mock cluster)", ">= 0.50")]
+
+
+def mirror(ctx: Ctx) -> Result:
+    """sqlog.mirror push and pull of 100-byte records beside plain confluent-kafka, on librdkafka's mock."""
+    try:
+        import sqlog.mirror  # noqa: F401  (the mirror extra)
+    except ImportError as exc:
+        raise Skip(f"{exc.name} is not installed (pip install -e '.[mirror]')", MIRROR_TITLES) from None
+    n = bench_mirror.QUICK_RECORDS if ctx.quick else bench_mirror.FULL_RECORDS
+    root = os.path.join(ctx.files.root, "mirror")  # its own directory: it empties it between rounds
+    os.makedirs(root, exist_ok=True)
+    data = bench_mirror.measure(root, n, min(ctx.rounds, 3))
+    per = data["per_round"]
+    rows = [
+        Row("mirror", MIRROR_TITLES[0][0], data["push"], data["produce"], data["push_ratio"], "rec/s",
+            "confluent-kafka Producer, same records from memory", ">= 0.50", data["push_ratio"] >= 0.5,
+            ratio_min=min(p["push"] / p["produce"] for p in per), ratio_max=max(p["push"] / p["produce"] for p in per)),
+        Row("mirror", MIRROR_TITLES[1][0], data["pull"], data["consume"], data["pull_ratio"], "rec/s",
+            "confluent-kafka Consumer, same records", ">= 0.50", data["pull_ratio"] >= 0.5,
+            ratio_min=min(p["pull"] / p["consume"] for p in per), ratio_max=max(p["pull"] / p["consume"] for p in per)),
+    ]
+    return data, rows
+
+
 class Skip(Exception):
     """A workload that cannot run here; its rows are reported as skipped with the reason."""
 
@@ -564,6 +591,7 @@ WORKLOADS: list[Entry] = [
     Entry("peers_durable", ("peers",), peer_workload("peers_durable"),
           [(t, "> 1.0") for _, _, t, _ in PEER_ROWS["peers_durable"]]),
     Entry("server", ("server",), server_protocol, SERVER_TITLES),
+    Entry("mirror", ("mirror",), mirror, MIRROR_TITLES),
 ]
 WORKLOAD_KEYS = [e.key for e in WORKLOADS]
 GROUPS = sorted({g for e in WORKLOADS for g in e.groups})

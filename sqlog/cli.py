@@ -1254,8 +1254,120 @@ def _add_serve(subparsers: Any) -> None:
                    help="create unknown topics clients name, with N partitions (default: off)")
 
 
+def _config_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE (a librdkafka property), not {text!r}")
+    return key, value
+
+
+def _progress_line(progress: Any) -> str:
+    lag = " ".join(f"{t}={n}" for t, n in progress.lag_by_topic().items()) or "-"
+    line = (f"{progress.direction}: {progress.state}, {progress.records} records ({progress.records_per_s:.0f}/s), "
+            f"lag {lag}")
+    if progress.skipped:
+        line += f", {progress.skipped} skipped by retention"
+    if progress.retries:
+        line += f", {progress.retries} retries"
+    if progress.last_error and progress.state != "done":
+        line += f", last error: {progress.last_error}"
+    return line
+
+
+def cmd_mirror(args: argparse.Namespace) -> int:
+    """Run ``sqlog.mirror.push`` or ``pull`` until done (--once) or SIGTERM/SIGINT, printing progress."""
+    import logging
+    import signal
+
+    try:
+        from . import mirror
+    except ImportError as exc:
+        raise CliError(f"sqlog mirror needs the mirror extra ({exc.name} is missing): "
+                       "pip install 'sqlog[mirror]'") from None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("sqlog: %(levelname)s: %(message)s"))
+    logging.getLogger("sqlog").addHandler(handler)
+    logging.getLogger("sqlog").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger("sqlog.mirror.librdkafka").setLevel(logging.INFO if args.verbose else logging.CRITICAL)
+    path = _db_path(args)
+    if args.mirror_command == "push" and not os.path.exists(path):
+        raise CliError(f"no such log: {path}")
+    config = dict(args.config or [])
+    with sqlog.open(path) as log:
+        if args.mirror_command == "push":
+            handle = mirror.push(log, args.bootstrap_servers, args.topic, remote_topic_prefix=args.remote_topic_prefix,
+                                 group=args.group, exactly_once=args.exactly_once,
+                                 transactional_id=args.transactional_id, once=args.once, config=config)
+        else:
+            handle = mirror.pull(log, args.bootstrap_servers, args.topic, group=args.group, once=args.once,
+                                 config=config)
+        previous = {sig: signal.signal(sig, lambda *_: handle.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            def show(progress: Any) -> None:
+                print(json.dumps(progress.to_dict()) if args.format == "json" else _progress_line(progress),
+                      flush=True)
+
+            while handle.running:
+                handle.join(args.progress_interval)
+                if handle.running:
+                    show(handle.progress())
+            show(handle.join())
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+    return 0
+
+
+def _add_mirror(subparsers: Any) -> None:
+    mirror = subparsers.add_parser(
+        "mirror", help="push local topics to a Kafka cluster, or pull the cluster's topics into the log",
+        formatter_class=_SubcommandFormatter,
+        description="Bridge the log and a Kafka cluster (confluent-kafka; needs sqlog[mirror]). push forwards "
+                    "every record of local topics, partition p to partition p, with its cursor in the log as "
+                    "a consumer group (sqlog groups describe GROUP); pull appends the cluster's records with the "
+                    "remote offsets stored in the same SQLite transaction. Both retry with backoff while the "
+                    "cluster is unreachable, print a progress line every few seconds, and stop cleanly on "
+                    "SIGTERM/SIGINT (exit 0); --once ends at the end offsets seen at the start. Exit 1 on an "
+                    "error the mirror cannot retry (e.g. a remote topic with too few partitions).")
+    commands = mirror.add_subparsers(dest="mirror_command", metavar="COMMAND", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--bootstrap-servers", required=True, metavar="HOST:PORT[,...]", help="the cluster")
+        p.add_argument("--topic", action="append", required=True, metavar="TOPIC", help="a topic (repeatable)")
+        p.add_argument("--once", action="store_true", help="mirror what is there now, then exit 0")
+        p.add_argument("--config", action="append", type=_config_pair, metavar="KEY=VALUE",
+                       help="a librdkafka property (security, compression, linger; repeatable)")
+        p.add_argument("--progress-interval", type=float, default=5.0, metavar="SECONDS",
+                       help="seconds between progress lines (default: 5)")
+        p.add_argument("-v", "--verbose", action="store_true", help="also log librdkafka's and the mirror's info lines")
+        _format_option(p, "progress lines as text or JSON objects")
+
+    p = _command(commands, "push", "forward local topics' records to the cluster (at-least-once, or exactly-once)",
+                 cmd_mirror,
+                 "Forward every record of the local --topics to the cluster: partition p to partition p of "
+                 "PREFIX+topic (created with the local partition count when missing; fewer remote partitions is "
+                 "an error), keys, values, headers and timestamps unchanged. The cursor is the local consumer "
+                 "group --group, advanced once the cluster acknowledged (acks=all, idempotent producer). "
+                 "--exactly-once: a transactional producer commits each batch with its progress on the cluster "
+                 "(transactional offsets of the group --transactional-id), read back after a restart.")
+    common(p)
+    p.add_argument("--remote-topic-prefix", default="", metavar="PREFIX", help="prefix of the remote topic names")
+    p.add_argument("--group", default="sqlog-mirror", help="the local group holding the cursor (default: sqlog-mirror)")
+    p.add_argument("--exactly-once", action="store_true", help="transactional producer, progress kept on the cluster")
+    p.add_argument("--transactional-id", default=None,
+                   help="--exactly-once: the producer's transactional.id and cluster group (default: GROUP.HOSTNAME)")
+    p = _command(commands, "pull", "append the cluster's records to local topics, exactly once", cmd_mirror,
+                 "Consume the --topics from the cluster (read_committed) and append them to the same-named local "
+                 "topics (created with the remote partition count when missing), partition p to partition p, with "
+                 "the remote offsets stored as the local group --group's committed offsets in the same SQLite "
+                 "transaction: a crash neither loses nor duplicates a record. The offsets are also committed to "
+                 "the cluster's group --group.")
+    common(p)
+    p.add_argument("--group", required=True, help="the consumer group, on the cluster and in the log")
+
+
 COMMANDS: tuple[Callable[[Any], None], ...] = (_add_topics, _add_produce, _add_consume, _add_get, _add_groups,
-                                               _add_upkeep, _add_serve, _add_users)
+                                               _add_upkeep, _add_serve, _add_users, _add_mirror)
 
 
 def build_parser() -> argparse.ArgumentParser:

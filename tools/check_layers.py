@@ -50,6 +50,8 @@ ALLOWED = {  # underscore attributes that are public API, on any object or on on
     "os._exit": "stdlib: leave a forked child without running the parent's atexit handlers",
     "sys._getframe": "stdlib: the caller's frame",
     "atexit._run_exitfuncs": "stdlib: tests run the exit handlers as a process would (--tests)",
+    **dict.fromkeys(["KafkaError._PARTITION_EOF", "KafkaError._AUTO_OFFSET_RESET", "KafkaError._ALL_BROKERS_DOWN"],
+                    "confluent-kafka's documented names of librdkafka's local error codes"),
 }
 
 

@@ -645,7 +645,7 @@ class Server:
             w.int32(-1)  # aborted transactions: none
             if v >= 11:
                 w.int32(-1)
-            w.nullable_bytes(blob)
+            w.nullable_bytes(b"" if blob is None else blob)  # librdkafka refuses a null record set (size -1)
 
         return w.array(found, lambda w, t: w.string(t[0]).array(t[1], out)).bytes()
 
