@@ -21,7 +21,16 @@ from .clock import wall_ms
 from .compaction import compact
 from .errors import DiskFullError, SqlogError, translated
 from .partitions import append
-from .storage import RECORD_BYTES, busy_handler, effective, guard_writes, partition_table, snapshot, transaction
+from .storage import (
+    RECORD_BYTES,
+    busy_handler,
+    effective,
+    guard_writes,
+    latest_table,
+    partition_table,
+    snapshot,
+    transaction,
+)
 from .transactions import purge_all as purge_ids
 from .types import CheckReport, PartitionSweep, SweepResult, TopicPartition
 
@@ -115,6 +124,14 @@ def cut_partition(conn: apsw.Connection, topic_id: int, partition: int, start: i
             (cut, partial_bytes, *key, inside[0]),
         )
     conn.execute("DELETE FROM batches WHERE topic_id = ? AND partition = ? AND last_offset < ?", (*key, cut))
+    if conn.execute(_COMPACTED, (topic_id,)).fetchone()[0]:
+        # A compacted topic's latest-record rows of the records cut go with them (probed by the
+        # keys cut: no scan of the table).
+        conn.execute(
+            f"DELETE FROM {latest_table(topic_id)} WHERE partition = ?1 AND offset < ?2"
+            f" AND key IN (SELECT key FROM {table} WHERE offset >= ?3 AND offset < ?2 AND key IS NOT NULL)",
+            (partition, cut, start),
+        )
     conn.execute(f"DELETE FROM {table} WHERE offset < ?", (cut,))
     holes = cut - start - conn.changes()  # compaction's holes in the cut prefix go with it
     deleted_bytes = full + partial_bytes
@@ -124,6 +141,9 @@ def cut_partition(conn: apsw.Connection, topic_id: int, partition: int, start: i
         (cut, deleted_bytes, holes, *key),
     )
     return cut - start, deleted_bytes
+
+
+_COMPACTED = "SELECT cleanup_policy != 'delete' FROM topics WHERE topic_id = ?"
 
 
 def interest_cap(conn: apsw.Connection, topic_id: int, partition: int) -> int | None:
