@@ -93,6 +93,20 @@ def _add_column(conn: apsw.Connection, table: str, column_ddl: str) -> None:
         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column_ddl}")
 
 
+def migrate_latest_tables(conn: apsw.Connection) -> None:
+    """Migration 11: compacted topics trade their per-partition key indexes (``(key, offset)``,
+    ``k<topic>_<partition>``) for one latest-record table each (`latest_ddl`)."""
+    _add_column(conn, "topics", "live_keys INTEGER NOT NULL DEFAULT 0")
+    _add_column(conn, "topics", "shared_keys INTEGER NOT NULL DEFAULT 0")
+    for topic_id, partitions in conn.execute(
+        "SELECT t.topic_id, (SELECT count(*) FROM partitions p WHERE p.topic_id = t.topic_id) FROM topics t"
+        " WHERE t.cleanup_policy != 'delete'"
+    ).fetchall():
+        for p in range(partitions):
+            conn.execute(f"DROP INDEX IF EXISTS k{int(topic_id)}_{int(p)}")
+        add_latest(conn, topic_id, range(partitions))
+
+
 # The schema as numbered DDL: MIGRATIONS[i] takes user_version i to i + 1.
 # Every partition is its own table, p<topic_id>_<partition>, named by numbers only
 # (see partition_table); its INTEGER PRIMARY KEY is the offset.
@@ -287,7 +301,7 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     lambda conn: _add_column(conn, "share_partitions", "dead_lettered INTEGER NOT NULL DEFAULT 0"),
     # 11: compacted topics keep each key's latest offset per partition in a table of their own
     # (latest_ddl) instead of a (key, offset) index on every record, and count their live keys.
-    lambda conn: _latest_tables(conn),
+    migrate_latest_tables,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings
@@ -396,20 +410,6 @@ def add_latest(conn: apsw.Connection, topic_id: int, partitions: range) -> None:
     for p in partitions:
         conn.execute(latest_trigger_ddl(topic_id, p))
         conn.execute(latest_fill(topic_id, p))
-
-
-def _latest_tables(conn: apsw.Connection) -> None:
-    """Migration 11: compacted topics trade their per-partition key indexes (``(key, offset)``,
-    ``k<topic>_<partition>``) for one latest-record table each (`latest_ddl`)."""
-    _add_column(conn, "topics", "live_keys INTEGER NOT NULL DEFAULT 0")
-    _add_column(conn, "topics", "shared_keys INTEGER NOT NULL DEFAULT 0")
-    for topic_id, partitions in conn.execute(
-        "SELECT t.topic_id, (SELECT count(*) FROM partitions p WHERE p.topic_id = t.topic_id) FROM topics t"
-        " WHERE t.cleanup_policy != 'delete'"
-    ).fetchall():
-        for p in range(partitions):
-            conn.execute(f"DROP INDEX IF EXISTS k{int(topic_id)}_{int(p)}")
-        add_latest(conn, topic_id, range(partitions))
 
 
 def partition_ddl(topic_id: int, partition: int) -> str:

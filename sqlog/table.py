@@ -19,6 +19,7 @@ topic without that table (cleanup_policy "delete") is read the same way, by a sc
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -34,8 +35,19 @@ from .serde import Serde, serde_function, to_bytes
 from .storage import latest_table, partition_table, snapshot
 
 _ABSENT: Any = object()
-# A key's latest record per partition, through the latest-record table's primary key.
-_LATEST = "SELECT partition, offset, live FROM {latest} WHERE key = ?"
+
+
+@functools.lru_cache(maxsize=64)
+def _lookup(topic_id: int, partitions: int) -> str:
+    """A key's latest record in each partition of a compacted topic: ``(partition, ts, value)`` rows,
+    one statement (so one snapshot), a probe of the latest-record table's primary key and one of
+    the partition's by offset per partition."""
+    latest = latest_table(topic_id)
+    return " UNION ALL ".join(
+        f"SELECT {p}, r.ts, r.value FROM {latest} l JOIN {partition_table(topic_id, p)} r ON r.offset = l.offset"
+        f" WHERE l.key = ?1 AND l.partition = {p}" for p in range(partitions)
+    )
+
 _VALUE = "SELECT ts, value FROM {table} WHERE offset = ?"
 _COUNTS = "SELECT live_keys, shared_keys FROM topics WHERE topic_id = ?"
 # Each partition's live keys, their latest timestamps and values (a walk of the latest-record table).
@@ -153,25 +165,21 @@ class Table(Mapping[Any, Any]):
         """The key's latest value, deserialized; `_ABSENT` when absent or deleted (tombstone)."""
         with self._lock:
             conn, meta = self._read()
-            home = partition_for_key(k, meta.partitions)
-            best: tuple[int, bool, bytes | None] | None = None  # (ts, in its home partition, value)
-            with translated(self._engine.path), snapshot(conn):
-                if meta.compacted:
-                    rows = conn.execute(_LATEST.format(latest=latest_table(meta.topic_id)), (k,)).fetchall()
-                    if len(rows) == 1 and not rows[0][2]:
-                        return _ABSENT  # a tombstone: no need to read it
-                    for p, offset, _ in rows:  # in partition order
-                        row = conn.execute(_VALUE.format(table=partition_table(meta.topic_id, p)), (offset,)).fetchone()
-                        if row is not None and (best is None or (row[0], p == home) > best[:2]):
-                            best = (row[0], p == home, row[1])
+            with translated(self._engine.path):
+                if meta.compacted:  # one statement: its own snapshot
+                    rows = conn.execute(_lookup(meta.topic_id, meta.partitions), (k,)).fetchall()
                 else:
-                    for p in range(meta.partitions):
-                        row = conn.execute(_SCAN_LATEST.format(table=partition_table(meta.topic_id, p)), (k,)).fetchone()
-                        if row is not None and (best is None or (row[0], p == home) > best[:2]):
-                            best = (row[0], p == home, row[1])
-        if best is None or best[2] is None:
+                    with snapshot(conn):
+                        rows = [(p, *row) for p in range(meta.partitions) for row in
+                                conn.execute(_SCAN_LATEST.format(table=partition_table(meta.topic_id, p)), (k,))]
+        if not rows:
             return _ABSENT
-        return self._decode_value(best[2])
+        if len(rows) == 1:
+            value = rows[0][2]
+        else:  # the key is in more than one partition: the latest by timestamp, ties to its home partition
+            home = partition_for_key(k, meta.partitions)
+            value = max(rows, key=lambda row: (row[1], row[0] == home, -row[0]))[2]
+        return _ABSENT if value is None else self._decode_value(value)
 
     def _live_keys(self, conn: apsw.Connection, meta: topics.TopicMeta) -> list[bytes]:
         """A compacted topic's live keys, from its latest-record table (inside a snapshot)."""
