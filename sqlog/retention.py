@@ -19,7 +19,7 @@ import apsw
 from .check import report
 from .clock import wall_ms
 from .compaction import compact
-from .errors import DiskFullError, SqlogError, translated
+from .errors import DiskFullError, InvalidRecordError, SqlogError, translated
 from .partitions import append
 from .storage import (
     RECORD_BYTES,
@@ -168,7 +168,16 @@ def append_rows(conn: apsw.Connection, topic_id: int, partition: int,
                 path: str = "") -> int | None:
     """`partitions.append`, then size retention as the log grows, in the same transaction:
     the append path of producers' batches and of dead-letter records. Returns the first
-    offset, or None when the partition does not exist."""
+    offset, or None when the partition does not exist. InvalidRecordError, before anything is
+    written, for a record without a key bound for a compacted topic (a producer refuses those at
+    send(); a dead-letter copy or a topic turned compacted since can still bring one here)."""
+    if any(row[1] is None for row in rows) and conn.execute(_COMPACTED, (topic_id,)).fetchone() == (1,):
+        name = conn.execute("SELECT name FROM topics WHERE topic_id = ?", (topic_id,)).fetchone()[0]
+        raise InvalidRecordError(
+            f"topic {name!r} is compacted (cleanup_policy has 'compact'): every record needs a key, and one "
+            "to append here has none (e.g. a dead-letter copy of a keyless record: give dead_letter_topic a "
+            "topic with cleanup_policy 'delete'); none of these records was appended"
+        )
     done = append(conn, topic_id, partition, rows, nbytes, max_ts, path)
     if done is None:
         return None

@@ -398,7 +398,8 @@ def drop_latest(conn: apsw.Connection, topic_id: int, partitions: int) -> None:
     """Drop a topic's latest-record table and its partitions' triggers, and zero its counts."""
     for p in range(partitions):
         table = partition_table(topic_id, p)
-        conn.execute(f"DROP TRIGGER IF EXISTS {table}_latest; DROP TRIGGER IF EXISTS {table}_tombstone")
+        for trigger in ("latest", "tombstone"):
+            conn.execute(f"DROP TRIGGER IF EXISTS {table}_{trigger}")
     conn.execute(f"DROP TABLE IF EXISTS {latest_table(topic_id)}")
     conn.execute("UPDATE topics SET live_keys = 0, shared_keys = 0 WHERE topic_id = ?", (topic_id,))
 

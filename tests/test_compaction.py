@@ -389,3 +389,58 @@ def test_cli_topic_config_and_get(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "min.compaction.lag.ms=5" in capsys.readouterr().out
     assert main(["--db", db, "topics", "alter", "cfg", "--config", "cleanup.policy=nope"]) == 1
     assert main(["--db", db, "topics", "alter", "cfg", "--config", "bogus=1"]) == 1
+
+
+def test_keyless_dead_letter_copy_into_a_compacted_topic_is_refused(tmp_path: Path) -> None:
+    log = _open(tmp_path / "log.db")
+    log.create_topic("jobs")
+    log.create_topic("jobs.dlq", cleanup_policy="compact")
+    with log.producer() as producer:
+        producer.send("jobs", b"keyless")
+        producer.send("jobs", b"keyed", key=b"k")
+    worker = log.share_consumer("w", dead_letter_topic="jobs.dlq")
+    worker.subscribe(["jobs"])
+    first, second = worker.poll(timeout_ms=1000)
+    worker.acknowledge(second, "reject")
+    worker.commit()  # a keyed record's dead-letter copy is fine
+    assert [(r.key, r.value) for r in _read_all(log, "jobs.dlq")] == [(b"k", b"keyed")]
+    worker.acknowledge(first, "reject")
+    with pytest.raises(sqlog.InvalidRecordError, match="compacted.*dead_letter_topic"):
+        worker.commit()
+    # Nothing of that acknowledgement was written: the record is not archived, no copy landed.
+    assert [r.value for r in _read_all(log, "jobs.dlq")] == [b"keyed"]
+    assert log.describe_share_group("w").partitions[0].start_offset == 0
+    assert log.check().ok, log.check().violations
+    log.alter_topic("jobs.dlq", cleanup_policy="delete")
+    worker.commit()  # the rejection is still pending: it goes through now
+    assert [(r.key, r.value) for r in _read_all(log, "jobs.dlq")] == [(b"k", b"keyed"), (None, b"keyless")]
+    worker.close()
+    log.close()
+
+
+def test_interest_retention_on_a_compact_delete_topic(tmp_path: Path) -> None:
+    """retention_policy="interest" holds retention back on a compacted topic too, while
+    compaction goes on below the group's position."""
+    log = sqlog.open(tmp_path / "log.db", retention_check_interval_ms=None)
+    log.create_topic("cd", cleanup_policy="compact,delete", retention_ms=DAY, retention_policy="interest",
+                     min_cleanable_dirty_ratio=0.0)
+    _send(log, [(b"a", b"1"), (b"b", b"1"), (b"a", b"2"), (b"c", b"1")], topic="cd", ts=T0)
+    reader = log.consumer(group_id="g", auto_offset_reset="earliest", enable_auto_commit=False)
+    reader.assign([TP("cd", 0)])
+    assert [r.offset for r in reader.poll(timeout_ms=1000, max_records=2)] == [0, 1]
+    reader.commit()  # the group needs offsets 2 and up
+    result = log.sweep(now_ms=T0 + 2 * DAY)
+    d = log.describe_topic("cd").partitions[0]
+    assert d.log_start_offset == 2  # retention stopped at the group's committed offset
+    assert [r.offset for r in _read_all(log, "cd")] == [2, 3]
+    assert result.deleted[TP("cd", 0)].records == 2
+    table = log.table("cd")
+    assert (len(table), dict(table.items())) == (2, {b"a": b"2", b"c": b"1"})
+    assert [r.offset for r in reader.poll(timeout_ms=1000)] == [2, 3]
+    reader.commit()
+    log.sweep(now_ms=T0 + 2 * DAY)
+    assert log.describe_topic("cd").partitions[0].log_start_offset == 4
+    assert len(table) == 0 and dict(table.items()) == {}
+    assert log.check().ok, log.check().violations
+    reader.close()
+    log.close()
