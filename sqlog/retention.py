@@ -253,8 +253,8 @@ def sweep(conn: apsw.Connection, path: str, now_ms: int, wal_limit_bytes: int, b
         for tp, (n, b) in compacted.items():
             was = deleted.get(tp, PartitionSweep(0, 0))
             deleted[tp] = PartitionSweep(was.records, was.bytes, n, b)
-        with transaction(conn):  # message ids past their topic's dedupe window
-            purge_ids(conn, now_ms)
+        purge_ids(conn, now_ms,  # message ids past their topic's dedupe window
+                  lambda: checkpoint(conn, path, wal_limit_bytes, busy_timeout_ms, only_past_limit=True))
         pages = reclaim(conn)
     return SweepResult(deleted, pages)
 

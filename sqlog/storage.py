@@ -302,6 +302,9 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     # 11: compacted topics keep each key's latest offset per partition in a table of their own
     # (latest_ddl) instead of a (key, offset) index on every record, and count their live keys.
     migrate_latest_tables,
+    # 12: message ids lose their age index (an insert per id on the send path): the sweep forgets
+    # expired ids by walking the topic's ids in key order instead (transactions.purge_all).
+    "DROP INDEX IF EXISTS message_ids_by_age;",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings
