@@ -22,12 +22,26 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import sqlog
 
 ORDERS = 400
 JOBS = 30
 LOCK_MS = 1_000
+
+
+def until_caught_up(poll: Callable[..., list[Any]], caught_up: Callable[[], bool]) -> Iterator[list[Any]]:
+    """Each non-empty poll, until polls have come back empty for a while and the group has no lag."""
+    idle_since = time.monotonic()
+    while True:
+        records = poll(timeout_ms=200)
+        if records:
+            idle_since = time.monotonic()
+            yield records
+        elif time.monotonic() - idle_since > 1.5 and caught_up():
+            return
 
 
 def etl_worker(path: str, name: str, crash_after_batches: int | None) -> None:
@@ -39,14 +53,7 @@ def etl_worker(path: str, name: str, crash_after_batches: int | None) -> None:
     producer = log.producer(transactional_id=f"etl-{name}", value_serializer=sqlog.JSON)
     producer.init_transactions()  # fences a previous process with this id (e.g. before a crash)
     batches = 0
-    idle_since = time.monotonic()
-    while True:
-        records = consumer.poll(timeout_ms=200)
-        if not records:
-            if time.monotonic() - idle_since > 1.5 and log.describe_group("etl").lag == 0:
-                break
-            continue
-        idle_since = time.monotonic()
+    for records in until_caught_up(consumer.poll, lambda: log.describe_group("etl").lag == 0):
         producer.begin_transaction()
         for r in records:
             producer.send("invoices", {"invoice_for": r.value["order_id"], "total": r.value["amount"]}, key=r.key)
@@ -78,14 +85,7 @@ def job_worker(path: str, name: str, crash: bool) -> None:
     jobs.subscribe(["jobs"])
     producer = log.producer(transactional_id=f"job-{name}", value_serializer=sqlog.JSON)
     producer.init_transactions()
-    idle_since = time.monotonic()
-    while True:
-        taken = jobs.poll(timeout_ms=200)
-        if not taken:
-            if time.monotonic() - idle_since > 1.5 and log.describe_share_group("workers").lag == 0:
-                break
-            continue
-        idle_since = time.monotonic()
+    for taken in until_caught_up(jobs.poll, lambda: log.describe_share_group("workers").lag == 0):
         for job in taken:
             producer.begin_transaction()
             producer.send("results", {"job": job.value["id"], "by": name, "delivery": job.delivery_count})
