@@ -370,7 +370,9 @@ def latest_ddl(topic_id: int) -> str:
 
 
 def latest_trigger_ddl(topic_id: int, partition: int) -> str:
-    """A compacted partition's triggers: every keyed append becomes its key's latest record; a
+    """A compacted partition's triggers: every keyed append becomes its key's latest record (in
+    place when it is as live as the one before, which is what appends mostly are; by an UPDATE of
+    ``live`` only when that changes, so the counting trigger runs only then); a
     tombstone removed (by compaction, once older than delete_retention_ms) takes its key's row
     along. Retention, which may remove any latest record, keeps the table itself
     (`retention.cut_partition`)."""
@@ -378,8 +380,10 @@ def latest_trigger_ddl(topic_id: int, partition: int) -> str:
     return f"""
     CREATE TRIGGER IF NOT EXISTS {table}_latest AFTER INSERT ON {table} WHEN new.key IS NOT NULL BEGIN
         INSERT INTO {lt}(key, partition, offset, live) VALUES (new.key, {p}, new.offset, new.value IS NOT NULL)
-        ON CONFLICT(key, partition) DO UPDATE SET offset = excluded.offset, live = excluded.live
-        WHERE excluded.offset > offset;
+        ON CONFLICT(key, partition) DO UPDATE SET offset = excluded.offset
+        WHERE excluded.offset > offset AND live = excluded.live;
+        UPDATE {lt} SET offset = new.offset, live = new.value IS NOT NULL
+        WHERE key = new.key AND partition = {p} AND live != (new.value IS NOT NULL) AND offset < new.offset;
     END;
     CREATE TRIGGER IF NOT EXISTS {table}_tombstone AFTER DELETE ON {table}
     WHEN old.value IS NULL AND old.key IS NOT NULL BEGIN

@@ -49,7 +49,7 @@ def _lookup(topic_id: int, partitions: int) -> str:
     )
 
 _VALUE = "SELECT ts, value FROM {table} WHERE offset = ?"
-_COUNTS = "SELECT live_keys, shared_keys FROM topics WHERE topic_id = ?"
+_COUNTS = "SELECT live_keys, shared_keys, cleanup_policy != 'delete' FROM topics WHERE topic_id = ?"
 # Each partition's live keys, their latest timestamps and values (a walk of the latest-record table).
 _LIVE = "SELECT l.key, r.ts, r.value FROM {latest} l JOIN {table} r ON r.offset = l.offset WHERE l.partition = ? AND l.live"
 _LIVE_KEYS = "SELECT key FROM {latest} WHERE live"
@@ -107,19 +107,23 @@ class Table(Mapping[Any, Any]):
             conn, meta = self._read()
             if meta.compacted:
                 with translated(self._engine.path), snapshot(conn):
-                    live, shared = conn.execute(_COUNTS, (meta.topic_id,)).fetchone()
-                    if not shared:
-                        return int(live)
-                    return len(self._live_keys(conn, meta))
+                    found = conn.execute(_COUNTS, (meta.topic_id,)).fetchone()
+                    if found is not None and found[2]:
+                        live, shared, _ = found
+                        return int(live) if not shared else len(self._live_keys(conn, meta))
+                    self._refresh(conn)  # no longer compacted (another process altered it): a scan below
         return len(self._items())
 
     def __iter__(self) -> Iterator[Any]:
         with self._lock:
             conn, meta = self._read()
             if meta.compacted:
-                with translated(self._engine.path), snapshot(conn):
-                    keys = self._live_keys(conn, meta)
-                return iter([self._decode_key(k) for k in keys])
+                try:
+                    with translated(self._engine.path), snapshot(conn):
+                        keys = self._live_keys(conn, meta)
+                    return iter([self._decode_key(k) for k in keys])
+                except apsw.SQLError:
+                    self._refresh(conn)  # e.g. the topic is no longer compacted: a scan below
         return iter([self._decode_key(k) for k in self._items()])
 
     def items(self) -> Any:
@@ -165,13 +169,15 @@ class Table(Mapping[Any, Any]):
         """The key's latest value, deserialized; `_ABSENT` when absent or deleted (tombstone)."""
         with self._lock:
             conn, meta = self._read()
-            with translated(self._engine.path):
-                if meta.compacted:  # one statement: its own snapshot
-                    rows = conn.execute(_lookup(meta.topic_id, meta.partitions), (k,)).fetchall()
-                else:
-                    with snapshot(conn):
-                        rows = [(p, *row) for p in range(meta.partitions) for row in
-                                conn.execute(_SCAN_LATEST.format(table=partition_table(meta.topic_id, p)), (k,))]
+            try:
+                rows = self._rows(conn, meta, k)
+            except apsw.SQLError:  # e.g. another process made the topic "delete" (no latest-record table)
+                meta = self._refresh(conn)
+                with translated(self._engine.path):
+                    rows = self._rows(conn, meta, k)
+            except apsw.Error:  # (a try costs nothing until it raises: lookups are the hot path)
+                with translated(self._engine.path):
+                    raise
         if not rows:
             return _ABSENT
         if len(rows) == 1:
@@ -180,6 +186,15 @@ class Table(Mapping[Any, Any]):
             home = partition_for_key(k, meta.partitions)
             value = max(rows, key=lambda row: (row[1], row[0] == home, -row[0]))[2]
         return _ABSENT if value is None else self._decode_value(value)
+
+    @staticmethod
+    def _rows(conn: apsw.Connection, meta: topics.TopicMeta, k: bytes) -> list[tuple[int, int, bytes | None]]:
+        """``(partition, ts, value)`` of the key's latest record in each partition holding it."""
+        if meta.compacted:  # one statement: its own snapshot
+            return conn.execute(_lookup(meta.topic_id, meta.partitions), (k,)).fetchall()
+        with snapshot(conn):
+            return [(p, *row) for p in range(meta.partitions)
+                    for row in conn.execute(_SCAN_LATEST.format(table=partition_table(meta.topic_id, p)), (k,))]
 
     def _live_keys(self, conn: apsw.Connection, meta: topics.TopicMeta) -> list[bytes]:
         """A compacted topic's live keys, from its latest-record table (inside a snapshot)."""
@@ -204,10 +219,22 @@ class Table(Mapping[Any, Any]):
                 best[key] = (*mine, bool(live))
         return {key: found[2] for key, found in best.items()}
 
+    def _refresh(self, conn: apsw.Connection) -> topics.TopicMeta:
+        """Read the topic's metadata again (another process may have altered it)."""
+        with translated(self._engine.path):
+            self._meta = topics.require(conn, self.topic)
+        return self._meta
+
     def _items(self) -> dict[bytes, bytes]:
         """The live keys and their latest values, as stored."""
         with self._lock:
             conn, meta = self._read()
+            if meta.compacted:
+                try:
+                    with snapshot(conn):
+                        conn.execute(f"SELECT 1 FROM {latest_table(meta.topic_id)} LIMIT 1").fetchall()
+                except apsw.SQLError:
+                    meta = self._refresh(conn)  # no longer compacted (another process altered it)
             latest: dict[bytes, tuple[int, bytes | None]] = {}
             with translated(self._engine.path), snapshot(conn):
                 for p in range(meta.partitions):

@@ -204,3 +204,18 @@ def test_table_used_in_a_forked_child_opens_its_own_connection(tmp_path: Path) -
     assert (table[b"a"], len(table)) == (b"child", 2)
     assert sys.platform != "win32"
     log.close()
+
+
+def test_policy_changed_by_another_process_is_followed(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    log = _open(path)
+    log.create_topic("c", cleanup_policy="compact")
+    _send(log, "c", [(b"a", b"1", 0), (b"a", b"2", 0)])
+    tables = [log.table("c") for _ in range(4)]
+    assert all(t[b"a"] == b"2" for t in tables)  # each has read the metadata: "compacted"
+    with _open(path) as other:  # another handle: this log's cached metadata does not hear of it
+        other.alter_topic("c", cleanup_policy="delete")
+    by_len, by_iter, by_items, by_get = tables
+    assert len(by_len) == 1 and list(by_iter) == [b"a"] and by_items.items() == [(b"a", b"2")]
+    assert (by_get[b"a"], by_get.get(b"b")) == (b"2", None)
+    log.close()
