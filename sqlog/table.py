@@ -209,6 +209,9 @@ class Table(Mapping[Any, Any]):
         """Keys with records in more than one partition: whether each is live (its latest record
         by timestamp, ties to the partition the key hashes to, is not a tombstone)."""
         best: dict[bytes, tuple[int, bool, bool]] = {}  # key -> (ts, home, live)
+        counts = conn.execute(_COUNTS, (meta.topic_id,)).fetchone()
+        if counts is None or not counts[1]:
+            return {}  # no key is in more than one partition (the count says so: no walk)
         for key, p, offset, live in conn.execute(_SHARED.format(latest=latest_table(meta.topic_id))):
             found = conn.execute(_VALUE.format(table=partition_table(meta.topic_id, p)), (offset,)).fetchone()
             if found is None:
