@@ -13,7 +13,6 @@ Dedupe state: one ``message_ids`` row per id stored within the topic's ``dedupe_
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 
 import apsw
@@ -111,20 +110,9 @@ _LOOKUP = (
     "SELECT message_id, partition, offset, timestamp_ms FROM message_ids"
     " WHERE topic_id = ? AND message_id = ? AND stored_ms >= ?"
 )
-# A chunk's ids in one statement: ``[[index in the chunk, id, timestamp_ms], ...]`` as JSON, so
-# the ids are bound once, not six parameters per id.
-_COLUMNS = ("message_ids(topic_id, message_id, partition, offset, timestamp_ms, stored_ms)"
-            " SELECT ?1, value ->> 1, ?2, ?3 + (value ->> 0), value ->> 2, ?4 FROM json_each(?5) WHERE true")
+_COLUMNS = "message_ids(topic_id, message_id, partition, offset, timestamp_ms, stored_ms) VALUES (?, ?, ?, ?, ?, ?)"
 _REMEMBER_NEW = f"INSERT OR IGNORE INTO {_COLUMNS}"  # a known id (even expired, not purged yet) is skipped
 _REMEMBER = f"INSERT OR REPLACE INTO {_COLUMNS}"  # replaces an expired one
-
-
-def _remember(conn: apsw.Connection, sql: str, topic_id: int, partition: int, base: int, now: int,
-              rows: list[Row], ids: Sequence[str | None]) -> int:
-    """Store the ids of ``rows`` appended from offset ``base``; returns how many rows were written."""
-    entries = [[i, mid, row[0]] for i, (row, mid) in enumerate(zip(rows, ids)) if mid is not None]
-    conn.execute(sql, (topic_id, partition, base, now, json.dumps(entries, ensure_ascii=False)))
-    return conn.changes()
 
 
 def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partition: int, rows: list[Row],
@@ -155,7 +143,10 @@ def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partiti
             if base is None:
                 conn.execute("RELEASE dedupe")
                 return None
-            clean = _remember(conn, _REMEMBER_NEW, topic_id, partition, base, now, rows, ids) == len(given)
+            before = conn.total_changes()
+            conn.executemany(_REMEMBER_NEW, [(topic_id, mid, partition, base + i, row[0], now)
+                                             for i, (row, mid) in enumerate(zip(rows, ids)) if mid is not None])
+            clean = conn.total_changes() - before == len(given)
         except BaseException:
             conn.execute("ROLLBACK TO dedupe")  # the chunk leaves nothing behind (the writer goes on)
             conn.execute("RELEASE dedupe")
@@ -190,7 +181,8 @@ def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partiti
         if appended is None:
             return None
         base = appended
-        _remember(conn, _REMEMBER, topic_id, partition, base, now, fresh, fresh_ids)
+        conn.executemany(_REMEMBER, [(topic_id, mid, partition, base + i, row[0], now)
+                                     for i, (row, mid) in enumerate(zip(fresh, fresh_ids)) if mid is not None])
     out: list[tuple[int, int, int, bool]] = []
     for row, mid, index in zip(rows, ids, plan):
         if index is not None:
