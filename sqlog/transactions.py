@@ -13,7 +13,9 @@ Dedupe state: one ``message_ids`` row per id stored within the topic's ``dedupe_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
+from itertools import repeat
 
 import apsw
 
@@ -115,6 +117,19 @@ _REMEMBER_NEW = f"INSERT OR IGNORE INTO {_COLUMNS}"  # a known id (even expired,
 _REMEMBER = f"INSERT OR REPLACE INTO {_COLUMNS}"  # replaces an expired one
 
 
+def _id_rows(topic_id: int, partition: int, base: int, now: int, rows: list[Row], ids: Sequence[str | None],
+             given: int) -> Iterable[tuple[int, str | None, int, int, int, int]]:
+    """``message_ids`` rows of the ``given`` ids of ``rows`` appended from offset ``base``."""
+    if given == len(ids):  # every row has an id (the usual chunk): zipped in C, no per-row Python
+        return zip(repeat(topic_id), ids, repeat(partition), range(base, base + len(ids)), map(_TIMESTAMP, rows),
+                   repeat(now))
+    return [(topic_id, mid, partition, base + i, row[0], now)
+            for i, (row, mid) in enumerate(zip(rows, ids)) if mid is not None]
+
+
+_TIMESTAMP = operator.itemgetter(0)
+
+
 def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partition: int, rows: list[Row],
                    ids: Sequence[str | None], nbytes: int, max_ts: int, path: str = "") -> Placed | None:
     """Append ``rows`` (with ``append``) except those whose message id the topic stored within its
@@ -134,8 +149,10 @@ def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partiti
             "(it was removed after the send)"
         )
     now = wall_ms()
-    given = [m for m in ids if m is not None]
-    if len(set(given)) == len(given):
+    unique = set(ids)  # (C-level passes over ids: this is the send path)
+    unique.discard(None)
+    given = len(ids) - ids.count(None)
+    if len(unique) == given:
         # Optimistic, the common case: append and remember the ids; if one was known, undo and look.
         conn.execute("SAVEPOINT dedupe")
         try:
@@ -144,9 +161,8 @@ def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partiti
                 conn.execute("RELEASE dedupe")
                 return None
             before = conn.total_changes()
-            conn.executemany(_REMEMBER_NEW, [(topic_id, mid, partition, base + i, row[0], now)
-                                             for i, (row, mid) in enumerate(zip(rows, ids)) if mid is not None])
-            clean = conn.total_changes() - before == len(given)
+            conn.executemany(_REMEMBER_NEW, _id_rows(topic_id, partition, base, now, rows, ids, given))
+            clean = conn.total_changes() - before == given
         except BaseException:
             conn.execute("ROLLBACK TO dedupe")  # the chunk leaves nothing behind (the writer goes on)
             conn.execute("RELEASE dedupe")
@@ -158,7 +174,7 @@ def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partiti
         conn.execute("RELEASE dedupe")
     known: dict[str, tuple[int, int, int]] = {
         mid: (p, o, ts) for mid, p, o, ts in conn.executemany(
-            _LOOKUP, [(topic_id, mid, now - window) for mid in set(given)]
+            _LOOKUP, [(topic_id, mid, now - window) for mid in unique]
         )
     }
     fresh: list[Row] = []
@@ -181,8 +197,8 @@ def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partiti
         if appended is None:
             return None
         base = appended
-        conn.executemany(_REMEMBER, [(topic_id, mid, partition, base + i, row[0], now)
-                                     for i, (row, mid) in enumerate(zip(fresh, fresh_ids)) if mid is not None])
+        conn.executemany(_REMEMBER, _id_rows(topic_id, partition, base, now, fresh, fresh_ids,
+                                             len(fresh_ids) - fresh_ids.count(None)))
     out: list[tuple[int, int, int, bool]] = []
     for row, mid, index in zip(rows, ids, plan):
         if index is not None:
