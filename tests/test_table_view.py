@@ -116,7 +116,7 @@ def test_policy_switched_to_delete_and_back_rebuilds_the_table(tmp_path: Path) -
     assert log.check().ok
 
 
-def _as_schema_10(path: Path) -> None:
+def _as_before_latest_tables(path: Path) -> None:
     """Turn a log file back into what sqlog wrote before the latest-record table: a (key, offset)
     index per compacted partition, no latest-record tables, no key counts."""
     conn = apsw.Connection(str(path))
@@ -140,7 +140,7 @@ def test_an_older_file_gets_latest_record_tables(tmp_path: Path) -> None:
         log.create_topic("c", partitions=2, cleanup_policy="compact", min_cleanable_dirty_ratio=0.0)
         _send(log, "c", [(b"a", b"1", 0), (b"a", b"2", 0), (b"b", b"1", 1), (b"b", None, 1), (b"c", b"1", 1),
                          (b"c", b"2", 0)])
-    _as_schema_10(path)
+    _as_before_latest_tables(path)
     with _open(path) as log:
         table = log.table("c")
         assert (len(table), dict(table.items())) == (2, {b"a": b"2", b"c": b"2"})
