@@ -108,8 +108,8 @@ def plan(conn: apsw.Connection, topic_id: int, partition: int, now_ms: int, min_
 
 def compact_chunk(conn: apsw.Connection, topic_id: int, partition: int, lo: int, stop: int,
                   tombstone_before_ms: int, chunk_records: int) -> tuple[int, int, int]:
-    """One transaction's share of a pass: remove what is compactable in ``[lo, hi)`` (``hi`` at
-    most ``chunk_records`` offsets on, at most ``stop``); returns ``(hi, records, bytes)``.
+    """One transaction's share of a pass: remove what is compactable in ``[lo, hi)`` (at most
+    ``chunk_records`` records; ``hi`` at most ``stop``); returns ``(hi, records, bytes)``.
     Runs inside the caller's write transaction.
 
     A record is compactable when it is not its key's latest in the partition (the topic's
@@ -118,14 +118,19 @@ def compact_chunk(conn: apsw.Connection, topic_id: int, partition: int, lo: int,
     pages of that range and reads the latest-record table, whose pages stay cached."""
     table = partition_table(topic_id, partition)
     key = (topic_id, partition)
-    start = conn.execute(_PARTITION, key).fetchone()[0]
+    start, _, cleaned, _ = conn.execute(_PARTITION, key).fetchone()
     lo = max(lo, start)  # size retention on append may have cut meanwhile
     if lo >= stop:
         return stop, 0, 0
     # Holes may appear anywhere below stop from this transaction on: the watermark says so.
     conn.execute("UPDATE partitions SET compacted_offset = max(compacted_offset, ?) WHERE topic_id = ? AND partition = ?",
                  (stop, *key))
-    hi = min(stop, lo + chunk_records)  # a range of offsets: holes left by earlier passes make it hold fewer
+    if lo < cleaned:  # the part earlier passes cleaned: sparse, so chunk_records records, however far apart
+        row = conn.execute(f"SELECT offset FROM {table} WHERE offset >= ? ORDER BY offset LIMIT 1 OFFSET ?",
+                           (lo, chunk_records)).fetchone()
+        hi = min(stop, cleaned, row[0] if row is not None else cleaned)
+    else:  # the dirty part: dense, so a range of chunk_records offsets
+        hi = min(stop, lo + chunk_records)
     batches = _batch_bytes(conn, topic_id, partition, lo, hi)
     delete = (f"DELETE FROM {table} AS r WHERE offset >= ?1 AND offset < ?2 AND key IS NOT NULL AND ("
               f" offset != (SELECT offset FROM {latest_table(topic_id)} WHERE key = r.key AND partition = ?3)"

@@ -444,3 +444,26 @@ def test_interest_retention_on_a_compact_delete_topic(tmp_path: Path) -> None:
     assert log.check().ok, log.check().violations
     reader.close()
     log.close()
+
+
+def test_passes_over_many_chunks_keep_the_latest_of_every_key(tmp_path: Path) -> None:
+    """More records than one transaction's chunk, compacted twice: the second pass goes over the
+    part the first cleaned (sparse, chunked by records) and the new part (chunked by offsets)."""
+    log = _open(tmp_path / "log.db")
+    _compacted(log)
+    latest: dict[bytes, tuple[int, bytes]] = {}
+    offset = 0
+    for rnd in range(2):
+        with log.producer(batch_size=1 << 20) as producer:
+            for i in range(45_000):
+                key, value = b"k%d" % ((i * 7919 + rnd) % 25_000), b"%d-%d" % (rnd, i)
+                producer.send("c", value, key=key, partition=0, timestamp_ms=T0)
+                latest[key] = (offset, value)
+                offset += 1
+        result = log.sweep(now_ms=LATER)
+        assert result.compacted_records > 0
+        survivors = [(r.offset, r.key, r.value) for r in _read_all(log)]
+        assert survivors == sorted((o, k, v) for k, (o, v) in latest.items())
+        assert log.describe_topic("c").partitions[0].records == len(latest)
+        assert log.check().ok, log.check().violations
+    log.close()
