@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Compaction and the table view, each beside its baseline in the same run:
 
-- compact N records over K keys (``log.sweep``) / one raw SQL DELETE doing the same work on a table
-  of the same schema and key index (rate = records in the partition per second of work);
+- compact N records over K keys (``log.sweep``) / one raw SQL DELETE doing the same work on tables
+  of sqlog's schema (the partition table and the topic's latest-record table; rate = records in
+  the partition per second of work); and, for reference, / one raw DELETE on a partition table
+  with a ``(key, offset)`` index (sqlog's schema before the latest-record table);
 - disk after compaction (database file, WAL checkpointed) / the live records' bytes;
-- ``send()`` of keyed 100 B records to a compacted topic (key index on every append) / to a
+- ``send()`` of keyed 100 B records to a compacted topic (latest-record row on every append) / to a
   delete-policy topic;
-- ``table[key]`` lookups per second (one key-index probe).
+- ``table[key]`` lookups per second / the same probe of the latest-record table as one raw SELECT.
 
     python benchmarks/bench_compaction.py [--quick]
 """
@@ -68,25 +70,39 @@ def compact_sqlog(root: str, n: int, nkeys: int) -> dict[str, float]:
                 os.remove(path + suffix)
 
 
-def compact_raw(root: str, n: int, nkeys: int) -> float:
-    """Seconds for one raw DELETE removing every record a later one of the same key supersedes,
-    on a table of sqlog's partition schema with the same (key, offset) index."""
+def compact_raw(root: str, n: int, nkeys: int, schema: str = "latest") -> float:
+    """Seconds for one raw DELETE removing every record a later one of the same key supersedes.
+
+    ``schema="latest"``: on sqlog's schema, the partition table and a latest-record table
+    (key -> latest offset), filled as sqlog's triggers fill it; the DELETE keeps each key's latest.
+    ``schema="index"``: on a partition table with a ``(key, offset)`` index, the DELETE asks it
+    whether a later record of the key exists (sqlog's schema before the latest-record table)."""
     path = os.path.join(root, f"raw-{n}-{nkeys}.db")
     conn = apsw.Connection(path)
     try:
         conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("CREATE TABLE t(offset INTEGER PRIMARY KEY, ts INTEGER NOT NULL, key BLOB, value BLOB,"
                      " headers BLOB, crc INTEGER)")
-        conn.execute("CREATE INDEX k ON t(key, offset) WHERE key IS NOT NULL")
+        if schema == "index":
+            conn.execute("CREATE INDEX k ON t(key, offset) WHERE key IS NOT NULL")
+            delete = ("DELETE FROM t AS r WHERE key IS NOT NULL AND EXISTS"
+                      " (SELECT 1 FROM t q WHERE q.key = r.key AND q.offset > r.offset)")
+        else:
+            conn.execute("CREATE TABLE l(key BLOB NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,"
+                         " live INTEGER NOT NULL, PRIMARY KEY(key, partition)) WITHOUT ROWID")
+            delete = ("DELETE FROM t AS r WHERE key IS NOT NULL AND"
+                      " offset != (SELECT offset FROM l WHERE key = r.key AND partition = 0)")
         keys = _keys(n, nkeys)
         for i in range(0, n, 10_000):
             with conn:
-                conn.executemany("INSERT INTO t VALUES (?, 0, ?, ?, NULL, 0)",
-                                 ((o, keys[o], VALUE) for o in range(i, min(n, i + 10_000))))
+                rows = [(o, keys[o], VALUE) for o in range(i, min(n, i + 10_000))]
+                conn.executemany("INSERT INTO t VALUES (?, 0, ?, ?, NULL, 0)", rows)
+                if schema != "index":
+                    conn.executemany("INSERT INTO l VALUES (?, 0, ?, 1) ON CONFLICT(key, partition)"
+                                     " DO UPDATE SET offset = excluded.offset", [(k, o) for o, k, _ in rows])
         began = time.perf_counter()
         with conn:
-            conn.execute("DELETE FROM t AS r WHERE key IS NOT NULL AND EXISTS"
-                         " (SELECT 1 FROM t q WHERE q.key = r.key AND q.offset > r.offset)")
+            conn.execute(delete)
         seconds = time.perf_counter() - began
         assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == nkeys
         return seconds
@@ -132,13 +148,14 @@ def lookup_rate(root: str, n: int, nkeys: int, lookups: int) -> tuple[float, flo
             for k in probe:
                 table[k]
             rate = lookups / (time.perf_counter() - began)
-            # The baseline: the same probe as one raw apsw statement on the same file.
+            # The baseline: the same probes (latest-record table, then the record) as one raw statement.
             raw = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
             try:
                 cur = raw.cursor()
                 began = time.perf_counter()
                 for k in probe:
-                    cur.execute("SELECT value FROM p1_0 WHERE key = ? ORDER BY offset DESC LIMIT 1", (k,)).fetchone()
+                    cur.execute("SELECT r.value FROM l1 JOIN p1_0 r ON r.offset = l1.offset WHERE l1.key = ?",
+                                (k,)).fetchone()
                 raw_rate = lookups / (time.perf_counter() - began)
             finally:
                 raw.close()
@@ -154,20 +171,25 @@ def measure(root: str, cfg: dict[str, Any], progress: bool = False) -> dict[str,
     n = cfg["records"]
     out: dict[str, Any] = {"records": n, "compact": {}}
     for nkeys in cfg["cases"]:
-        ratios, sq, raw, disk = [], [], [], []
+        ratios, sq, raw, disk, idx, idx_ratios = [], [], [], [], [], []
         for r in range(cfg["rounds"]):
             s = compact_sqlog(root, n, nkeys)
             b = compact_raw(root, n, nkeys)
+            i = compact_raw(root, n, nkeys, "index")
             sq.append(n / s["seconds"])
             raw.append(n / b)
+            idx.append(n / i)
             ratios.append(b / s["seconds"])
+            idx_ratios.append(i / s["seconds"])
             disk.append(s["db_bytes"] / max(1, s["live_bytes"]))
             if progress:
                 print(f"  [compact {n:,} over {nkeys:,} keys round {r + 1}] sqlog={sq[-1]:,.0f}/s raw={raw[-1]:,.0f}/s "
-                      f"ratio={ratios[-1]:.2f} disk/live={disk[-1]:.2f} ({s['db_bytes']:,} B for {s['live_bytes']:,})",
-                      file=sys.stderr)
+                      f"ratio={ratios[-1]:.2f} raw-on-index={idx[-1]:,.0f}/s ratio={idx_ratios[-1]:.2f} "
+                      f"disk/live={disk[-1]:.2f} ({s['db_bytes']:,} B for {s['live_bytes']:,})", file=sys.stderr)
         out["compact"][nkeys] = {"sqlog": statistics.median(sq), "raw": statistics.median(raw),
-                                 "ratio": statistics.median(ratios), "disk_over_live": statistics.median(disk),
+                                 "ratio": statistics.median(ratios), "raw_index": statistics.median(idx),
+                                 "ratio_index": statistics.median(idx_ratios),
+                                 "disk_over_live": statistics.median(disk),
                                  "db_bytes": s["db_bytes"], "live_bytes": s["live_bytes"]}
     ratios, comp, dele = [], [], []
     for r in range(cfg["rounds"]):
@@ -191,7 +213,8 @@ def report(data: dict[str, Any]) -> str:
     lines = []
     for nkeys, c in data["compact"].items():
         lines.append(f"compact {n:,} records over {nkeys:,} keys: sqlog {c['sqlog']:,.0f} rec/s, raw DELETE "
-                     f"{c['raw']:,.0f} rec/s, ratio {c['ratio']:.2f} (target >= 0.5); disk after "
+                     f"{c['raw']:,.0f} rec/s, ratio {c['ratio']:.2f} (target >= 0.5); raw DELETE on a (key, offset) "
+                     f"index {c['raw_index']:,.0f} rec/s, ratio {c['ratio_index']:.2f}; disk after "
                      f"{c['db_bytes']:,} B for {c['live_bytes']:,} B live = {c['disk_over_live']:.2f}x")
     s = data["send"]
     lines.append(f"send() keyed 100 B: compacted topic {s['compact']:,.0f}/s, delete topic {s['delete']:,.0f}/s, "

@@ -543,8 +543,11 @@ def compaction(ctx: Ctx) -> Result:
     rows = []
     for nkeys, c in data["compact"].items():
         rows.append(Row("compaction", f"compact {data['records']:,} records over {nkeys:,} keys / raw DELETE",
-                        c["sqlog"], c["raw"], c["ratio"], "rec/s", "one raw SQL DELETE, same table and index",
-                        ">= 0.50", c["ratio"] >= 0.5))
+                        c["sqlog"], c["raw"], c["ratio"], "rec/s",
+                        "one raw SQL DELETE, same tables (partition + latest-record table)", ">= 0.50", c["ratio"] >= 0.5))
+        rows.append(Row("compaction", f"compact {data['records']:,} records over {nkeys:,} keys / raw DELETE on index",
+                        c["sqlog"], c["raw_index"], c["ratio_index"], "rec/s",
+                        "one raw SQL DELETE on a (key, offset) index (the schema before the latest-record table)"))
         rows.append(Row("compaction", f"disk after compacting to {nkeys:,} keys / live bytes",
                         c["db_bytes"] / MB, c["live_bytes"] / MB, c["disk_over_live"], "MB", "live records' bytes",
                         "<= 2x + 1 MB", c["db_bytes"] <= 2 * c["live_bytes"] + MB))

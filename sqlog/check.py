@@ -5,7 +5,7 @@ from __future__ import annotations
 import apsw
 
 from .checksum import CHECK_COLUMN, mismatches
-from .storage import PARTITION_TABLE, RECORD_BYTES, partition_table
+from .storage import PARTITION_TABLE, RECORD_BYTES, latest_table, partition_table
 from .types import CheckReport, TopicPartition
 
 _CHUNK = 10_000  # records verified per statement
@@ -88,7 +88,49 @@ def violations(conn: apsw.Connection, unverified: dict[TopicPartition, int]) -> 
             found.append(f"group {group!r}: topic id {topic_id} partition {partition} owned by "
                          f"{'unknown member ' if not has_member else ''}{member}"
                          f"{' but no such partition' if not has_partition else ''}")
+    found.extend(_check_latest(conn, tables))
     found.extend(_check_share_groups(conn))
+    return found
+
+
+def _check_latest(conn: apsw.Connection, tables: set[str]) -> list[str]:
+    """A compacted topic's latest-record table: one row per key and partition holding records,
+    pointing at the key's latest record there and saying whether it is a tombstone; its counts."""
+    found = []
+    for topic_id, name, partitions, live, shared in conn.execute(
+        "SELECT t.topic_id, t.name, (SELECT count(*) FROM partitions p WHERE p.topic_id = t.topic_id),"
+        " t.live_keys, t.shared_keys FROM topics t WHERE t.cleanup_policy != 'delete'"
+    ).fetchall():
+        latest = latest_table(topic_id)
+        if latest not in tables:
+            found.append(f"topic {name!r}: its latest-record table {latest} is missing")
+            continue
+        for p in range(partitions):
+            table = partition_table(topic_id, p)
+            if table not in tables:
+                continue
+            wrong = conn.execute(
+                f"SELECT count(*) FROM (SELECT key, max(offset) AS top FROM {table} WHERE key IS NOT NULL GROUP BY key) g"
+                f" LEFT JOIN {latest} l ON l.key = g.key AND l.partition = ?1"
+                f" LEFT JOIN {table} r ON r.offset = g.top"
+                " WHERE l.offset IS NOT g.top OR l.live IS NOT (r.value IS NOT NULL)",
+                (p,),
+            ).fetchone()[0]
+            stray = conn.execute(
+                f"SELECT count(*) FROM {latest} l WHERE partition = ? AND NOT EXISTS"
+                f" (SELECT 1 FROM {table} r WHERE r.offset = l.offset AND r.key = l.key)",
+                (p,),
+            ).fetchone()[0]
+            if wrong or stray:
+                found.append(f"{name}-{p}: latest-record table {latest} disagrees with the records "
+                             f"({wrong} keys with a wrong or missing row, {stray} rows of no record)")
+        counted = conn.execute(
+            f"SELECT coalesce(sum(live), 0), (SELECT count(*) FROM (SELECT 1 FROM {latest} GROUP BY key"
+            f" HAVING count(*) > 1)) FROM {latest}"
+        ).fetchone()
+        if counted != (live, shared):
+            found.append(f"topic {name!r}: counts live_keys {live}, shared_keys {shared}; its latest-record table "
+                         f"holds {counted[0]}, {counted[1]}")
     return found
 
 

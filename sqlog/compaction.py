@@ -2,9 +2,13 @@
 
 A pass over a partition compacts ``[log start, clean end)``: the clean end is where the dirty
 part (above the cleaner checkpoint, ``cleaned_offset``) stops being older than
-``min_compaction_lag_ms``. In that range it removes every keyed record with a later record of
-the same key below the clean end, and every tombstone (value None) older than
-``delete_retention_ms``. Offsets never change; what is removed leaves a hole.
+``min_compaction_lag_ms``. In that range it removes every keyed record that is not its key's
+latest in the partition (the topic's latest-record table, `storage.latest_ddl`, says which is),
+and every tombstone (value None) older than ``delete_retention_ms``. Offsets never change; what is
+removed leaves a hole. Kafka's cleaner only counts later records below the clean end; one above
+it (younger than the lag) superseding an older record lets that one go too, which Kafka's
+guarantees allow: the removed record is past ``min_compaction_lag_ms`` and its key's latest record
+stays.
 
 How a hole is told from damage: the pass first raises the partition's compaction watermark
 (``compacted_offset``) to the clean end, in the same transaction as its first delete, and every
@@ -28,7 +32,7 @@ from collections.abc import Callable
 import apsw
 
 from . import share_groups
-from .storage import RECORD_BYTES, partition_table, transaction
+from .storage import RECORD_BYTES, latest_table, partition_table, transaction
 from .types import TopicPartition
 
 COMPACT_CHUNK_RECORDS = 20_000
@@ -104,63 +108,98 @@ def plan(conn: apsw.Connection, topic_id: int, partition: int, now_ms: int, min_
 
 def compact_chunk(conn: apsw.Connection, topic_id: int, partition: int, lo: int, stop: int,
                   tombstone_before_ms: int, chunk_records: int) -> tuple[int, int, int]:
-    """One transaction's share of a pass: remove what is compactable in ``[lo, hi)`` (``hi`` at
-    most ``chunk_records`` records on, at most ``stop``); returns ``(hi, records, bytes)``.
-    Runs inside the caller's write transaction."""
+    """One transaction's share of a pass: remove what is compactable in ``[lo, hi)`` (at most
+    ``chunk_records`` records; ``hi`` at most ``stop``); returns ``(hi, records, bytes)``.
+    Runs inside the caller's write transaction.
+
+    A record is compactable when it is not its key's latest in the partition (the topic's
+    latest-record table says which is), or is a tombstone older than ``tombstone_before_ms`` (the
+    table's row goes with it, by trigger). One DELETE over a range of offsets: it writes the
+    pages of that range and reads the latest-record table, whose pages stay cached."""
     table = partition_table(topic_id, partition)
     key = (topic_id, partition)
-    start = conn.execute(_PARTITION, key).fetchone()[0]
+    start, _, cleaned, _ = conn.execute(_PARTITION, key).fetchone()
     lo = max(lo, start)  # size retention on append may have cut meanwhile
     if lo >= stop:
         return stop, 0, 0
     # Holes may appear anywhere below stop from this transaction on: the watermark says so.
     conn.execute("UPDATE partitions SET compacted_offset = max(compacted_offset, ?) WHERE topic_id = ? AND partition = ?",
                  (stop, *key))
-    row = conn.execute(f"SELECT offset FROM {table} WHERE offset >= ? ORDER BY offset LIMIT 1 OFFSET ?",
-                       (lo, chunk_records)).fetchone()
-    hi = stop if row is None else min(row[0], stop)
-    removed = sorted(conn.execute(
-        f"DELETE FROM {table} AS r WHERE offset >= ?1 AND offset < ?2 AND key IS NOT NULL AND ("
-        f" EXISTS (SELECT 1 FROM {table} q WHERE q.key = r.key AND q.offset > r.offset AND q.offset < ?3)"
-        " OR (value IS NULL AND ts <= ?4))"
-        f" RETURNING offset, {RECORD_BYTES}",
-        (lo, hi, stop, tombstone_before_ms),
-    ).fetchall())
+    if lo < cleaned:  # the part earlier passes cleaned: sparse, so chunk_records records, however far apart
+        row = conn.execute(f"SELECT offset FROM {table} WHERE offset >= ? ORDER BY offset LIMIT 1 OFFSET ?",
+                           (lo, chunk_records)).fetchone()
+        hi = min(stop, cleaned, row[0] if row is not None else cleaned)
+    else:  # the dirty part: dense, so a range of chunk_records offsets
+        hi = min(stop, lo + chunk_records)
+    batches = _batch_bytes(conn, topic_id, partition, lo, hi)
+    delete = (f"DELETE FROM {table} AS r WHERE offset >= ?1 AND offset < ?2 AND key IS NOT NULL AND ("
+              f" offset != (SELECT offset FROM {latest_table(topic_id)} WHERE key = r.key AND partition = ?3)"
+              " OR (value IS NULL AND ts <= ?4))")
+    args = (lo, hi, partition, tombstone_before_ms)
+    shared = conn.execute(_SHARED, key).fetchone() is not None
+    if shared:  # share groups need the offsets
+        offsets = sorted(o for (o,) in conn.execute(delete + " RETURNING offset", args))
+        records = len(offsets)
+    else:
+        conn.execute(delete, args)
+        records = conn.changes()
     if hi >= stop:
         conn.execute("UPDATE partitions SET cleaned_offset = max(cleaned_offset, ?) WHERE topic_id = ? AND partition = ?",
                      (stop, *key))
-    if not removed:
+    if not records:
         return hi, 0, 0
-    nbytes = sum(b for _, b in removed)
-    _account_batches(conn, topic_id, partition, lo, hi, removed)
+    nbytes = _take_bytes(conn, topic_id, partition, lo, hi, batches)
     conn.execute(
         "UPDATE partitions SET bytes = bytes - ?, compacted_records = compacted_records + ?"
-        " WHERE topic_id = ? AND partition = ?", (nbytes, len(removed), *key),
+        " WHERE topic_id = ? AND partition = ?", (nbytes, records, *key),
     )
-    _forget_in_share_groups(conn, topic_id, partition, [o for o, _ in removed])
-    return hi, len(removed), nbytes
+    if shared:
+        _forget_in_share_groups(conn, topic_id, partition, offsets)
+    return hi, records, nbytes
 
 
-def _account_batches(conn: apsw.Connection, topic_id: int, partition: int, lo: int, hi: int,
-                     removed: list[tuple[int, int]]) -> None:
-    """Take the removed records' bytes off the batches holding them (the batch rows stay: their
-    offset ranges keep the index dense, and offsets_for_times skips an emptied batch)."""
-    batches = conn.execute(
-        "SELECT base_offset FROM batches WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= coalesce("
-        " (SELECT max(base_offset) FROM batches WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0)"
+_SHARED = "SELECT 1 FROM share_partitions WHERE topic_id = ? AND partition = ? LIMIT 1"
+
+
+def _batch_bytes(conn: apsw.Connection, topic_id: int, partition: int, lo: int,
+                 hi: int) -> list[tuple[int, int, int, int]]:
+    """Before a chunk's delete: ``(base, first, last, bytes)`` of every batch overlapping
+    ``[lo, hi)``, where ``[first, last]`` is its part inside the range and ``bytes`` that part's
+    size (the batch's own count when whole inside; read from the records for the at most two
+    batches the range cuts through)."""
+    table = partition_table(topic_id, partition)
+    out = []
+    for base, last, nbytes in conn.execute(
+        "SELECT base_offset, last_offset, bytes FROM batches WHERE topic_id = ?1 AND partition = ?2 AND base_offset >="
+        " coalesce((SELECT max(base_offset) FROM batches WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0)"
         " AND base_offset < ?4 ORDER BY base_offset",
         (topic_id, partition, lo, hi),
-    ).fetchall()
-    bases = [b for (b,) in batches]
-    taken: dict[int, int] = {}
-    for offset, nbytes in removed:
-        i = bisect.bisect_right(bases, offset) - 1
-        if i >= 0:
-            taken[bases[i]] = taken.get(bases[i], 0) + nbytes
-    conn.executemany(
-        "UPDATE batches SET bytes = bytes - ? WHERE topic_id = ? AND partition = ? AND base_offset = ?",
-        [(nbytes, topic_id, partition, base) for base, nbytes in taken.items()],
-    )
+    ).fetchall():
+        first, end = max(base, lo), min(last, hi - 1)
+        if first > end:
+            continue
+        if first != base or end != last:
+            nbytes = conn.execute(f"SELECT coalesce(sum({RECORD_BYTES}), 0) FROM {table} WHERE offset BETWEEN ? AND ?",
+                                  (first, end)).fetchone()[0]
+        out.append((base, first, end, nbytes))
+    return out
+
+
+def _take_bytes(conn: apsw.Connection, topic_id: int, partition: int, lo: int, hi: int,
+                before: list[tuple[int, int, int, int]]) -> int:
+    """After a chunk's delete: take what it removed off each batch's byte count (the survivors are
+    counted: few, after compaction); returns the bytes removed. The batch rows stay: their offset
+    ranges keep the index dense, and offsets_for_times skips an emptied batch."""
+    table = partition_table(topic_id, partition)
+    taken = []
+    for base, first, end, nbytes in before:
+        left = conn.execute(f"SELECT coalesce(sum({RECORD_BYTES}), 0) FROM {table} WHERE offset BETWEEN ? AND ?",
+                            (first, end)).fetchone()[0]
+        if nbytes != left:
+            taken.append((nbytes - left, topic_id, partition, base))
+    conn.executemany("UPDATE batches SET bytes = bytes - ? WHERE topic_id = ? AND partition = ? AND base_offset = ?",
+                     taken)
+    return sum(t[0] for t in taken)
 
 
 def _forget_in_share_groups(conn: apsw.Connection, topic_id: int, partition: int, offsets: list[int]) -> None:

@@ -9,6 +9,7 @@ record; only the one batch the cut falls inside is read record by record.
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
 import time
@@ -19,9 +20,18 @@ import apsw
 from .check import report
 from .clock import wall_ms
 from .compaction import compact
-from .errors import DiskFullError, SqlogError, translated
+from .errors import DiskFullError, InvalidRecordError, SqlogError, translated
 from .partitions import append
-from .storage import RECORD_BYTES, busy_handler, effective, guard_writes, partition_table, snapshot, transaction
+from .storage import (
+    RECORD_BYTES,
+    busy_handler,
+    effective,
+    guard_writes,
+    latest_table,
+    partition_table,
+    snapshot,
+    transaction,
+)
 from .transactions import purge_all as purge_ids
 from .types import CheckReport, PartitionSweep, SweepResult, TopicPartition
 
@@ -115,6 +125,14 @@ def cut_partition(conn: apsw.Connection, topic_id: int, partition: int, start: i
             (cut, partial_bytes, *key, inside[0]),
         )
     conn.execute("DELETE FROM batches WHERE topic_id = ? AND partition = ? AND last_offset < ?", (*key, cut))
+    if conn.execute(_COMPACTED, (topic_id,)).fetchone()[0]:
+        # A compacted topic's latest-record rows of the records cut go with them (probed by the
+        # keys cut: no scan of the table).
+        conn.execute(
+            f"DELETE FROM {latest_table(topic_id)} WHERE partition = ?1 AND offset < ?2"
+            f" AND key IN (SELECT key FROM {table} WHERE offset >= ?3 AND offset < ?2 AND key IS NOT NULL)",
+            (partition, cut, start),
+        )
     conn.execute(f"DELETE FROM {table} WHERE offset < ?", (cut,))
     holes = cut - start - conn.changes()  # compaction's holes in the cut prefix go with it
     deleted_bytes = full + partial_bytes
@@ -124,6 +142,10 @@ def cut_partition(conn: apsw.Connection, topic_id: int, partition: int, start: i
         (cut, deleted_bytes, holes, *key),
     )
     return cut - start, deleted_bytes
+
+
+_COMPACTED = "SELECT cleanup_policy != 'delete' FROM topics WHERE topic_id = ?"
+_KEY = operator.itemgetter(1)
 
 
 def interest_cap(conn: apsw.Connection, topic_id: int, partition: int) -> int | None:
@@ -148,7 +170,18 @@ def append_rows(conn: apsw.Connection, topic_id: int, partition: int,
                 path: str = "") -> int | None:
     """`partitions.append`, then size retention as the log grows, in the same transaction:
     the append path of producers' batches and of dead-letter records. Returns the first
-    offset, or None when the partition does not exist."""
+    offset, or None when the partition does not exist. InvalidRecordError, before anything is
+    written, for a record without a key bound for a compacted topic (a producer refuses those at
+    send(); a dead-letter copy or a topic turned compacted since can still bring one here)."""
+    # all(map(...)) runs in C: keyed batches pay next to nothing (an empty key b"" looks again).
+    if not all(map(_KEY, rows)) and any(row[1] is None for row in rows) and conn.execute(
+            _COMPACTED, (topic_id,)).fetchone() == (1,):
+        name = conn.execute("SELECT name FROM topics WHERE topic_id = ?", (topic_id,)).fetchone()[0]
+        raise InvalidRecordError(
+            f"topic {name!r} is compacted (cleanup_policy has 'compact'): every record needs a key, and one "
+            "to append here has none (e.g. a dead-letter copy of a keyless record: give dead_letter_topic a "
+            "topic with cleanup_policy 'delete'); none of these records was appended"
+        )
     done = append(conn, topic_id, partition, rows, nbytes, max_ts, path)
     if done is None:
         return None
@@ -224,8 +257,8 @@ def sweep(conn: apsw.Connection, path: str, now_ms: int, wal_limit_bytes: int, b
         for tp, (n, b) in compacted.items():
             was = deleted.get(tp, PartitionSweep(0, 0))
             deleted[tp] = PartitionSweep(was.records, was.bytes, n, b)
-        with transaction(conn):  # message ids past their topic's dedupe window
-            purge_ids(conn, now_ms)
+        purge_ids(conn, now_ms,  # message ids past their topic's dedupe window
+                  lambda: checkpoint(conn, path, wal_limit_bytes, busy_timeout_ms, only_past_limit=True))
         pages = reclaim(conn)
     return SweepResult(deleted, pages)
 

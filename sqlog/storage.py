@@ -93,6 +93,20 @@ def _add_column(conn: apsw.Connection, table: str, column_ddl: str) -> None:
         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column_ddl}")
 
 
+def migrate_latest_tables(conn: apsw.Connection) -> None:
+    """Migration 11: compacted topics trade their per-partition key indexes (``(key, offset)``,
+    ``k<topic>_<partition>``) for one latest-record table each (`latest_ddl`)."""
+    _add_column(conn, "topics", "live_keys INTEGER NOT NULL DEFAULT 0")
+    _add_column(conn, "topics", "shared_keys INTEGER NOT NULL DEFAULT 0")
+    for topic_id, partitions in conn.execute(
+        "SELECT t.topic_id, (SELECT count(*) FROM partitions p WHERE p.topic_id = t.topic_id) FROM topics t"
+        " WHERE t.cleanup_policy != 'delete'"
+    ).fetchall():
+        for p in range(partitions):
+            conn.execute(f"DROP INDEX IF EXISTS k{int(topic_id)}_{int(p)}")
+        add_latest(conn, topic_id, range(partitions))
+
+
 # The schema as numbered DDL: MIGRATIONS[i] takes user_version i to i + 1.
 # Every partition is its own table, p<topic_id>_<partition>, named by numbers only
 # (see partition_table); its INTEGER PRIMARY KEY is the offset.
@@ -352,6 +366,12 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
         DELETE FROM producer_state WHERE topic_id = old.topic_id;
     END;
     """,
+    # 13: compacted topics keep each key's latest offset per partition in a table of their own
+    # (latest_ddl) instead of a (key, offset) index on every record, and count their live keys.
+    migrate_latest_tables,
+    # 14: message ids lose their age index (an insert per id on the send path): the sweep forgets
+    # expired ids by walking the topic's ids in key order instead (transactions.purge_all).
+    "DROP INDEX IF EXISTS message_ids_by_age;",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings
@@ -375,16 +395,96 @@ def partition_table(topic_id: int, partition: int) -> str:
     return f"p{int(topic_id)}_{int(partition)}"
 
 
-def key_index(topic_id: int, partition: int) -> str:
-    """The name of a compacted partition's key index (``(key, offset)``); integers only."""
-    return f"k{int(topic_id)}_{int(partition)}"
+def latest_table(topic_id: int) -> str:
+    """The latest-record table of a compacted topic (`latest_ddl`); integers only."""
+    return f"l{int(topic_id)}"
 
 
-def key_index_ddl(topic_id: int, partition: int) -> str:
-    """The key index of a compacted partition: the latest record of a key in one index probe,
-    and what compaction asks ("is there a later record of this key?")."""
-    return (f"CREATE INDEX IF NOT EXISTS {key_index(topic_id, partition)}"
-            f" ON {partition_table(topic_id, partition)}(key, offset) WHERE key IS NOT NULL")
+def latest_ddl(topic_id: int) -> str:
+    """A compacted topic's latest-record table: one row per (key, partition) holding the offset of
+    the key's latest record in that partition and whether it is live (not a tombstone).
+
+    It serves the table view (``table[key]``: one probe of its primary key, then one of the
+    partition's) and compaction (a record is superseded when it is not its key's latest). Each
+    append updates one row in place (a partition's insert trigger, `latest_trigger_ddl`), so the
+    index the append path maintains is as large as the live key set, not as the log: appends to
+    keys already known rewrite pages that are already hot. Its own triggers keep the topic's
+    ``live_keys`` (live rows) and ``shared_keys`` (keys with rows in more than one partition)
+    counts, so ``len(table)`` reads a number."""
+    t, lt = int(topic_id), latest_table(topic_id)
+    return f"""
+    CREATE TABLE IF NOT EXISTS {lt}(
+        key       BLOB NOT NULL,
+        partition INTEGER NOT NULL,
+        offset    INTEGER NOT NULL,
+        live      INTEGER NOT NULL,
+        PRIMARY KEY(key, partition)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER IF NOT EXISTS {lt}_new AFTER INSERT ON {lt} BEGIN
+        UPDATE topics SET live_keys = live_keys + new.live,
+            shared_keys = shared_keys + ((SELECT count(*) FROM {lt} WHERE key = new.key) = 2)
+        WHERE topic_id = {t};
+    END;
+    CREATE TRIGGER IF NOT EXISTS {lt}_live AFTER UPDATE OF live ON {lt} WHEN old.live != new.live BEGIN
+        UPDATE topics SET live_keys = live_keys + new.live - old.live WHERE topic_id = {t};
+    END;
+    CREATE TRIGGER IF NOT EXISTS {lt}_gone AFTER DELETE ON {lt} BEGIN
+        UPDATE topics SET live_keys = live_keys - old.live,
+            shared_keys = shared_keys - ((SELECT count(*) FROM {lt} WHERE key = old.key) = 1)
+        WHERE topic_id = {t};
+    END;
+    """
+
+
+def latest_trigger_ddl(topic_id: int, partition: int) -> str:
+    """A compacted partition's triggers: every keyed append becomes its key's latest record (in
+    place when it is as live as the one before, which is what appends mostly are; by an UPDATE of
+    ``live`` only when that changes, so the counting trigger runs only then); a
+    tombstone removed (by compaction, once older than delete_retention_ms) takes its key's row
+    along. Retention, which may remove any latest record, keeps the table itself
+    (`retention.cut_partition`)."""
+    p, table, lt = int(partition), partition_table(topic_id, partition), latest_table(topic_id)
+    return f"""
+    CREATE TRIGGER IF NOT EXISTS {table}_latest AFTER INSERT ON {table} WHEN new.key IS NOT NULL BEGIN
+        INSERT INTO {lt}(key, partition, offset, live) VALUES (new.key, {p}, new.offset, new.value IS NOT NULL)
+        ON CONFLICT(key, partition) DO UPDATE SET offset = excluded.offset
+        WHERE excluded.offset > offset AND live = excluded.live;
+        UPDATE {lt} SET offset = new.offset, live = new.value IS NOT NULL
+        WHERE key = new.key AND partition = {p} AND live != (new.value IS NOT NULL) AND offset < new.offset;
+    END;
+    CREATE TRIGGER IF NOT EXISTS {table}_tombstone AFTER DELETE ON {table}
+    WHEN old.value IS NULL AND old.key IS NOT NULL BEGIN
+        DELETE FROM {lt} WHERE key = old.key AND partition = {p} AND offset = old.offset;
+    END;
+    """
+
+
+def latest_fill(topic_id: int, partition: int) -> str:
+    """Fill the latest-record table from a partition's records (a topic turned compacted, or an
+    older file); the table's triggers count as it goes."""
+    p, table = int(partition), partition_table(topic_id, partition)
+    return (f"INSERT OR IGNORE INTO {latest_table(topic_id)}(key, partition, offset, live)"
+            f" SELECT key, {p}, offset, value IS NOT NULL FROM {table} WHERE offset IN"
+            f" (SELECT max(offset) FROM {table} WHERE key IS NOT NULL GROUP BY key)")
+
+
+def drop_latest(conn: apsw.Connection, topic_id: int, partitions: int) -> None:
+    """Drop a topic's latest-record table and its partitions' triggers, and zero its counts."""
+    for p in range(partitions):
+        table = partition_table(topic_id, p)
+        for trigger in ("latest", "tombstone"):
+            conn.execute(f"DROP TRIGGER IF EXISTS {table}_{trigger}")
+    conn.execute(f"DROP TABLE IF EXISTS {latest_table(topic_id)}")
+    conn.execute("UPDATE topics SET live_keys = 0, shared_keys = 0 WHERE topic_id = ?", (topic_id,))
+
+
+def add_latest(conn: apsw.Connection, topic_id: int, partitions: range) -> None:
+    """Create (if missing) a compacted topic's latest-record table and the triggers of
+    ``partitions``, filled from the records they hold."""
+    conn.execute(latest_ddl(topic_id))
+    for p in partitions:
+        conn.execute(latest_trigger_ddl(topic_id, p))
+        conn.execute(latest_fill(topic_id, p))
 
 
 def partition_ddl(topic_id: int, partition: int) -> str:

@@ -16,7 +16,7 @@ from .errors import (
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
-from .storage import effective, key_index, key_index_ddl, partition_ddl, partition_table
+from .storage import add_latest, drop_latest, effective, latest_table, partition_ddl, partition_table
 from .types import PartitionDescription, TopicDescription
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -210,18 +210,11 @@ def _compacted(conn: apsw.Connection, topic_id: int) -> bool:
 
 
 def _add_partitions(conn: apsw.Connection, topic_id: int, start: int, stop: int) -> None:
-    compacted = _compacted(conn, topic_id)
     for p in range(start, stop):
         conn.execute(partition_ddl(topic_id, p))
-        if compacted:
-            conn.execute(key_index_ddl(topic_id, p))
         conn.execute("INSERT INTO partitions(topic_id, partition) VALUES (?, ?)", (topic_id, p))
-
-
-def _key_indexes(conn: apsw.Connection, topic_id: int, partitions: int, compacted: bool) -> None:
-    """Create (compacted) or drop (delete policy) each partition's key index."""
-    for p in range(partitions):
-        conn.execute(key_index_ddl(topic_id, p) if compacted else f"DROP INDEX IF EXISTS {key_index(topic_id, p)}")
+    if _compacted(conn, topic_id):
+        add_latest(conn, topic_id, range(start, stop))
 
 
 def describe(conn: apsw.Connection, name: str) -> TopicDescription:
@@ -265,7 +258,10 @@ def alter(
     if settings:
         _set_compaction(conn, meta.topic_id, settings)
         if "cleanup_policy" in settings and (settings["cleanup_policy"] != "delete") != meta.compacted:
-            _key_indexes(conn, meta.topic_id, meta.partitions, not meta.compacted)
+            if meta.compacted:
+                drop_latest(conn, meta.topic_id, meta.partitions)
+            else:
+                add_latest(conn, meta.topic_id, range(meta.partitions))
     if partitions is not UNCHANGED:
         _check_partitions(partitions)
         if partitions < meta.partitions:
@@ -300,6 +296,7 @@ def delete(conn: apsw.Connection, name: str) -> None:
     meta = require(conn, name)
     for p in range(meta.partitions):
         conn.execute(f"DROP TABLE {partition_table(meta.topic_id, p)}")
+    conn.execute(f"DROP TABLE IF EXISTS {latest_table(meta.topic_id)}")
     # Groups that were assigned the topic rebalance at their members' next poll.
     conn.execute(
         "UPDATE consumer_groups SET generation = generation + 1"
