@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from operator import ge
 from typing import Any, NamedTuple
 
 import apsw
@@ -24,6 +25,8 @@ _BOUNDS = "SELECT log_start_offset, next_offset FROM partitions WHERE topic_id =
 
 Row = tuple[Any, ...]
 """``(offset, ts, key, value, headers, check)``: `checksum.CHECK_COLUMN` is the last column."""
+Columns = tuple[tuple[Any, ...], ...]
+"""`Row`s turned into columns: ``(offsets, timestamps, keys, values, headers, checks)``."""
 
 
 def select_from(topic_id: int, partition: int) -> str:
@@ -44,8 +47,9 @@ def bounds(conn: apsw.Connection, topic_id: int, partition: int, where: str) -> 
 
 
 def read(conn: apsw.Connection, select: str, topic_id: int, partition: int, position: int, limit: int,
-         out_of_range: Callable[[int, int, int], int], where: str) -> tuple[int, list[Row]]:
-    """Up to ``limit`` records from ``position``, in order; returns ``(position, rows)``.
+         out_of_range: Callable[[int, int, int], int], where: str) -> tuple[int, Columns]:
+    """Up to ``limit`` records from ``position``, in order; returns ``(position, columns)``:
+    the rows turned into columns (`Row`'s, one tuple each), or ``()`` when there are none.
 
     When ``position`` is outside ``[log start, high watermark]`` in the snapshot that reads the
     records, ``out_of_range(position, start, end)`` gives the new position (or raises
@@ -55,11 +59,15 @@ def read(conn: apsw.Connection, select: str, topic_id: int, partition: int, posi
     or above both the log start and that watermark are damage: `StorageError` naming ``where``.
     ``conn`` must not be inside a transaction (each call reads its own snapshot).
     """
-    rows: list[Row] = conn.execute(select, (position, limit)).fetchall()
-    if rows and rows[0][0] == position and rows[-1][0] - position == len(rows) - 1 and not any(
-        row[0] != offset for row, offset in zip(rows, range(position, position + len(rows)))
-    ):
-        return position, rows  # dense and in order: the common case costs one statement
+    rows = conn.execute(select, (position, limit)).fetchall()
+    if rows:
+        columns: Columns = tuple(zip(*rows))
+        offsets = columns[0]
+        # Dense and in order (compared in C: no Python code per row): the common case costs one statement.
+        if offsets[0] == position and offsets[-1] == position + len(offsets) - 1 and offsets == tuple(
+            range(position, position + len(offsets))
+        ):
+            return position, columns
     with snapshot(conn):
         found = conn.execute(_BOUNDS_COMPACTED, (topic_id, partition)).fetchone()
         if found is None:
@@ -72,24 +80,22 @@ def read(conn: apsw.Connection, select: str, topic_id: int, partition: int, posi
     if not rows:
         if dense_from < end:
             raise _missing(where, dense_from, end - 1)
-        return max(position, min(compacted, end)), rows
-    if any(a[0] >= b[0] for a, b in zip(rows, rows[1:])):  # only a damaged B-tree returns them out of order
-        raise _missing(where, position, rows[-1][0])
-    i = bisect.bisect_left(rows, dense_from, key=_offset) if rows[-1][0] >= dense_from else len(rows)
-    if i < len(rows):
-        last: int = rows[-1][0]
-        if rows[i][0] != dense_from or last - dense_from != len(rows) - i - 1:
+        return max(position, min(compacted, end)), ()
+    columns = tuple(zip(*rows))
+    offsets = columns[0]
+    if any(map(ge, offsets, offsets[1:])):  # only a damaged B-tree returns them out of order
+        raise _missing(where, position, offsets[-1])
+    i = bisect.bisect_left(offsets, dense_from)
+    if i < len(offsets):
+        last: int = offsets[-1]
+        if offsets[i] != dense_from or last - dense_from != len(offsets) - i - 1:
             raise _missing(where, dense_from, last)
-    return position, rows
+    return position, columns
 
 
 _BOUNDS_COMPACTED = (
     "SELECT log_start_offset, next_offset, compacted_offset FROM partitions WHERE topic_id = ? AND partition = ?"
 )
-
-
-def _offset(row: Row) -> int:
-    return int(row[0])
 
 
 def _missing(where: str, first: int, last: int) -> StorageError:
