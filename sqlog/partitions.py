@@ -11,7 +11,7 @@ read transaction with the bounds only when they do not.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from operator import ge
 from typing import Any, NamedTuple
 
@@ -124,12 +124,15 @@ _UPDATE = (
 _INDEX = "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)"
 
 
-def append(conn: apsw.Connection, topic_id: int, partition: int,
-           rows: list[tuple[int, bytes | None, bytes | None, bytes | None]], nbytes: int, max_ts: int,
-           path: str = "") -> Appended | None:
+def append(conn: apsw.Connection, topic_id: int, partition: int, rows: Sequence[tuple[Any, ...]], nbytes: int,
+           max_ts: int, path: str = "") -> Appended | None:
     """Append ``(timestamp_ms, key, value, headers)`` rows to one partition inside the caller's
     write transaction: offsets, checksums, batch index and byte count, in the same transaction
     as the partition's watermark. ``nbytes`` is the rows' size as retention counts it.
+
+    Rows may also come as ``(timestamp_ms, key, value, headers, check)`` with ``check`` their
+    `checksum.crcs` value, computed by the caller (the producer does, as each record is sent):
+    they are then bound as they are, the fastest append there is. All rows of a call have one shape.
 
     Returns where they went and the partition's size after them (for size retention), or None
     when the partition does not exist.
@@ -140,8 +143,11 @@ def append(conn: apsw.Connection, topic_id: int, partition: int,
         return None
     base = found[0]
     table = partition_table(topic_id, partition)
-    stamps, keys, values, headers = zip(*rows)
-    stored = zip(stamps, keys, values, headers, crcs(keys, values, headers))
+    if len(rows[0]) == 5:
+        stored: Iterator[tuple[Any, ...]] = iter(rows)
+    else:
+        stamps, keys, values, headers = zip(*rows)
+        stored = zip(stamps, keys, values, headers, crcs(keys, values, headers))
     # The first row takes its offset explicitly; the rest get max(offset) + 1 from SQLite,
     # which is the next offset because nothing above ``base`` exists in this transaction.
     conn.execute(f"INSERT INTO {table}(ts, key, value, headers, crc, offset) VALUES (?1, ?2, ?3, ?4, {STORE}, ?6)",

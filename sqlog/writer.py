@@ -51,7 +51,8 @@ class BatchSource(Protocol):
 
 
 class Chunk:
-    """The records of one batch bound for one partition: ``(timestamp_ms, key, value, headers)`` rows."""
+    """The records of one batch bound for one partition: ``(timestamp_ms, key, value, headers, check)``
+    rows, ``check`` their `checksum.crcs` value (taken by ``send()``)."""
 
     __slots__ = ("topic", "topic_id", "partition", "rows", "bytes", "max_ts", "base_offset", "error", "batch",
                  "ids", "results")
@@ -60,7 +61,7 @@ class Chunk:
         self.topic = topic
         self.topic_id = topic_id
         self.partition = partition
-        self.rows: list[tuple[int, bytes | None, bytes | None, bytes | None]] = []
+        self.rows: list[tuple[int, bytes | None, bytes | None, bytes | None, int]] = []  # with checksum.crcs
         self.bytes = 0
         self.max_ts = -1
         self.base_offset = -1
