@@ -198,7 +198,7 @@ class Producer:
             else:
                 self._writer.wake()
         elif wake:
-            self._writer.wake()
+            self._writer.wake(batch.created + self._linger)
         return RecordFuture(chunk, index)
 
     def _check_message_id(self, meta: TopicMeta, message_id: object) -> None:
@@ -267,8 +267,10 @@ class Producer:
             full = batch.bytes >= self._batch_size
         if full and self.caller_writes:
             self._writer.write_through(batch)
-        elif wake or full:
+        elif full:
             self._writer.wake()
+        elif wake:
+            self._writer.wake(batch.created + self._linger)
         return BatchFuture(chunk, start, len(vals))
 
     @staticmethod
