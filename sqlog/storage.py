@@ -4,6 +4,7 @@ snapshots, the commit signal blocked polls wait on, and the liveness clock recor
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import threading
@@ -536,6 +537,8 @@ WAKE_CHECK_S = 0.003
 """Without a file watch: how often a blocked poll looks for other processes' commits (~2% of a core)."""
 WATCHED_CHECK_S = 1.0
 """With a file watch: the safety net's pace (a look at data_version however quiet the file)."""
+ECHO_S = 0.005
+"""How long after this process's own record write a WAL write event is taken for its echo."""
 SETTLE_S = (0.0, 0.0005, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 """After a WAL write event, when to look at data_version again (from the event): the frames are
 written before the WAL index that makes them visible."""
@@ -553,15 +556,22 @@ class CommitSignal:
         self.seq = 0
         self._listeners: tuple[Callable[[], None], ...] = ()
         self.fs_seq = 0
+        self._local_until = 0.0  # monotonic: WAL write events before then are taken for a local write's echo
         self._watch: FileWatch | None = None
         self._watch_tried = False
         self._closed = False
+
+    def writing(self) -> None:
+        """This process starts writing records (its `notify` follows): until then, and for
+        `ECHO_S` after, WAL write events are taken for this very write's echo (`_fs_notify`)."""
+        self._local_until = math.inf
 
     def notify(self) -> None:
         """A commit that may have brought readers something new: wake every blocked poll, then
         call every listener (after ``seq`` moved, so a listener's reader sees the new count)."""
         with self._cond:
             self.seq += 1
+            self._local_until = time.monotonic() + ECHO_S
             self._cond.notify_all()
         for listener in self._listeners:
             try:
@@ -583,6 +593,14 @@ class CommitSignal:
         return remove
 
     def _fs_notify(self) -> None:
+        # Called by the file watch's thread on a WAL write. During and just after a local write
+        # it is most likely that write's echo, which `notify` already told every waiter about;
+        # waking them for it would have them look at the file again and again (SETTLE_S) while
+        # the writer still works, contending for the GIL: in-process latency doubled. So the
+        # event waits out the window (another local write extends it; its readers read then,
+        # seeing any other process's commit as well) and then wakes the waiters once.
+        while (left := self._local_until - time.monotonic()) > 0 and not self._closed:
+            time.sleep(min(left, ECHO_S))
         with self._cond:
             self.fs_seq += 1
             self._cond.notify_all()

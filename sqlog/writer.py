@@ -237,6 +237,32 @@ class Writer:
             self._cond.notify()
 
     # -- writing ---------------------------------------------------------------------------
+    def write_if_idle(self, batch: Batch) -> None:
+        """For ``linger_ms=0``: write everything waiting now, on this thread, if no write is in
+        progress (the sender's commit is the fastest there is: no hand-off to another thread);
+        else wake the linger thread, and ``batch`` joins the next write with whatever else came
+        meanwhile (group commit under load)."""
+        if not self._write_locked(batch, blocking=False, gather=False):
+            self.wake()
+
+    def _write_locked(self, batch: Batch | None, blocking: bool, gather: bool, timeout: float = -1) -> bool:
+        """Take the mutex (False if not within ``timeout``, or at once if not ``blocking``) and
+        write everything waiting, unless ``batch`` is done by then."""
+        mutex = self.engine.mutex
+        if not mutex.acquire(blocking, timeout):
+            return False
+        try:
+            if batch is None or not batch.done:
+                if gather:
+                    self._gather()
+                self._write([b for r in self._sources if (p := r()) is not None and (b := p.take_batch()) is not None])
+        finally:
+            mutex.release()
+            with self._written:
+                self._writes += 1
+                self._written.notify_all()
+        return True
+
     def write_through(self, batch: Batch | None, timeout: float | None = None) -> None:
         """Write everything waiting unless ``batch`` is already done (None: write everything).
 
@@ -247,19 +273,9 @@ class Writer:
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         while batch is None or not batch.done:
             seen = self._writes
-            mutex = self.engine.mutex
-            if mutex.acquire(blocking=batch is None, timeout=-1 if deadline is None or batch is not None
+            if self._write_locked(batch, blocking=batch is None, gather=batch is not None,
+                                  timeout=-1 if deadline is None or batch is not None
                                   else max(deadline - time.monotonic(), 0.0)):
-                try:
-                    if batch is None or not batch.done:
-                        if batch is not None:
-                            self._gather()
-                        self._write([b for r in self._sources if (p := r()) is not None and (b := p.take_batch()) is not None])
-                finally:
-                    mutex.release()
-                    with self._written:
-                        self._writes += 1
-                        self._written.notify_all()
                 return
             if batch is None:
                 raise SqlogTimeoutError(f"records not written within {timeout} s")
@@ -295,6 +311,7 @@ class Writer:
         conn = self.engine.conn
         error: SqlogError | None = None
         began = time.monotonic()
+        self.engine.signal.writing()
         try:
             with translated(self._path), transaction(conn):
                 for batch in batches:
@@ -304,6 +321,9 @@ class Writer:
             error = exc
         except Exception as exc:  # anything translated() does not name: the batches still complete
             error = SqlogError(f"{self._path}: write failed: {exc!r}")
+        except BaseException:
+            self.engine.signal.notify()  # ends the echo window `writing` opened
+            raise
         self._last_seconds = time.monotonic() - began
         self._last_records = sum(len(c.rows) for b in batches for c in b.chunks.values())
         for batch in batches:
