@@ -116,19 +116,61 @@ class Appended(NamedTuple):
     retention_bytes: int | None
 
 
+INDEX_INTERVAL_BYTES = 4096
+"""Kafka's index.interval.bytes: the batch index gets a row once the records not in it yet (the
+partition's tail) reach this many bytes, or `INDEX_INTERVAL_RECORDS` records; until then the
+partition row carries them (``tail_offset``, ``tail_max_timestamp``, ``tail_bytes``)."""
+INDEX_INTERVAL_RECORDS = 4096
+
+# An UPDATE then a SELECT of the row: measured cheaper than one UPDATE ... RETURNING, which
+# SQLite runs through a temporary table.
 _UPDATE = (
-    "UPDATE partitions SET next_offset = next_offset + ?1, bytes = bytes + ?2"
-    " WHERE topic_id = ?3 AND partition = ?4 RETURNING next_offset - ?1, log_start_offset, bytes,"
-    f" (SELECT {effective('retention_bytes')} FROM topics t WHERE t.topic_id = ?3)"
+    "UPDATE partitions SET next_offset = next_offset + ?1, bytes = bytes + ?2, tail_bytes = tail_bytes + ?2,"
+    " tail_max_timestamp = max(tail_max_timestamp, ?5) WHERE topic_id = ?3 AND partition = ?4"
+)
+_UPDATED = (
+    "SELECT next_offset, log_start_offset, bytes,"
+    f" (SELECT {effective('retention_bytes')} FROM topics t WHERE t.topic_id = ?1),"
+    " tail_offset, tail_max_timestamp, tail_bytes FROM partitions WHERE topic_id = ?1 AND partition = ?2"
 )
 _INDEX = "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)"
+_TAIL = (
+    "SELECT tail_offset, next_offset, tail_max_timestamp, tail_bytes FROM partitions"
+    " WHERE topic_id = ? AND partition = ?"
+)
+_TAIL_INDEXED = (
+    "UPDATE partitions SET tail_offset = ?3, tail_max_timestamp = -1, tail_bytes = 0"
+    " WHERE topic_id = ?1 AND partition = ?2"
+)
+TAIL_AS_BATCH = (
+    "SELECT tail_offset, next_offset - 1, tail_max_timestamp, tail_bytes FROM partitions"
+    " WHERE topic_id = ?1 AND partition = ?2 AND next_offset > tail_offset"
+)
+"""SQL: the partition's tail as one more ``(base_offset, last_offset, max_timestamp, bytes)`` batch
+row (none when empty), for read-only readers of the batch index (`offset_for_time`, the check)
+to add to ``batches``; writers call `index_tail` first instead."""
+
+
+def index_tail(conn: apsw.Connection, topic_id: int, partition: int) -> None:
+    """Put the partition's tail into the batch index now, inside the caller's write transaction:
+    what retention and compaction call before they read or trim ``batches``."""
+    found = conn.execute(_TAIL, (topic_id, partition)).fetchone()
+    if found is not None and found[1] > found[0]:
+        _flush_tail(conn, topic_id, partition, *found)
+
+
+def _flush_tail(conn: apsw.Connection, topic_id: int, partition: int, tail: int, end: int, max_ts: int,
+                nbytes: int) -> None:
+    conn.execute(_INDEX, (topic_id, partition, tail, end - 1, max_ts, nbytes))
+    conn.execute(_TAIL_INDEXED, (topic_id, partition, end))
 
 
 def append(conn: apsw.Connection, topic_id: int, partition: int, rows: Sequence[tuple[Any, ...]], nbytes: int,
            max_ts: int, path: str = "") -> Appended | None:
     """Append ``(timestamp_ms, key, value, headers)`` rows to one partition inside the caller's
-    write transaction: offsets, checksums, batch index and byte count, in the same transaction
-    as the partition's watermark. ``nbytes`` is the rows' size as retention counts it.
+    write transaction: offsets, checksums, batch index (the partition's tail until it reaches
+    `INDEX_INTERVAL_BYTES`) and byte count, in the same transaction as the partition's
+    watermark. ``nbytes`` is the rows' size as retention counts it, ``max_ts`` their largest timestamp.
 
     Rows may also come as ``(timestamp_ms, key, value, headers, check)`` with ``check`` their
     `checksum.crcs` value, computed by the caller (the producer does, as each record is sent):
@@ -138,10 +180,11 @@ def append(conn: apsw.Connection, topic_id: int, partition: int, rows: Sequence[
     when the partition does not exist.
     """
     n = len(rows)
-    found = conn.execute(_UPDATE, (n, nbytes, topic_id, partition)).fetchone()
-    if found is None:
+    conn.execute(_UPDATE, (n, nbytes, topic_id, partition, max_ts))
+    if not conn.changes():
         return None
-    base = found[0]
+    end, start, size, budget, tail, tail_max_ts, tail_bytes = conn.execute(_UPDATED, (topic_id, partition)).fetchone()
+    base = end - n
     table = partition_table(topic_id, partition)
     if len(rows[0]) == 5:
         stored: Iterator[tuple[Any, ...]] = iter(rows)
@@ -157,8 +200,9 @@ def append(conn: apsw.Connection, topic_id: int, partition: int, rows: Sequence[
         if conn.last_insert_rowid() != base + n - 1:
             raise StorageError(f"{path}: {table} holds offsets above its high watermark {base}: the file is "
                                f"damaged; {damaged_advice(path)}")
-    conn.execute(_INDEX, (topic_id, partition, base, base + n - 1, max_ts, nbytes))
-    return Appended(*found)
+    if tail_bytes >= INDEX_INTERVAL_BYTES or end - tail >= INDEX_INTERVAL_RECORDS:
+        _flush_tail(conn, topic_id, partition, tail, end, tail_max_ts, tail_bytes)
+    return Appended(base, start, size, budget)
 
 
 # -- offsets for times --------------------------------------------------------------------
@@ -170,8 +214,11 @@ def offset_for_time(conn: apsw.Connection, topic_id: int, partition: int, ts: in
     batches = conn.execute(
         "SELECT max(b.base_offset, p.log_start_offset), b.last_offset FROM batches b"
         " JOIN partitions p USING (topic_id, partition)"
-        " WHERE b.topic_id = ? AND b.partition = ? AND b.max_timestamp >= ?"
-        " AND b.last_offset >= p.log_start_offset ORDER BY b.base_offset",
+        " WHERE b.topic_id = ?1 AND b.partition = ?2 AND b.max_timestamp >= ?3"
+        " AND b.last_offset >= p.log_start_offset"
+        " UNION ALL SELECT max(tail_offset, log_start_offset), next_offset - 1 FROM partitions"
+        " WHERE topic_id = ?1 AND partition = ?2 AND tail_max_timestamp >= ?3"
+        " AND next_offset > max(tail_offset, log_start_offset) ORDER BY 1",
         (topic_id, partition, ts),
     ).fetchall()
     for first, last in batches:

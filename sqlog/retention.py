@@ -20,7 +20,7 @@ from .check import report
 from .clock import wall_ms
 from .compaction import compact
 from .errors import DiskFullError, SqlogError, translated
-from .partitions import append
+from .partitions import append, index_tail
 from .storage import RECORD_BYTES, busy_handler, effective, guard_writes, partition_table, snapshot, transaction
 from .transactions import purge_all as purge_ids
 from .types import CheckReport, PartitionSweep, SweepResult, TopicPartition
@@ -162,6 +162,7 @@ def append_rows(conn: apsw.Connection, topic_id: int, partition: int,
 def enforce_size(conn: apsw.Connection, topic_id: int, partition: int, start: int, nbytes: int, budget: int,
                  max_records: int) -> None:
     """Size retention as the log grows: called by the writer in the append's own transaction."""
+    index_tail(conn, topic_id, partition)  # the cut reads and trims the batch index
     limit = start + max_records
     cap = interest_cap(conn, topic_id, partition)
     if cap is not None:
@@ -202,6 +203,7 @@ def sweep(conn: apsw.Connection, path: str, now_ms: int, wal_limit_bytes: int, b
                     if row is None:  # deleted meanwhile
                         break
                     start, size = row
+                    index_tail(conn, topic_id, partition)  # the cut reads and trims the batch index
                     limit = start + chunk_records
                     cap = interest_cap(conn, topic_id, partition)
                     if cap is not None:

@@ -94,6 +94,15 @@ def _add_column(conn: apsw.Connection, table: str, column_ddl: str) -> None:
         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column_ddl}")
 
 
+def _add_index_tail(conn: apsw.Connection) -> None:
+    if conn.execute("SELECT 1 FROM pragma_table_info('partitions') WHERE name = 'tail_offset'").fetchone():
+        return  # run again on a file whose user_version was set back: its tails stand
+    _add_column(conn, "partitions", "tail_offset INTEGER NOT NULL DEFAULT 0")
+    _add_column(conn, "partitions", "tail_max_timestamp INTEGER NOT NULL DEFAULT -1")
+    _add_column(conn, "partitions", "tail_bytes INTEGER NOT NULL DEFAULT 0")
+    conn.execute("UPDATE partitions SET tail_offset = next_offset")  # every record so far is in batches
+
+
 # The schema as numbered DDL: MIGRATIONS[i] takes user_version i to i + 1.
 # Every partition is its own table, p<topic_id>_<partition>, named by numbers only
 # (see partition_table); its INTEGER PRIMARY KEY is the offset.
@@ -286,6 +295,12 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     # 10: a running count per share group and partition of the records archived (rejected or past
     # delivery_count_limit: each copied to the dead-letter topic when one is set), for describe.
     lambda conn: _add_column(conn, "share_partitions", "dead_lettered INTEGER NOT NULL DEFAULT 0"),
+    # 11: a sparse batch index, as Kafka's index.interval.bytes: the records from tail_offset to
+    # the high watermark are not in batches yet; the partition row (written by every append
+    # anyway) carries their max timestamp and bytes until they reach partitions.INDEX_INTERVAL_BYTES
+    # and become one batches row. A durable one-record commit then writes the pages raw SQLite
+    # writes (partition table, partitions row), not a third for the index.
+    _add_index_tail,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings
