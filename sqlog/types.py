@@ -1,7 +1,9 @@
-"""Public value classes: frozen, slotted and comparable, with Kafka's names."""
+"""Public value classes: frozen and comparable, with Kafka's names; slotted attrs classes, except the
+records consumers return (`Record`, `ShareRecord`: named tuples, built by the hundred thousand)."""
 
 from __future__ import annotations
 
+import collections
 from typing import Any, NamedTuple
 
 import attrs
@@ -35,15 +37,10 @@ class Record(NamedTuple):
     headers: Headers = ()
 
 
-class _ShareFields(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: Any
-    value: Any
-    headers: Headers = ()
-    delivery_count: int = 1
+# Record's fields, in Record's order, then delivery_count (with Record's defaults, and 1).
+_ShareFields = collections.namedtuple(  # noqa: PYI024 - its types come from Record and ShareRecord
+    "_ShareFields", (*Record._fields, "delivery_count"), defaults=(*Record._field_defaults.values(), 1)
+)
 
 
 class ShareRecord(_ShareFields, Record):  # type: ignore[misc]  # both are tuples of the same leading fields
@@ -53,6 +50,7 @@ class ShareRecord(_ShareFields, Record):  # type: ignore[misc]  # both are tuple
     it never equals a `Record`."""
 
     __slots__ = ()
+    delivery_count: int
 
 
 @attrs.frozen
