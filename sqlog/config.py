@@ -123,8 +123,7 @@ PRODUCER_OPTIONS: tuple[Option, ...] = (
     Option("value_serializer", None, "bytes pass through (None); sqlog.JSON, sqlog.STRING or any callable "
            "value -> bytes"),
     Option("key_serializer", None, "as value_serializer, for keys"),
-    Option("linger_ms", 5, "how long a send may wait for others to share its transaction (Kafka 4.0's default); "
-           "0: send() commits at once on the calling thread unless a write is in progress"),
+    Option("linger_ms", 5, "how long a send may wait for others to share its transaction (Kafka 4.0's default)"),
     Option("batch_size", 128 * KIB, "bytes a transaction collects before the sending thread writes it itself"),
     Option("max_record_bytes", MIB, "largest record (key + value + headers) accepted; "
            "RecordTooLargeError past it"),

@@ -198,10 +198,7 @@ class Producer:
             else:
                 self._writer.wake()
         elif wake:
-            if self._linger or not self.caller_writes:
-                self._writer.wake(batch.created + self._linger)
-            else:
-                self._writer.write_if_idle(batch)  # linger_ms=0: commit now, on this thread, if nobody is writing
+            self._writer.wake(batch.created + self._linger)
         return RecordFuture(chunk, index)
 
     def _check_message_id(self, meta: TopicMeta, message_id: object) -> None:

@@ -94,7 +94,9 @@ def _add_column(conn: apsw.Connection, table: str, column_ddl: str) -> None:
         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column_ddl}")
 
 
-def _add_index_tail(conn: apsw.Connection) -> None:
+def add_index_tail(conn: apsw.Connection) -> None:
+    """Schema 11 (the sparse batch index): the partition row's tail columns. Public for tests
+    whose stand-in for an older sqlog runs today's append, which reads them."""
     if conn.execute("SELECT 1 FROM pragma_table_info('partitions') WHERE name = 'tail_offset'").fetchone():
         return  # run again on a file whose user_version was set back: its tails stand
     _add_column(conn, "partitions", "tail_offset INTEGER NOT NULL DEFAULT 0")
@@ -300,7 +302,7 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     # anyway) carries their max timestamp and bytes until they reach partitions.INDEX_INTERVAL_BYTES
     # and become one batches row. A durable one-record commit then writes the pages raw SQLite
     # writes (partition table, partitions row), not a third for the index.
-    _add_index_tail,
+    add_index_tail,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings

@@ -237,14 +237,6 @@ class Writer:
             self._cond.notify()
 
     # -- writing ---------------------------------------------------------------------------
-    def write_if_idle(self, batch: Batch) -> None:
-        """For ``linger_ms=0``: write everything waiting now, on this thread, if no write is in
-        progress (the sender's commit is the fastest there is: no hand-off to another thread);
-        else wake the linger thread, and ``batch`` joins the next write with whatever else came
-        meanwhile (group commit under load)."""
-        if not self._write_locked(batch, blocking=False, gather=False):
-            self.wake()
-
     def _write_locked(self, batch: Batch | None, blocking: bool, gather: bool, timeout: float = -1) -> bool:
         """Take the mutex (False if not within ``timeout``, or at once if not ``blocking``) and
         write everything waiting, unless ``batch`` is done by then."""

@@ -108,9 +108,10 @@ def test_members_of_a_previous_boot_have_expired(log_path: str, monkeypatch: pyt
 
 
 def test_wall_clock_times_of_an_older_file_have_expired(log_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A schema-3 file, plus the compaction columns (migration 6, which adds only what is missing),
-    # because today's code that stands in for the old sqlog reads them.
-    monkeypatch.setattr(storage, "MIGRATIONS", (*storage.MIGRATIONS[:3], storage.MIGRATIONS[5]))
+    # A schema-3 file, plus the compaction columns (migration 6, which adds only what is missing)
+    # and the batch index's tail columns (storage.add_index_tail, likewise), because today's code
+    # that stands in for the old sqlog reads them.
+    monkeypatch.setattr(storage, "MIGRATIONS", (*storage.MIGRATIONS[:3], storage.MIGRATIONS[5], storage.add_index_tail))
     monkeypatch.setattr(storage, "SCHEMA_VERSION", 4)
     old = _open(log_path)
     old.engine.conn.execute("PRAGMA user_version = 3")
