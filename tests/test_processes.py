@@ -338,6 +338,41 @@ def test_cross_process_wake_up_with_and_without_the_file_watch(
     consumer.close()
 
 
+def test_another_process_commit_right_after_a_local_one_still_wakes_a_blocked_poll(
+    log: sqlog.Log, log_path: str, spawn
+) -> None:
+    """A WAL event just after this process's own commit is taken for its echo and held back for
+    a few ms (storage.ECHO_S), not dropped: another process's commit landing then still wakes a
+    blocked poll at once, not at the file watch's safety-net look a second later."""
+    log.create_topic("events")
+    log.create_topic("local")
+    consumer = log.consumer(auto_offset_reset="latest", enable_auto_commit=False)
+    consumer.assign([TP0])
+    assert consumer.position(TP0) == 0
+    child = spawn("wake_produce", log_path, "events", 0)
+    child.expect("ready")
+    producer = log.producer(linger_ms=0)
+
+    def local_then_go() -> None:
+        time.sleep(0.3)  # the poll below is blocked by then
+        producer.send("local", b"here").get(timeout=30)
+        child.go()  # the child commits a few ms after this process did
+
+    helper = threading.Thread(target=local_then_go)
+    helper.start()
+    records = consumer.poll(timeout_ms=5000)
+    if not records:  # woken by the local commit, which brought nothing for this partition
+        records = consumer.poll(timeout_ms=5000)
+    returned_wall = time.time()
+    helper.join()
+    sent_wall = float(child.expect("sent").split()[1])
+    child.finish()
+    assert [(r.offset, r.value) for r in records] == [(0, b"wake-up")]
+    assert returned_wall - sent_wall < 0.5, f"woke {returned_wall - sent_wall:.3f} s after the commit"
+    producer.close()
+    consumer.close()
+
+
 def test_idle_blocked_poll_costs_next_to_nothing(log: sqlog.Log) -> None:
     """With the file watch, a poll blocked with nothing arriving sleeps: its thread's CPU over 2 s
     stays far below what polling data_version every 3 ms cost (~25-60 ms on this kind of machine)."""
