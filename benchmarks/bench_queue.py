@@ -13,6 +13,8 @@ speed. A peer that is not installed is skipped with a note (``pip install -e '.[
 
     python benchmarks/bench_queue.py [--quick] [--jobs N] [--rounds R] [--json PATH]
 
+``run.py`` runs it too (``--only queue``): `measure` is the part both use.
+
 Rows:
 - ``sqlog``: ``poll(max_records=1)``, ``acknowledge(record)``; the acknowledgement travels in
   the next poll's transaction (Kafka's way), so one transaction per job.
@@ -206,6 +208,37 @@ def available(side: str) -> str | None:
     return None
 
 
+def measure(root: str, n: int, rounds: int, worker_counts: list[int], sides: list[str],
+            progress: bool = True) -> dict[str, Any]:
+    """Every runnable side at every worker count, in interleaved rounds, in ``root`` (emptied as it
+    goes): ``{"rows": [...], "skipped": {side: why}}``, each row the median jobs/s of its rounds."""
+    skipped = {s: why for s in sides if (why := available(s))}
+    runnable = [s for s in sides if s not in skipped]
+    rows: list[dict[str, Any]] = []
+    seq = 0
+    for workers in worker_counts:
+        per_side: dict[str, list[dict[str, Any]]] = {s: [] for s in runnable}
+        for r in range(rounds):
+            for side in runnable if r % 2 == 0 else runnable[::-1]:
+                seq += 1
+                result = run_side(side, workers, n, root, seq)
+                per_side[side].append(result)
+                if progress:
+                    shown = result.get("error") or f"{result['jobs_per_s']:9.0f} jobs/s"
+                    print(f"  round {r + 1}: {side:14s} {workers} worker(s) {shown}", file=sys.stderr, flush=True)
+        for side, results in per_side.items():
+            good = [x for x in results if "error" not in x]
+            row: dict[str, Any] = {"side": side, "workers": workers, "jobs": n, "rounds": results}
+            if good:
+                row["jobs_per_s"] = statistics.median(x["jobs_per_s"] for x in good)
+                row["missing"] = max(x["missing"] for x in good)
+                row["duplicates"] = max(x["duplicates"] for x in good)
+            else:
+                row["error"] = results[0]["error"]
+            rows.append(row)
+    return {"rows": rows, "skipped": skipped}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 round, 600 jobs: well under 30 s")
@@ -222,35 +255,15 @@ def main() -> None:
     rounds = args.rounds or (1 if args.quick else 3)
     worker_counts = [int(w) for w in args.workers.split(",")]
     sides = [s for s in args.sides.split(",") if s]
-    skipped = {s: why for s in sides if (why := available(s))}
+    root = tempfile.mkdtemp(prefix="bench-queue-", dir=args.dir)
+    try:
+        result = measure(root, n, rounds, worker_counts, sides)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    rows, skipped = result["rows"], result["skipped"]
     for side, why in skipped.items():
         print(f"skipping {side}: {why}", file=sys.stderr)
     runnable = [s for s in sides if s not in skipped]
-    root = tempfile.mkdtemp(prefix="bench-queue-", dir=args.dir)
-    rows: list[dict[str, Any]] = []
-    try:
-        seq = 0
-        for workers in worker_counts:
-            per_side: dict[str, list[dict[str, Any]]] = {s: [] for s in runnable}
-            for r in range(rounds):
-                for side in runnable:
-                    seq += 1
-                    result = run_side(side, workers, n, root, seq)
-                    per_side[side].append(result)
-                    shown = result.get("error") or f"{result['jobs_per_s']:9.0f} jobs/s"
-                    print(f"  round {r + 1}: {side:14s} {workers} worker(s) {shown}", file=sys.stderr)
-            for side, results in per_side.items():
-                good = [x for x in results if "error" not in x]
-                row: dict[str, Any] = {"side": side, "workers": workers, "jobs": n, "rounds": results}
-                if good:
-                    row["jobs_per_s"] = statistics.median(x["jobs_per_s"] for x in good)
-                    row["missing"] = max(x["missing"] for x in good)
-                    row["duplicates"] = max(x["duplicates"] for x in good)
-                else:
-                    row["error"] = results[0]["error"]
-                rows.append(row)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
     print(f"\nQueue: jobs/s (take + acknowledge), {n} jobs of {PAYLOAD} B, median of {rounds} round(s)")
     header = f"{'side':16s}" + "".join(f"{f'{w} worker' + ('s' if w > 1 else ''):>13s}" for w in worker_counts)

@@ -42,6 +42,7 @@ import bench_core  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_mirror  # noqa: E402
 import bench_peers  # noqa: E402
+import bench_queue  # noqa: E402
 import bench_scale  # noqa: E402
 import bench_server  # noqa: E402
 import bench_txn  # noqa: E402
@@ -76,6 +77,7 @@ FULL: dict[str, Any] = {
     "peer_durable": 500, "peer_durable_slow": 200,
     "txn_records": 100_000,
     "aio": bench_aio.FULL,
+    "queue_jobs": 5_000, "queue_workers": [1, 4], "queue_rounds": 3,
 }
 QUICK: dict[str, Any] = {
     "rounds": 2, "durable_round_factor": 1,
@@ -86,6 +88,7 @@ QUICK: dict[str, Any] = {
     "peer_durable": 64, "peer_durable_slow": 30,
     "txn_records": 3_000,
     "aio": bench_aio.QUICK,
+    "queue_jobs": 200, "queue_workers": [1], "queue_rounds": 1,
 }
 # fsync-bound workloads (durable sends, durable peer puts) run durable_round_factor times the rounds
 # with fewer records each: a shared disk's fsync rate drifts over seconds, so shorter paired runs
@@ -221,8 +224,9 @@ def core_send(key: str, size: int, count_key: str, label: str) -> Callable[[Ctx]
         w = bench_core.send_workload(ctx.files, size, n, f"send() {label} + flush()", key)
         w.alternate = True
         run_workload(w, ctx.rounds, ctx.progress)
+        target = 0.65 if size == 100 else 0.6  # issue 13 raised the 100 B target
         row = rate_row(key, f"send() {label} + flush() / raw executemany", w, "sqlog", "raw", "ratio",
-                       "raw apsw executemany, 1000 rows a transaction", ">= 0.60", at_least(0.6))
+                       "raw apsw executemany, 1000 rows a transaction", f">= {target:.2f}", at_least(target))
         return {"records": n, "value_bytes": size, "rounds": w.rounds}, [row]
 
     return run
@@ -249,7 +253,7 @@ def core_poll(ctx: Ctx) -> Result:
     w.alternate = True
     run_workload(w, ctx.rounds, ctx.progress)
     row = rate_row("poll_100b", "poll() 100 B / raw SELECT loop", w, "sqlog", "raw", "ratio",
-                   "raw apsw SELECT ... LIMIT 1000 loop, a tuple per row", ">= 0.40", at_least(0.4))
+                   "raw apsw SELECT ... LIMIT 1000 loop, a tuple per row", ">= 0.60", at_least(0.6))
     return {"records": n, "rounds": w.rounds}, [row]
 
 
@@ -284,14 +288,19 @@ def latency(mode: str) -> Callable[[Ctx], Result]:
                                      ctx.cfg["latency_interval_ms"], ctx.progress)
         sq, raw = data["sqlog"], data["raw"]
         base = f"raw apsw: INSERT+COMMIT, a reader checks PRAGMA data_version every {bench_latency.RAW_POLL_S * 1e6:.0f} us"
-        targets = {"p50_ms": 0.3, "p99_ms": 3.0} if mode == "in_process" else {"p50_ms": 3.0}
+        # In-process: issue 13's targets, as ratios to raw (p50 <= 1.2x, p99 <= 2x); across
+        # processes: the absolute p50 target of issue 7.
+        targets = {"p50_ms": 1.2, "p99_ms": 2.0} if mode == "in_process" else {"p50_ms": 3.0}
+        unit = "x" if mode == "in_process" else " ms"
         rows = []
         for stat in ("p50_ms", "p99_ms", "max_ms"):
             limit = targets.get(stat)
+            ratio = sq[stat] / raw[stat] if raw[stat] else None
+            measured = ratio if unit == "x" else sq[stat]
             rows.append(Row(
-                key, f"latency {where} {stat[:-3]}", sq[stat], raw[stat], sq[stat] / raw[stat] if raw[stat] else None,
-                "ms", base, f"<= {limit:g} ms" if limit is not None else "-",
-                None if limit is None else sq[stat] <= limit,
+                key, f"latency {where} {stat[:-3]}", sq[stat], raw[stat], ratio,
+                "ms", base, f"<= {limit:g}{unit}" if limit is not None else "-",
+                None if limit is None or measured is None else measured <= limit,
                 extra={"rounds": [{"sqlog": a[stat], "raw": b[stat]}
                                   for a, b in zip(sq["rounds"], raw["rounds"])]},
             ))
@@ -419,6 +428,56 @@ def peer_workload(key: str) -> Callable[[Ctx], Result]:
                 "skipped": {PEER_NAMES[p]: note for p, note in avail.items() if note}}, rows
 
     return run
+
+
+# (the peer's side in bench_queue, its name in the table)
+QUEUE_PEERS = [("persist-queue", "persist-queue get+ack"), ("litequeue", "litequeue pop+done")]
+QUEUE_SQLOG = "sqlog commit"  # poll(max_records=1) + acknowledge + commit(): two transactions a job, as the peers
+
+
+def queue_titles(workers: list[int]) -> list[tuple[str, str]]:
+    return [(f"queue {w}w: sqlog poll+ack+commit / {name}", "-") for w in workers for _, name in QUEUE_PEERS]
+
+
+def queue(ctx: Ctx) -> Result:
+    """bench_queue.py: jobs/s of a share consumer (take one job, acknowledge, commit) beside the
+    SQLite job queues persist-queue and litequeue, W worker processes each."""
+    cfg = ctx.cfg
+    workers = cfg["queue_workers"]
+    root = os.path.join(ctx.files.root, "queue")
+    os.makedirs(root, exist_ok=True)
+    sides = ["sqlog", QUEUE_SQLOG, "sqlog x100"] + [side for side, _ in QUEUE_PEERS]
+    data = bench_queue.measure(root, cfg["queue_jobs"], cfg["queue_rounds"], workers, sides, ctx.progress)
+    by = {(r["side"], r["workers"]): r for r in data["rows"]}
+    rows = []
+    for w in workers:
+        mine = by.get((QUEUE_SQLOG, w), {})
+        if "error" in mine:
+            raise RuntimeError(f"queue: sqlog with {w} worker(s) failed: {mine['error']}")
+        if mine.get("missing") or mine.get("duplicates"):
+            raise RuntimeError(f"queue: sqlog with {w} worker(s) lost or repeated jobs: {mine}")
+        for side, name in QUEUE_PEERS:
+            title = f"queue {w}w: sqlog poll+ack+commit / {name}"
+            peer = by.get((side, w))
+            if peer is None or "error" in peer:
+                note = data["skipped"].get(side) or (peer or {}).get("error", "did not run")
+                rows.append(Row("queue", title, status="skipped", note=note))
+                continue
+            pairs = [a["jobs_per_s"] / b["jobs_per_s"] for a, b in zip(mine["rounds"], peer["rounds"])
+                     if "error" not in a and "error" not in b]
+            rows.append(Row("queue", title, mine["jobs_per_s"], peer["jobs_per_s"], statistics.median(pairs), "rec/s",
+                            f"{name}, {w} worker process(es), same interleaved rounds",
+                            ratio_min=min(pairs), ratio_max=max(pairs),
+                            note="the peer took jobs twice" if peer.get("duplicates") else ""))
+        for side in ("sqlog", "sqlog x100"):
+            r = by.get((side, w), {})
+            if "jobs_per_s" in r:
+                what = "ack with the next poll" if side == "sqlog" else "poll(max_records=100)"
+                rows.append(Row("queue", f"queue {w}w: sqlog {what} / poll+ack+commit", r["jobs_per_s"],
+                                mine["jobs_per_s"], r["jobs_per_s"] / mine["jobs_per_s"], "rec/s",
+                                "sqlog poll+ack+commit, same rounds"))
+    return {"jobs": cfg["queue_jobs"], "rounds": cfg["queue_rounds"], "workers": workers,
+            "rows": data["rows"], "skipped": data["skipped"]}, rows
 
 
 CTP_TITLE = "transactional consume-transform-produce / same loop without"
@@ -564,18 +623,18 @@ def compaction(ctx: Ctx) -> Result:
 
 WORKLOADS: list[Entry] = [
     Entry("send_100b", ("core", "send"), core_send("send_100b", 100, "send_100b", "100 B"),
-          [("send() 100 B + flush() / raw executemany", ">= 0.60")]),
+          [("send() 100 B + flush() / raw executemany", ">= 0.65")]),
     Entry("send_1kib", ("core", "send"), core_send("send_1kib", 1024, "send_1kib", "1 KiB"),
           [("send() 1 KiB + flush() / raw executemany", ">= 0.60")]),
     Entry("send_16kib", ("core", "send"), core_send("send_16kib", 16384, "send_16kib", "16 KiB"),
           [("send() 16 KiB + flush() / raw executemany", ">= 0.60")]),
     Entry("send_bulk", ("core", "send", "bulk"), core_bulk, [(BULK_TITLE, ">= 0.85")]),
-    Entry("poll_100b", ("core", "poll"), core_poll, [("poll() 100 B / raw SELECT loop", ">= 0.40")]),
+    Entry("poll_100b", ("core", "poll"), core_poll, [("poll() 100 B / raw SELECT loop", ">= 0.60")]),
     Entry("durable_send", ("core", "durable"), core_durable,
           [("durable send().get(), 1 thread / raw txn per insert", ">= 0.90"),
            ("durable send().get(), 8 threads / 1 thread", ">= 5.0")]),
     Entry("latency_in_process", ("latency",), latency("in_process"),
-          [("latency in-process p50", "<= 0.3 ms"), ("latency in-process p99", "<= 3 ms")]),
+          [("latency in-process p50", "<= 1.2x"), ("latency in-process p99", "<= 2x")]),
     Entry("latency_across_processes", ("latency",), latency("across_processes"),
           [("latency across processes p50", "<= 3 ms")]),
     Entry("aio", ("aio",), aio, [(t, target) for t, _, _, _, _, target, _ in bench_aio.ROWS]),
@@ -593,6 +652,7 @@ WORKLOADS: list[Entry] = [
           [(t, "> 1.0") for _, _, t, _ in PEER_ROWS["peers_consume"]]),
     Entry("peers_durable", ("peers",), peer_workload("peers_durable"),
           [(t, "> 1.0") for _, _, t, _ in PEER_ROWS["peers_durable"]]),
+    Entry("queue", ("queue", "peers"), queue, queue_titles(FULL["queue_workers"])),
     Entry("server", ("server",), server_protocol, SERVER_TITLES),
     Entry("mirror", ("mirror",), mirror, MIRROR_TITLES),
 ]
@@ -641,6 +701,10 @@ def plot(doc: dict[str, Any], path: str) -> str | None:
             if t.startswith(">"):
                 limit = float(t.lstrip(">= "))
                 score = r["ratio"] / limit
+                label = f"{r['ratio']:.2f}x (target {t})"
+            elif t.startswith("<") and t.endswith("x"):  # a ratio to the baseline, lower is better
+                limit = float(t.lstrip("<= ").rstrip("x"))
+                score = limit / max(r["ratio"], 1e-9)
                 label = f"{r['ratio']:.2f}x (target {t})"
             elif t.startswith("<"):
                 limit = float(t.lstrip("<= ").split()[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import apsw
 
 from .checksum import CHECK_COLUMN, mismatches
+from .partitions import TAIL_AS_BATCH
 from .storage import PARTITION_TABLE, RECORD_BYTES, latest_table, partition_table
 from .types import CheckReport, TopicPartition
 
@@ -214,9 +215,9 @@ def _check_batches(conn: apsw.Connection, where: str, topic_id: int, partition: 
     found = []
     expected = start
     total = 0
-    for base, last, max_ts, batch_bytes in conn.execute(
+    for base, last, max_ts, batch_bytes in conn.execute(  # the index's rows, then the partition's tail
         "SELECT base_offset, last_offset, max_timestamp, bytes FROM batches"
-        " WHERE topic_id = ? AND partition = ? ORDER BY base_offset",
+        f" WHERE topic_id = ?1 AND partition = ?2 UNION ALL {TAIL_AS_BATCH} ORDER BY 1",
         (topic_id, partition),
     ):
         if base != expected or last < base:

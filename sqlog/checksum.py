@@ -34,24 +34,28 @@ def _filled(column: Column) -> Column:
     return column if None not in column else [b if b is not None else b"" for b in column]
 
 
-def crcs(keys: Column, values: Column, headers: Column) -> list[int]:
-    """The checksum of each record's key, value and headers, in order (None counts as empty)."""
+def _sums(keys: Column, values: Column, headers: Column) -> Iterator[int]:
     n = len(values)
     sums: Iterator[int] = repeat(1, n)  # Adler-32's initial value
     for column in (keys, values, headers):
         if column.count(None) != n:
             sums = map(adler32, _filled(column), sums)  # type: ignore[arg-type]  # _filled leaves no None
-    return list(sums)
+    return sums
+
+
+def crcs(keys: Column, values: Column, headers: Column) -> list[int]:
+    """The checksum of each record's key, value and headers, in order (None counts as empty)."""
+    return list(_sums(keys, values, headers))
 
 
 def mismatches(keys: Column, values: Column, headers: Column, checks: Sequence[int | None]) -> list[int]:
     """Indexes of the records that do not match their checksum (those without one are only
     checked for their types): the damaged ones."""
     try:
-        computed = crcs(keys, values, headers)
+        computed = tuple(_sums(keys, values, headers))
     except TypeError:  # a damaged cell read back as TEXT or a number instead of a BLOB
         return [i for i, row in enumerate(zip(keys, values, headers, checks)) if not matches(*row)]
-    if computed == list(checks):
+    if computed == tuple(checks):  # the common case: one comparison in C
         return []
     return [i for i, (c, s) in enumerate(zip(computed, checks)) if s is not None and c != s]
 

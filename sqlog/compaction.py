@@ -32,6 +32,7 @@ from collections.abc import Callable
 import apsw
 
 from . import share_groups
+from .partitions import index_tail
 from .storage import RECORD_BYTES, latest_table, partition_table, transaction
 from .types import TopicPartition
 
@@ -225,6 +226,7 @@ def compact(conn: apsw.Connection, now_ms: int, chunk_records: int = COMPACT_CHU
     out: dict[TopicPartition, tuple[int, int]] = {}
     for name, topic_id, partition, delete_retention_ms, min_lag, max_lag, ratio in compacted_partitions(conn):
         with transaction(conn):
+            index_tail(conn, topic_id, partition)  # the pass reads and adjusts the batch index
             found = plan(conn, topic_id, partition, now_ms, min_lag, max_lag, ratio)
         if found is None:
             continue

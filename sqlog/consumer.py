@@ -38,12 +38,21 @@ from .errors import (
     UnknownTopicOrPartitionError,
     translated,
 )
-from .reading import RETRY, deserialize, deserialize_error, next_from, poll_deadline, read_blocking
+from .reading import (
+    RETRY,
+    deserialize,
+    deserialize_column,
+    deserialize_error,
+    next_from,
+    poll_deadline,
+    read_blocking,
+)
 from .serde import decode_headers, serde_function
 from .types import ConsumerGroupMetadata, OffsetAndMetadata, OffsetAndTimestamp, Record, TopicPartition
 
 CONSUMER_DEFAULTS: dict[str, Any] = defaults(CONSUMER_OPTIONS)
 logger = logging.getLogger("sqlog")
+_new_tuple = tuple.__new__
 _RESETS = ("earliest", "latest", "none")
 ISOLATION_LEVELS = ("read_uncommitted", "read_committed")
 
@@ -651,7 +660,7 @@ class Consumer:
             part = parts[(start + i) % n]
             pos = self._resolve(part)
             try:
-                pos, rows = partitions.read(
+                pos, columns = partitions.read(
                     self._conn, part.select, part.topic_id, part.tp.partition, pos, limit - len(out),
                     partial(self._reset_position, part), str(part.tp),
                 )
@@ -669,9 +678,9 @@ class Consumer:
                     ) from None
                 return []
             part.position = pos  # moved if retention passed it (auto_offset_reset)
-            if not rows:
+            if not columns:
                 continue
-            offsets, stamps, keys, values, headers, checks = zip(*rows)
+            offsets, stamps, keys, values, headers, checks = columns
             damaged = self._check_crcs and mismatches(keys, values, headers, checks)
             if damaged:
                 good = damaged[0]
@@ -682,21 +691,27 @@ class Consumer:
                 if not good:
                     break
             topic, p = part.tp.topic, part.tp.partition
-            if kd is None and vd is None:
-                # Column-wise through map(): Record() is called from C, with no per-row bytecode.
-                out.extend(map(Record, repeat(topic), repeat(p), offsets, stamps, keys, values,
-                               map(decode_headers, headers) if any(headers) else repeat(())))
-            else:
+            try:
+                kcol, vcol = deserialize_column(kd, keys), deserialize_column(vd, values)
+            except Exception:
+                # A record failed: go one by one to find it, returning what came before it; the
+                # next poll starts at it and raises.
                 before = len(out)
                 try:
                     self._deserialize(topic, p, zip(offsets, stamps, keys, values, headers), kd, vd, out)
                 except SerializationError:
-                    # Return what came before the bad record; the next poll starts at it and raises.
                     if not out:
                         raise
                     if len(out) > before:
                         moved.append((part, out[-1].offset + 1))
                     break
+            else:
+                # Column-wise, all in C: zip() lays out each record's fields and tuple.__new__
+                # makes the Record of them, with no Python code per record.
+                out.extend(map(_new_tuple, repeat(Record), zip(
+                    repeat(topic), repeat(p), offsets, stamps, kcol, vcol,
+                    map(decode_headers, headers) if any(headers) else repeat(()),
+                )))
             moved.append((part, offsets[-1] + 1))
             if damaged or len(out) >= limit:
                 break

@@ -261,6 +261,7 @@ class Engine:
                     # listener raised in on_revoked: the client is closed all the same, and so is the log.
                     pass
             self.closed = True
+            self.meta_epoch += 1  # producers' metadata caches stop serving sends, which then see the log closed
             with self._watch_cond:
                 self._watch_cond.notify_all()  # the watcher thread ends
             self.signal.close()  # stops the file watch; blocked polls wake and see the log closed

@@ -11,7 +11,8 @@ read transaction with the bounds only when they do not.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from operator import ge
 from typing import Any, NamedTuple
 
 import apsw
@@ -24,6 +25,8 @@ _BOUNDS = "SELECT log_start_offset, next_offset FROM partitions WHERE topic_id =
 
 Row = tuple[Any, ...]
 """``(offset, ts, key, value, headers, check)``: `checksum.CHECK_COLUMN` is the last column."""
+Columns = tuple[tuple[Any, ...], ...]
+"""`Row`s turned into columns: ``(offsets, timestamps, keys, values, headers, checks)``."""
 
 
 def select_from(topic_id: int, partition: int) -> str:
@@ -44,8 +47,9 @@ def bounds(conn: apsw.Connection, topic_id: int, partition: int, where: str) -> 
 
 
 def read(conn: apsw.Connection, select: str, topic_id: int, partition: int, position: int, limit: int,
-         out_of_range: Callable[[int, int, int], int], where: str) -> tuple[int, list[Row]]:
-    """Up to ``limit`` records from ``position``, in order; returns ``(position, rows)``.
+         out_of_range: Callable[[int, int, int], int], where: str) -> tuple[int, Columns]:
+    """Up to ``limit`` records from ``position``, in order; returns ``(position, columns)``:
+    the rows turned into columns (`Row`'s, one tuple each), or ``()`` when there are none.
 
     When ``position`` is outside ``[log start, high watermark]`` in the snapshot that reads the
     records, ``out_of_range(position, start, end)`` gives the new position (or raises
@@ -55,11 +59,15 @@ def read(conn: apsw.Connection, select: str, topic_id: int, partition: int, posi
     or above both the log start and that watermark are damage: `StorageError` naming ``where``.
     ``conn`` must not be inside a transaction (each call reads its own snapshot).
     """
-    rows: list[Row] = conn.execute(select, (position, limit)).fetchall()
-    if rows and rows[0][0] == position and rows[-1][0] - position == len(rows) - 1 and not any(
-        row[0] != offset for row, offset in zip(rows, range(position, position + len(rows)))
-    ):
-        return position, rows  # dense and in order: the common case costs one statement
+    rows = conn.execute(select, (position, limit)).fetchall()
+    if rows:
+        columns: Columns = tuple(zip(*rows))
+        offsets = columns[0]
+        # Dense and in order (compared in C: no Python code per row): the common case costs one statement.
+        if offsets[0] == position and offsets[-1] == position + len(offsets) - 1 and offsets == tuple(
+            range(position, position + len(offsets))
+        ):
+            return position, columns
     with snapshot(conn):
         found = conn.execute(_BOUNDS_COMPACTED, (topic_id, partition)).fetchone()
         if found is None:
@@ -72,24 +80,22 @@ def read(conn: apsw.Connection, select: str, topic_id: int, partition: int, posi
     if not rows:
         if dense_from < end:
             raise _missing(where, dense_from, end - 1)
-        return max(position, min(compacted, end)), rows
-    if any(a[0] >= b[0] for a, b in zip(rows, rows[1:])):  # only a damaged B-tree returns them out of order
-        raise _missing(where, position, rows[-1][0])
-    i = bisect.bisect_left(rows, dense_from, key=_offset) if rows[-1][0] >= dense_from else len(rows)
-    if i < len(rows):
-        last: int = rows[-1][0]
-        if rows[i][0] != dense_from or last - dense_from != len(rows) - i - 1:
+        return max(position, min(compacted, end)), ()
+    columns = tuple(zip(*rows))
+    offsets = columns[0]
+    if any(map(ge, offsets, offsets[1:])):  # only a damaged B-tree returns them out of order
+        raise _missing(where, position, offsets[-1])
+    i = bisect.bisect_left(offsets, dense_from)
+    if i < len(offsets):
+        last: int = offsets[-1]
+        if offsets[i] != dense_from or last - dense_from != len(offsets) - i - 1:
             raise _missing(where, dense_from, last)
-    return position, rows
+    return position, columns
 
 
 _BOUNDS_COMPACTED = (
     "SELECT log_start_offset, next_offset, compacted_offset FROM partitions WHERE topic_id = ? AND partition = ?"
 )
-
-
-def _offset(row: Row) -> int:
-    return int(row[0])
 
 
 def _missing(where: str, first: int, last: int) -> StorageError:
@@ -110,32 +116,81 @@ class Appended(NamedTuple):
     retention_bytes: int | None
 
 
+INDEX_INTERVAL_BYTES = 4096
+"""Kafka's index.interval.bytes: the batch index gets a row once the records not in it yet (the
+partition's tail) reach this many bytes, or `INDEX_INTERVAL_RECORDS` records; until then the
+partition row carries them (``tail_offset``, ``tail_max_timestamp``, ``tail_bytes``)."""
+INDEX_INTERVAL_RECORDS = 4096
+
+# An UPDATE then a SELECT of the row: measured cheaper than one UPDATE ... RETURNING, which
+# SQLite runs through a temporary table.
 _UPDATE = (
-    "UPDATE partitions SET next_offset = next_offset + ?1, bytes = bytes + ?2"
-    " WHERE topic_id = ?3 AND partition = ?4 RETURNING next_offset - ?1, log_start_offset, bytes,"
-    f" (SELECT {effective('retention_bytes')} FROM topics t WHERE t.topic_id = ?3)"
+    "UPDATE partitions SET next_offset = next_offset + ?1, bytes = bytes + ?2, tail_bytes = tail_bytes + ?2,"
+    " tail_max_timestamp = max(tail_max_timestamp, ?5) WHERE topic_id = ?3 AND partition = ?4"
+)
+_UPDATED = (
+    "SELECT next_offset, log_start_offset, bytes,"
+    f" (SELECT {effective('retention_bytes')} FROM topics t WHERE t.topic_id = ?1),"
+    " tail_offset, tail_max_timestamp, tail_bytes FROM partitions WHERE topic_id = ?1 AND partition = ?2"
 )
 _INDEX = "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)"
+_TAIL = (
+    "SELECT tail_offset, next_offset, tail_max_timestamp, tail_bytes FROM partitions"
+    " WHERE topic_id = ? AND partition = ?"
+)
+_TAIL_INDEXED = (
+    "UPDATE partitions SET tail_offset = ?3, tail_max_timestamp = -1, tail_bytes = 0"
+    " WHERE topic_id = ?1 AND partition = ?2"
+)
+TAIL_AS_BATCH = (
+    "SELECT tail_offset, next_offset - 1, tail_max_timestamp, tail_bytes FROM partitions"
+    " WHERE topic_id = ?1 AND partition = ?2 AND next_offset > tail_offset"
+)
+"""SQL: the partition's tail as one more ``(base_offset, last_offset, max_timestamp, bytes)`` batch
+row (none when empty), for read-only readers of the batch index (`offset_for_time`, the check)
+to add to ``batches``; writers call `index_tail` first instead."""
 
 
-def append(conn: apsw.Connection, topic_id: int, partition: int,
-           rows: list[tuple[int, bytes | None, bytes | None, bytes | None]], nbytes: int, max_ts: int,
-           path: str = "") -> Appended | None:
+def index_tail(conn: apsw.Connection, topic_id: int, partition: int) -> None:
+    """Put the partition's tail into the batch index now, inside the caller's write transaction:
+    what retention and compaction call before they read or trim ``batches``."""
+    found = conn.execute(_TAIL, (topic_id, partition)).fetchone()
+    if found is not None and found[1] > found[0]:
+        _flush_tail(conn, topic_id, partition, *found)
+
+
+def _flush_tail(conn: apsw.Connection, topic_id: int, partition: int, tail: int, end: int, max_ts: int,
+                nbytes: int) -> None:
+    conn.execute(_INDEX, (topic_id, partition, tail, end - 1, max_ts, nbytes))
+    conn.execute(_TAIL_INDEXED, (topic_id, partition, end))
+
+
+def append(conn: apsw.Connection, topic_id: int, partition: int, rows: Sequence[tuple[Any, ...]], nbytes: int,
+           max_ts: int, path: str = "") -> Appended | None:
     """Append ``(timestamp_ms, key, value, headers)`` rows to one partition inside the caller's
-    write transaction: offsets, checksums, batch index and byte count, in the same transaction
-    as the partition's watermark. ``nbytes`` is the rows' size as retention counts it.
+    write transaction: offsets, checksums, batch index (the partition's tail until it reaches
+    `INDEX_INTERVAL_BYTES`) and byte count, in the same transaction as the partition's
+    watermark. ``nbytes`` is the rows' size as retention counts it, ``max_ts`` their largest timestamp.
+
+    Rows may also come as ``(timestamp_ms, key, value, headers, check)`` with ``check`` their
+    `checksum.crcs` value, computed by the caller (the producer does, as each record is sent):
+    they are then bound as they are, the fastest append there is. All rows of a call have one shape.
 
     Returns where they went and the partition's size after them (for size retention), or None
     when the partition does not exist.
     """
     n = len(rows)
-    found = conn.execute(_UPDATE, (n, nbytes, topic_id, partition)).fetchone()
-    if found is None:
+    conn.execute(_UPDATE, (n, nbytes, topic_id, partition, max_ts))
+    if not conn.changes():
         return None
-    base = found[0]
+    end, start, size, budget, tail, tail_max_ts, tail_bytes = conn.execute(_UPDATED, (topic_id, partition)).fetchone()
+    base = end - n
     table = partition_table(topic_id, partition)
-    stamps, keys, values, headers = zip(*rows)
-    stored = zip(stamps, keys, values, headers, crcs(keys, values, headers))
+    if len(rows[0]) == 5:
+        stored: Iterator[tuple[Any, ...]] = iter(rows)
+    else:
+        stamps, keys, values, headers = zip(*rows)
+        stored = zip(stamps, keys, values, headers, crcs(keys, values, headers))
     # The first row takes its offset explicitly; the rest get max(offset) + 1 from SQLite,
     # which is the next offset because nothing above ``base`` exists in this transaction.
     conn.execute(f"INSERT INTO {table}(ts, key, value, headers, crc, offset) VALUES (?1, ?2, ?3, ?4, {STORE}, ?6)",
@@ -145,8 +200,9 @@ def append(conn: apsw.Connection, topic_id: int, partition: int,
         if conn.last_insert_rowid() != base + n - 1:
             raise StorageError(f"{path}: {table} holds offsets above its high watermark {base}: the file is "
                                f"damaged; {damaged_advice(path)}")
-    conn.execute(_INDEX, (topic_id, partition, base, base + n - 1, max_ts, nbytes))
-    return Appended(*found)
+    if tail_bytes >= INDEX_INTERVAL_BYTES or end - tail >= INDEX_INTERVAL_RECORDS:
+        _flush_tail(conn, topic_id, partition, tail, end, tail_max_ts, tail_bytes)
+    return Appended(base, start, size, budget)
 
 
 # -- offsets for times --------------------------------------------------------------------
@@ -158,8 +214,11 @@ def offset_for_time(conn: apsw.Connection, topic_id: int, partition: int, ts: in
     batches = conn.execute(
         "SELECT max(b.base_offset, p.log_start_offset), b.last_offset FROM batches b"
         " JOIN partitions p USING (topic_id, partition)"
-        " WHERE b.topic_id = ? AND b.partition = ? AND b.max_timestamp >= ?"
-        " AND b.last_offset >= p.log_start_offset ORDER BY b.base_offset",
+        " WHERE b.topic_id = ?1 AND b.partition = ?2 AND b.max_timestamp >= ?3"
+        " AND b.last_offset >= p.log_start_offset"
+        " UNION ALL SELECT max(tail_offset, log_start_offset), next_offset - 1 FROM partitions"
+        " WHERE topic_id = ?1 AND partition = ?2 AND tail_max_timestamp >= ?3"
+        " AND next_offset > max(tail_offset, log_start_offset) ORDER BY 1",
         (topic_id, partition, ts),
     ).fetchall()
     for first, last in batches:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import random
 import threading
 import time
+from time import time_ns as _time_ns
+from zlib import adler32 as _adler32
 from collections.abc import Callable, Iterable
 from itertools import repeat
 from typing import Any
 
+from .checksum import crcs
 from .clock import wall_ms
 from .config import (
     MAX_INT32,
@@ -82,6 +85,8 @@ class Producer:
         self._meta_epoch = -1
         self._meta_expiry = 0
         self._sticky: dict[str, list[int]] = {}  # topic -> [partition, bytes left before switching]
+        self._lane = self._last_chunk  # the chunk the last keyless send without a partition went to
+        self._lane_sticky = [0, 0]  # and its topic's self._sticky entry
         self._closed = False
         self.caller_writes = True
         """When a batch reaches ``batch_size``, the sending thread writes it (fastest for threads).
@@ -106,59 +111,75 @@ class Producer:
         its window the record is not appended again and ``get()`` returns the original's
         `RecordMetadata` with ``duplicate=True``.
         """
-        if self._closed or self._engine.closed:
-            raise LogClosedError("the producer (or its log) is closed")
-        now_ms = wall_ms()
+        # The common case (cached metadata, bytes, no key, headers, partition or timestamp) runs
+        # no function of sqlog's before the lock; every check it skips is one the argument it
+        # belongs to makes (None needs none), and the rare cases share helpers with send_batch.
+        now_ms = _time_ns() // 1_000_000
         try:
             meta = self._topics.get(topic)
         except TypeError:  # unhashable: not a name at all
             raise InvalidTopicError(f"a topic name must be a str, not {type(topic).__name__}") from None
         if meta is None or now_ms >= self._meta_expiry or self._meta_epoch != self._engine.meta_epoch:
-            meta = self._meta(topic, now_ms)
-        v = value if type(value) is bytes and self._value_ser is None else to_bytes(value, self._value_ser, "value")
-        k = key if key is None or type(key) is bytes and self._key_ser is None else to_bytes(key, self._key_ser, "key")
-        if k is None and meta.compacted:
-            raise _keyless(topic)
-        h = encode_headers(headers) if headers else None
-        size = (len(v) if v is not None else 0) + (len(k) if k is not None else 0) + (len(h) if h else 0)
+            meta = self._meta(topic, now_ms)  # also where a closed producer or log is refused
+        # The record's checksum (checksum.crcs: Adler-32 of key, value, headers in turn, None
+        # counting as empty) is taken here, one C call, so the write binds rows as they are.
+        if key is None:
+            k = None
+            check = 1
+            size = 0
+            if meta.compacted:
+                raise _keyless(topic)
+        else:
+            k = key if type(key) is bytes and self._key_ser is None else to_bytes(key, self._key_ser, "key")
+            size = len(k)  # type: ignore[arg-type]  # to_bytes keeps only None as None
+            check = _adler32(k)  # type: ignore[arg-type]
+        if type(value) is bytes and self._value_ser is None:
+            v: bytes | None = value
+        else:
+            v = to_bytes(value, self._value_ser, "value")
+        if v:
+            size += len(v)
+            check = _adler32(v, check)
+        if headers:
+            h = encode_headers(headers)
+            if h:
+                size += len(h)
+                check = _adler32(h, check)
+        else:
+            h = None
         if size > self._max_record:
-            raise RecordTooLarge(
-                f"record of {size} bytes (key + value + headers) exceeds max_record_bytes="
-                f"{self._max_record}; split it or raise max_record_bytes"
-            )
+            raise _too_large(size, self._max_record)
         if timestamp_ms is None:
             timestamp_ms = now_ms
-        elif type(timestamp_ms) is not int or not 0 <= timestamp_ms <= MAX_INT64:
-            raise SerializationError(f"timestamp_ms must be a non-negative int (ms since the epoch), not {timestamp_ms!r}")
-        if partition is not None and (type(partition) is not int or not 0 <= partition < meta.partitions):
-            raise UnknownTopicOrPartitionError(f"topic {topic!r} has partitions 0..{meta.partitions - 1}, not {partition!r}")
+        else:
+            _check_timestamp(timestamp_ms)
+        if partition is not None:
+            _check_partition(meta, partition)
         if message_id is not None:
-            window = self._windows.get(meta.topic_id, -1)
-            if window == -1:
-                window = self._windows[meta.topic_id] = self._engine.dedupe_window(meta.topic_id)
-            if (type(message_id) is not str or window is None or not 0 < len(message_id) <= MAX_MESSAGE_ID
-                    or not message_id.isascii()):
-                check_message_id(message_id, meta, window)  # raises, unless a non-ASCII id that is fine
+            self._check_message_id(meta, message_id)
         wake = False
-        with self._lock:
-            if partition is None:
-                if k is not None:
-                    partition = partition_for_key(k, meta.partitions)
-                else:
-                    sticky = self._sticky.get(topic)
-                    if sticky is not None and sticky[1] > 0 and sticky[0] < meta.partitions:
-                        sticky[1] -= size
-                        partition = sticky[0]
-                    else:
-                        partition = self._new_sticky_partition(meta, size)
+        lock = self._lock
+        lock.acquire()
+        try:
             batch = self._batch
-            chunk = self._last_chunk  # consecutive sends mostly go to the same partition
-            if chunk.batch is not batch or chunk.partition != partition or chunk.topic_id != meta.topic_id:
-                chunk, wake = self._chunk(batch, meta, partition)
-                self._last_chunk = chunk
+            if partition is None and k is None:
+                # Keyless: the sticky partition's chunk of the open batch, while its budget lasts.
+                chunk = self._lane
+                sticky = self._lane_sticky
+                if chunk.batch is batch and chunk.topic_id == meta.topic_id and sticky[1] > 0:
+                    sticky[1] -= size
+                else:
+                    chunk, wake = self._keyless_chunk(batch, meta, size)
+            else:
+                if partition is None:
+                    partition = partition_for_key(k, meta.partitions)  # type: ignore[arg-type]
+                chunk = self._last_chunk  # consecutive sends mostly go to the same partition
+                if chunk.batch is not batch or chunk.partition != partition or chunk.topic_id != meta.topic_id:
+                    chunk, wake = self._chunk(batch, meta, partition)
+                    self._last_chunk = chunk
             rows = chunk.rows
             index = len(rows)
-            rows.append((timestamp_ms, k, v, h))
+            rows.append((timestamp_ms, k, v, h, check))
             if chunk.ids is not None:
                 chunk.ids.append(message_id)
             elif message_id is not None:
@@ -169,11 +190,24 @@ class Producer:
                 chunk.max_ts = timestamp_ms
             batch.bytes += size
             full = batch.bytes >= self._batch_size
-        if full and self.caller_writes:
-            self._writer.write_through(batch)
-        elif wake or full:
-            self._writer.wake()
+        finally:
+            lock.release()
+        if full:
+            if self.caller_writes:
+                self._writer.write_through(batch)
+            else:
+                self._writer.wake()
+        elif wake:
+            self._writer.wake(batch.created + self._linger)
         return RecordFuture(chunk, index)
+
+    def _check_message_id(self, meta: TopicMeta, message_id: object) -> None:
+        window = self._windows.get(meta.topic_id, -1)
+        if window == -1:
+            window = self._windows[meta.topic_id] = self._engine.dedupe_window(meta.topic_id)
+        if (type(message_id) is not str or window is None or not 0 < len(message_id) <= MAX_MESSAGE_ID
+                or not message_id.isascii()):
+            check_message_id(message_id, meta, window)  # raises, unless a non-ASCII id that is fine
 
     def send_batch(
         self,
@@ -188,9 +222,7 @@ class Producer:
         one transaction with whatever else is waiting; the future's ``get()`` returns one
         `RecordMetadata` per record. For keyed records use ``send()``, which partitions by key.
         """
-        if self._closed or self._engine.closed:
-            raise LogClosedError("the producer (or its log) is closed")
-        now_ms = wall_ms()
+        now_ms = _time_ns() // 1_000_000
         try:
             meta = self._topics.get(topic)
         except TypeError:
@@ -207,17 +239,14 @@ class Producer:
             vals = [to_bytes(v, self._value_ser, "value") for v in vals]
         present = [len(v) for v in vals if v]
         if present and max(present) > self._max_record:
-            raise RecordTooLarge(
-                f"a record of {max(present)} bytes exceeds max_record_bytes={self._max_record}; "
-                "split it or raise max_record_bytes"
-            )
+            raise _too_large(max(present), self._max_record)
         size = sum(present)
         if timestamp_ms is None:
             timestamp_ms = now_ms
-        elif type(timestamp_ms) is not int or not 0 <= timestamp_ms <= MAX_INT64:
-            raise SerializationError(f"timestamp_ms must be a non-negative int (ms since the epoch), not {timestamp_ms!r}")
-        if partition is not None and (type(partition) is not int or not 0 <= partition < meta.partitions):
-            raise UnknownTopicOrPartitionError(f"topic {topic!r} has partitions 0..{meta.partitions - 1}, not {partition!r}")
+        else:
+            _check_timestamp(timestamp_ms)
+        if partition is not None:
+            _check_partition(meta, partition)
         if not vals:
             raise SerializationError("send_batch() needs at least one value")
         with self._lock:
@@ -227,7 +256,8 @@ class Producer:
             chunk, wake = self._chunk(batch, meta, partition)
             rows = chunk.rows
             start = len(rows)
-            rows.extend(zip(repeat(timestamp_ms), repeat(None), vals, repeat(None)))
+            nones = [None] * len(vals)
+            rows.extend(zip(repeat(timestamp_ms), nones, vals, nones, crcs(nones, vals, nones)))
             if chunk.ids is not None:
                 chunk.ids.extend(repeat(None, len(vals)))
             chunk.bytes += size
@@ -237,8 +267,10 @@ class Producer:
             full = batch.bytes >= self._batch_size
         if full and self.caller_writes:
             self._writer.write_through(batch)
-        elif wake or full:
+        elif full:
             self._writer.wake()
+        elif wake:
+            self._writer.wake(batch.created + self._linger)
         return BatchFuture(chunk, start, len(vals))
 
     @staticmethod
@@ -253,6 +285,19 @@ class Producer:
             return chunk, False
         batch.created = time.monotonic()
         return chunk, True
+
+    def _keyless_chunk(self, batch: Batch, meta: TopicMeta, size: int) -> tuple[Chunk, bool]:
+        """`_chunk` for a keyless send without a partition: the topic's sticky partition while its
+        budget lasts, else a new one; it becomes the lane the next keyless sends take at once."""
+        sticky = self._sticky.get(meta.name)
+        if sticky is not None and sticky[1] > 0 and sticky[0] < meta.partitions:
+            sticky[1] -= size
+        else:
+            self._new_sticky_partition(meta, size)
+            sticky = self._sticky[meta.name]
+        chunk, wake = self._chunk(batch, meta, sticky[0])
+        self._lane, self._lane_sticky = chunk, sticky
+        return chunk, wake
 
     def _new_sticky_partition(self, meta: TopicMeta, size: int) -> int:
         """Keyless records stick to one partition for a batch's worth of bytes, then move (KIP-480)."""
@@ -276,11 +321,14 @@ class Producer:
 
     def load_metadata(self, topic: str) -> None:
         """Read the topic's metadata into the cache now (UnknownTopicOrPartitionError if none)."""
-        if self._closed or self._engine.closed:
-            raise LogClosedError("the producer (or its log) is closed")
         self._meta(topic, wall_ms())
 
     def _meta(self, topic: str, now_ms: int) -> TopicMeta:
+        """The topic's metadata, through the cache (read from the file when missing or stale);
+        LogClosedError once the producer or its log is closed: sends reach here whenever the
+        cache does not serve them, and closing makes sure it never does."""
+        if self._closed or self._engine.closed:
+            raise LogClosedError("the producer (or its log) is closed")
         if now_ms >= self._meta_expiry or self._meta_epoch != self._engine.meta_epoch:
             # Expired or changed locally: forget all, so grown or deleted topics are seen.
             self._topics.clear()
@@ -290,6 +338,9 @@ class Producer:
         meta = self._topics.get(topic)
         if meta is None:
             meta = self._topics[topic] = self._engine.topic_meta(topic)
+        if self._closed:  # closed meanwhile by another thread: keep the cache from serving sends
+            self._meta_epoch = -1
+            raise LogClosedError("the producer (or its log) is closed")
         return meta
 
     # -- the writer's side (writer.BatchSource) ---------------------------------------------
@@ -339,6 +390,7 @@ class Producer:
             self.flush(timeout)
         finally:
             self._closed = True
+            self._meta_epoch = -1  # no send is served by the metadata cache any more: they raise
             self._writer.unregister(self)
 
     def __enter__(self) -> Producer:
@@ -346,6 +398,23 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _too_large(size: int, limit: int) -> RecordTooLarge:
+    return RecordTooLarge(
+        f"record of {size} bytes (key + value + headers) exceeds max_record_bytes={limit}; "
+        "split it or raise max_record_bytes"
+    )
+
+
+def _check_timestamp(timestamp_ms: object) -> None:
+    if type(timestamp_ms) is not int or not 0 <= timestamp_ms <= MAX_INT64:
+        raise SerializationError(f"timestamp_ms must be a non-negative int (ms since the epoch), not {timestamp_ms!r}")
+
+
+def _check_partition(meta: TopicMeta, partition: object) -> None:
+    if type(partition) is not int or not 0 <= partition < meta.partitions:
+        raise UnknownTopicOrPartitionError(f"topic {meta.name!r} has partitions 0..{meta.partitions - 1}, not {partition!r}")
 
 
 def _keyless(topic: str) -> InvalidRecordError:

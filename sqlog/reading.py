@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Sequence, Sized
 from typing import Any, TypeVar
 
 from .config import MAX_INT32, check_ms
@@ -74,6 +74,18 @@ def deserialize(key_de: Callable[[bytes], Any] | None, value_de: Callable[[bytes
     into the client's error with `deserialize_error`."""
     return (key if key_de is None or key is None else key_de(key),
             value if value_de is None or value is None else value_de(value))
+
+
+def deserialize_column(de: Callable[[bytes], Any] | None, column: Sequence[bytes | None]) -> Sequence[Any]:
+    """Many records' keys (or values) through a deserializer at once, with no Python code per
+    record when none is None; None stays None and without a deserializer the column is returned
+    as it is. A deserializer's exception propagates (it does not say which record: find it with
+    `deserialize` one by one)."""
+    if de is None:
+        return column
+    if None in column:
+        return [None if c is None else de(c) for c in column]
+    return list(map(de, column))
 
 
 def deserialize_error(topic: str, partition: int, offset: int, exc: Exception, then: str) -> SerializationError:

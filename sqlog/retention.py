@@ -21,7 +21,7 @@ from .check import report
 from .clock import wall_ms
 from .compaction import compact
 from .errors import DiskFullError, InvalidRecordError, SqlogError, translated
-from .partitions import append
+from .partitions import append, index_tail
 from .storage import (
     RECORD_BYTES,
     busy_handler,
@@ -195,6 +195,7 @@ def append_rows(conn: apsw.Connection, topic_id: int, partition: int,
 def enforce_size(conn: apsw.Connection, topic_id: int, partition: int, start: int, nbytes: int, budget: int,
                  max_records: int) -> None:
     """Size retention as the log grows: called by the writer in the append's own transaction."""
+    index_tail(conn, topic_id, partition)  # the cut reads and trims the batch index
     limit = start + max_records
     cap = interest_cap(conn, topic_id, partition)
     if cap is not None:
@@ -235,6 +236,7 @@ def sweep(conn: apsw.Connection, path: str, now_ms: int, wal_limit_bytes: int, b
                     if row is None:  # deleted meanwhile
                         break
                     start, size = row
+                    index_tail(conn, topic_id, partition)  # the cut reads and trims the batch index
                     limit = start + chunk_records
                     cap = interest_cap(conn, topic_id, partition)
                     if cap is not None:

@@ -4,6 +4,7 @@ snapshots, the commit signal blocked polls wait on, and the liveness clock recor
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import threading
@@ -94,7 +95,7 @@ def _add_column(conn: apsw.Connection, table: str, column_ddl: str) -> None:
 
 
 def migrate_latest_tables(conn: apsw.Connection) -> None:
-    """Migration 11: compacted topics trade their per-partition key indexes (``(key, offset)``,
+    """Migration 13: compacted topics trade their per-partition key indexes (``(key, offset)``,
     ``k<topic>_<partition>``) for one latest-record table each (`latest_ddl`)."""
     _add_column(conn, "topics", "live_keys INTEGER NOT NULL DEFAULT 0")
     _add_column(conn, "topics", "shared_keys INTEGER NOT NULL DEFAULT 0")
@@ -105,6 +106,17 @@ def migrate_latest_tables(conn: apsw.Connection) -> None:
         for p in range(partitions):
             conn.execute(f"DROP INDEX IF EXISTS k{int(topic_id)}_{int(p)}")
         add_latest(conn, topic_id, range(partitions))
+
+
+def add_index_tail(conn: apsw.Connection) -> None:
+    """Migration 15 (the sparse batch index): the partition row's tail columns. Public for tests
+    whose stand-in for an older sqlog runs today's append, which reads them."""
+    if conn.execute("SELECT 1 FROM pragma_table_info('partitions') WHERE name = 'tail_offset'").fetchone():
+        return  # run again on a file whose user_version was set back: its tails stand
+    _add_column(conn, "partitions", "tail_offset INTEGER NOT NULL DEFAULT 0")
+    _add_column(conn, "partitions", "tail_max_timestamp INTEGER NOT NULL DEFAULT -1")
+    _add_column(conn, "partitions", "tail_bytes INTEGER NOT NULL DEFAULT 0")
+    conn.execute("UPDATE partitions SET tail_offset = next_offset")  # every record so far is in batches
 
 
 # The schema as numbered DDL: MIGRATIONS[i] takes user_version i to i + 1.
@@ -372,6 +384,12 @@ MIGRATIONS: tuple[str | Callable[[apsw.Connection], None], ...] = (
     # 14: message ids lose their age index (an insert per id on the send path): the sweep forgets
     # expired ids by walking the topic's ids in key order instead (transactions.purge_all).
     "DROP INDEX IF EXISTS message_ids_by_age;",
+    # 15: a sparse batch index, as Kafka's index.interval.bytes: the records from tail_offset to
+    # the high watermark are not in batches yet; the partition row (written by every append
+    # anyway) carries their max timestamp and bytes until they reach partitions.INDEX_INTERVAL_BYTES
+    # and become one batches row. A durable one-record commit then writes the pages raw SQLite
+    # writes (partition table, partitions row), not a third for the index.
+    add_index_tail,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 CLOCK_SCHEMA = 5  # the first schema whose liveness times are clock.monotonic_ms() readings
@@ -706,6 +724,8 @@ WAKE_CHECK_S = 0.003
 """Without a file watch: how often a blocked poll looks for other processes' commits (~2% of a core)."""
 WATCHED_CHECK_S = 1.0
 """With a file watch: the safety net's pace (a look at data_version however quiet the file)."""
+ECHO_S = 0.005
+"""How long after this process's own record write a WAL write event is taken for its echo."""
 SETTLE_S = (0.0, 0.0005, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 """After a WAL write event, when to look at data_version again (from the event): the frames are
 written before the WAL index that makes them visible."""
@@ -723,15 +743,22 @@ class CommitSignal:
         self.seq = 0
         self._listeners: tuple[Callable[[], None], ...] = ()
         self.fs_seq = 0
+        self._local_until = 0.0  # monotonic: WAL write events before then are taken for a local write's echo
         self._watch: FileWatch | None = None
         self._watch_tried = False
         self._closed = False
+
+    def writing(self) -> None:
+        """This process starts writing records (its `notify` follows): until then, and for
+        `ECHO_S` after, WAL write events are taken for this very write's echo (`_fs_notify`)."""
+        self._local_until = math.inf
 
     def notify(self) -> None:
         """A commit that may have brought readers something new: wake every blocked poll, then
         call every listener (after ``seq`` moved, so a listener's reader sees the new count)."""
         with self._cond:
             self.seq += 1
+            self._local_until = time.monotonic() + ECHO_S
             self._cond.notify_all()
         for listener in self._listeners:
             try:
@@ -753,6 +780,14 @@ class CommitSignal:
         return remove
 
     def _fs_notify(self) -> None:
+        # Called by the file watch's thread on a WAL write. During and just after a local write
+        # it is most likely that write's echo, which `notify` already told every waiter about;
+        # waking them for it would have them look at the file again and again (SETTLE_S) while
+        # the writer still works, contending for the GIL: in-process latency doubled. So the
+        # event waits out the window (another local write extends it; its readers read then,
+        # seeing any other process's commit as well) and then wakes the waiters once.
+        while (left := self._local_until - time.monotonic()) > 0 and not self._closed:
+            time.sleep(min(left, ECHO_S))
         with self._cond:
             self.fs_seq += 1
             self._cond.notify_all()

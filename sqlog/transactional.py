@@ -66,7 +66,7 @@ class _Waiter:
         with self.cond:
             self.cond.notify_all()
 
-    def wake(self) -> None:
+    def wake(self, due: float | None = None) -> None:
         pass
 
     def unregister(self, producer: object) -> None:

@@ -192,7 +192,7 @@ def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partiti
         fresh_ids.append(mid)
     base = -1
     if fresh:
-        fresh_bytes = sum(len(k or b"") + len(v or b"") + len(h or b"") for _, k, v, h in fresh)
+        fresh_bytes = sum(len(row[1] or b"") + len(row[2] or b"") + len(row[3] or b"") for row in fresh)
         appended = append(conn, topic_id, partition, fresh, fresh_bytes, max(r[0] for r in fresh), path)
         if appended is None:
             return None

@@ -1,8 +1,10 @@
-"""Public value classes: frozen, slotted and comparable, with Kafka's names."""
+"""Public value classes: frozen and comparable, with Kafka's names; slotted attrs classes, except the
+records consumers return (`Record`, `ShareRecord`: named tuples, built by the hundred thousand)."""
 
 from __future__ import annotations
 
-from typing import Any
+import collections
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -17,9 +19,14 @@ class TopicPartition:
     partition: int
 
 
-@attrs.frozen
-class Record:
-    """A record read by a consumer. ``key``/``value`` are deserialized; ``headers`` are raw."""
+class Record(NamedTuple):
+    """A record read by a consumer. ``key``/``value`` are deserialized; ``headers`` are raw.
+
+    A named tuple, as kafka-python's ``ConsumerRecord``: ``poll()`` builds them by the hundred
+    thousand a second from the fetched rows with no Python code per record, which a frozen attrs
+    class cannot do (its ``__init__`` alone cost as much as fetching the row). So it compares,
+    hashes and unpacks as a tuple of its fields, in this order, and is immutable.
+    """
 
     topic: str
     partition: int
@@ -30,12 +37,20 @@ class Record:
     headers: Headers = ()
 
 
-@attrs.frozen
-class ShareRecord(Record):
-    """A record delivered by a share consumer (queue mode): a `Record` plus ``delivery_count``,
-    1 on its first delivery to the share group and one more on each redelivery."""
+# Record's fields, in Record's order, then delivery_count (with Record's defaults, and 1).
+_ShareFields = collections.namedtuple(  # noqa: PYI024 - its types come from Record and ShareRecord
+    "_ShareFields", (*Record._fields, "delivery_count"), defaults=(*Record._field_defaults.values(), 1)
+)
 
-    delivery_count: int = 1
+
+class ShareRecord(_ShareFields, Record):  # type: ignore[misc]  # both are tuples of the same leading fields
+    """A record delivered by a share consumer (queue mode): a `Record` (``isinstance`` holds, and
+    the fields are Record's, in Record's order) plus ``delivery_count``, 1 on its first delivery
+    to the share group and one more on each redelivery. As a tuple it has that eighth field, so
+    it never equals a `Record`."""
+
+    __slots__ = ()
+    delivery_count: int
 
 
 @attrs.frozen

@@ -9,6 +9,7 @@ under one mutex, so batches reach the table in the order they were sealed.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
@@ -51,7 +52,8 @@ class BatchSource(Protocol):
 
 
 class Chunk:
-    """The records of one batch bound for one partition: ``(timestamp_ms, key, value, headers)`` rows."""
+    """The records of one batch bound for one partition: ``(timestamp_ms, key, value, headers, check)``
+    rows, ``check`` their `checksum.crcs` value (taken by ``send()``)."""
 
     __slots__ = ("topic", "topic_id", "partition", "rows", "bytes", "max_ts", "base_offset", "error", "batch",
                  "ids", "results")
@@ -60,7 +62,7 @@ class Chunk:
         self.topic = topic
         self.topic_id = topic_id
         self.partition = partition
-        self.rows: list[tuple[int, bytes | None, bytes | None, bytes | None]] = []
+        self.rows: list[tuple[int, bytes | None, bytes | None, bytes | None, int]] = []  # with checksum.crcs
         self.bytes = 0
         self.max_ts = -1
         self.base_offset = -1
@@ -162,6 +164,11 @@ class BatchFuture(_ChunkFuture):
 
 
 _RETRY_S = 0.005  # how long a get() waits on a busy mutex before trying it again
+LOOK_S = 0.005
+"""While sends keep coming, the linger thread looks for due batches at least this often."""
+IDLE_S = 1.0
+"""After this long with nothing to write, the linger thread sleeps until a send wakes it."""
+
 def append_chunk(conn: apsw.Connection, chunk: Chunk, path: str) -> None:
     """Append one chunk inside the caller's write transaction, deduplicating by message id when
     it has ids; sets ``base_offset`` (and ``results``). UnknownTopicOrPartitionError if the
@@ -189,6 +196,9 @@ class Writer:
         self.engine = engine  # its connection and mutex (which also guards admin use of the connection)
         self._path = engine.path
         self._producers: weakref.WeakSet[BatchSource] = weakref.WeakSet()
+        # The same, as a tuple of references rebuilt at (un)registration: every write goes over
+        # the producers, and iterating a WeakSet costs a Python generator and a guard each time.
+        self._sources: tuple[weakref.ref[BatchSource], ...] = ()
         self._cond = threading.Condition()  # wakes the linger thread
         self._written = threading.Condition()  # notified after every write through the mutex
         self._writes = 0
@@ -196,6 +206,7 @@ class Writer:
         self._last_seconds = 0.0
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._next_look = math.inf  # when the linger thread looks at the producers next, at the latest
         engine.at_fork(self.after_fork)
         engine.at_close(self.close)
 
@@ -205,6 +216,7 @@ class Writer:
             if self._closed:
                 raise LogClosedError(f"{self._path}: the log is closed")
             self._producers.add(producer)
+            self._sources = tuple(weakref.ref(p) for p in self._producers)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._linger_loop, name="sqlog-linger", daemon=True)
                 self._thread.start()
@@ -212,13 +224,37 @@ class Writer:
     def unregister(self, producer: BatchSource) -> None:
         with self._cond:
             self._producers.discard(producer)
+            self._sources = tuple(weakref.ref(p) for p in self._producers)
 
-    def wake(self) -> None:
-        """A batch went from empty to non-empty: the linger thread should plan its write."""
+    def wake(self, due: float | None = None) -> None:
+        """A batch went from empty to non-empty and is ``due`` (monotonic; None: now): the linger
+        thread should plan its write. Skipped while the thread will look by then anyway: a
+        waking thread costs the sender a GIL hand-off, which is most of the difference between a
+        durable ``send().get()`` and a raw commit once the fsync is paid."""
+        if due is not None and due >= self._next_look:
+            return
         with self._cond:
             self._cond.notify()
 
     # -- writing ---------------------------------------------------------------------------
+    def _write_locked(self, batch: Batch | None, blocking: bool, gather: bool, timeout: float = -1) -> bool:
+        """Take the mutex (False if not within ``timeout``, or at once if not ``blocking``) and
+        write everything waiting, unless ``batch`` is done by then."""
+        mutex = self.engine.mutex
+        if not mutex.acquire(blocking, timeout):
+            return False
+        try:
+            if batch is None or not batch.done:
+                if gather:
+                    self._gather()
+                self._write([b for r in self._sources if (p := r()) is not None and (b := p.take_batch()) is not None])
+        finally:
+            mutex.release()
+            with self._written:
+                self._writes += 1
+                self._written.notify_all()
+        return True
+
     def write_through(self, batch: Batch | None, timeout: float | None = None) -> None:
         """Write everything waiting unless ``batch`` is already done (None: write everything).
 
@@ -229,19 +265,9 @@ class Writer:
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         while batch is None or not batch.done:
             seen = self._writes
-            mutex = self.engine.mutex
-            if mutex.acquire(blocking=batch is None, timeout=-1 if deadline is None or batch is not None
+            if self._write_locked(batch, blocking=batch is None, gather=batch is not None,
+                                  timeout=-1 if deadline is None or batch is not None
                                   else max(deadline - time.monotonic(), 0.0)):
-                try:
-                    if batch is None or not batch.done:
-                        if batch is not None:
-                            self._gather()
-                        self._write([b for p in list(self._producers) if (b := p.take_batch()) is not None])
-                finally:
-                    mutex.release()
-                    with self._written:
-                        self._writes += 1
-                        self._written.notify_all()
                 return
             if batch is None:
                 raise SqlogTimeoutError(f"records not written within {timeout} s")
@@ -264,7 +290,7 @@ class Writer:
         if target <= 1:
             return
         until = time.monotonic() + min(self._last_seconds, 0.002)
-        producers = list(self._producers)
+        producers = [p for r in self._sources if (p := r()) is not None]
         while time.monotonic() < until:
             if sum(p.pending_rows() for p in producers) >= target:
                 return
@@ -277,6 +303,7 @@ class Writer:
         conn = self.engine.conn
         error: SqlogError | None = None
         began = time.monotonic()
+        self.engine.signal.writing()
         try:
             with translated(self._path), transaction(conn):
                 for batch in batches:
@@ -286,6 +313,9 @@ class Writer:
             error = exc
         except Exception as exc:  # anything translated() does not name: the batches still complete
             error = SqlogError(f"{self._path}: write failed: {exc!r}")
+        except BaseException:
+            self.engine.signal.notify()  # ends the echo window `writing` opened
+            raise
         self._last_seconds = time.monotonic() - began
         self._last_records = sum(len(c.rows) for b in batches for c in b.chunks.values())
         for batch in batches:
@@ -314,17 +344,33 @@ class Writer:
 
     # -- lingering records -----------------------------------------------------------------
     def _linger_loop(self) -> None:
+        # While sends keep coming the thread stays armed: it looks at least every LOOK_S, so a
+        # send whose batch is due later needs not wake it (`wake`); after IDLE_S with nothing
+        # to write it disarms and sleeps until woken (an idle log costs no wake-ups). Each
+        # ``_next_look`` is published before the producers are looked at, so a send either is
+        # seen by that look or reads the new ``_next_look`` and wakes the thread.
+        idle_since = time.monotonic()
+        seen = self._writes
         while True:
             with self._cond:
                 if self._closed:
                     return
+                now = time.monotonic()
+                if self._writes != seen:  # a write by anyone (a get(), a full batch) is activity too
+                    seen = self._writes
+                    idle_since = now
+                armed = now - idle_since < IDLE_S
+                self._next_look = now + LOOK_S if armed else math.inf
                 due = self._next_due()
                 if due is None:
-                    self._cond.wait()
+                    if self._cond.wait(LOOK_S if armed else None):
+                        idle_since = time.monotonic()  # woken by a send
                     continue
-                delay = due - time.monotonic()
+                idle_since = now
+                delay = due - now
                 if delay > 0:
-                    self._cond.wait(delay)
+                    self._next_look = min(due, self._next_look)
+                    self._cond.wait(min(delay, LOOK_S))
                     continue
             try:
                 self.write_through(None)
@@ -333,7 +379,10 @@ class Writer:
 
     def _next_due(self) -> float | None:
         due = None
-        for p in list(self._producers):
+        for r in self._sources:
+            p = r()
+            if p is None:
+                continue
             t = p.due()
             if t is not None and (due is None or t < due):
                 due = t
@@ -343,6 +392,7 @@ class Writer:
         """Continue in a forked child (on the engine's new connection), dropping the parent's unwritten batches."""
         self._cond = threading.Condition()
         self._thread = None
+        self._next_look = math.inf
         for producer in list(self._producers):
             producer.after_fork()
         if self._producers:

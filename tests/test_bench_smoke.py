@@ -71,7 +71,7 @@ RUN_SCRIPT = SCRIPT.parent / "run.py"
 RUN_WORKLOADS = {
     "send_100b", "send_1kib", "send_16kib", "send_bulk", "poll_100b", "durable_send", "latency_in_process",
     "latency_across_processes", "idle_cpu", "aio", "scale", "txn_ctp", "send_message_id", "peers_produce",
-    "peers_consume", "peers_durable", "compaction", "server", "mirror",
+    "peers_consume", "peers_durable", "compaction", "server", "mirror", "queue",
 }
 
 

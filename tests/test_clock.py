@@ -108,11 +108,12 @@ def test_members_of_a_previous_boot_have_expired(log_path: str, monkeypatch: pyt
 
 
 def test_wall_clock_times_of_an_older_file_have_expired(log_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A schema-3 file, plus the compaction columns (migration 6, which adds only what is missing)
-    # and the Kafka protocol's tables (created only if missing), because today's code that stands
-    # in for the old sqlog reads them.
+    # A schema-3 file, plus the compaction columns (migration 6, which adds only what is missing),
+    # the Kafka protocol's tables (created only if missing) and the batch index's tail columns
+    # (storage.add_index_tail, likewise), because today's code that stands in for the old sqlog reads them.
     protocol_state = next(m for m in storage.MIGRATIONS if isinstance(m, str) and "protocol_members" in m)
-    monkeypatch.setattr(storage, "MIGRATIONS", (*storage.MIGRATIONS[:3], storage.MIGRATIONS[5], protocol_state))
+    monkeypatch.setattr(storage, "MIGRATIONS", (*storage.MIGRATIONS[:3], storage.MIGRATIONS[5], protocol_state,
+                                                storage.add_index_tail))
     monkeypatch.setattr(storage, "SCHEMA_VERSION", 4)
     old = _open(log_path)
     old.engine.conn.execute("PRAGMA user_version = 3")

@@ -161,6 +161,26 @@ def test_record_fields(log: sqlog.Log, topic: str) -> None:
     assert record == sqlog.Record("t", 1, 0, 42, b"k", b"v", (("h", b"1"),))
     with pytest.raises(AttributeError):
         record.value = b"other"  # type: ignore[misc]
+    # A named tuple (as kafka-python's ConsumerRecord): its fields in this order, unpackable.
+    topic, partition, offset, ts, key, value, headers = record
+    assert (topic, partition, offset, ts, key, value, headers) == ("t", 1, 0, 42, b"k", b"v", (("h", b"1"),))
+    assert sqlog.Record._fields == ("topic", "partition", "offset", "timestamp_ms", "key", "value", "headers")
+    assert record._replace(value=b"w").value == b"w" and record.value == b"v"
+
+
+def test_records_with_deserializers_and_without_headers(log: sqlog.Log, topic: str) -> None:
+    """The column-wise path: deserialized keys and values, None kept as None, headers ()."""
+    with log.producer(value_serializer=sqlog.JSON, key_serializer=sqlog.STRING) as producer:
+        producer.send("t", {"n": 1}, key="a", partition=0, timestamp_ms=5)
+        producer.send("t", None, key=None, partition=0, timestamp_ms=6)
+        producer.send("t", [2], key="b", partition=0, timestamp_ms=7)
+    consumer = log.consumer(auto_offset_reset="earliest", value_deserializer=sqlog.JSON,
+                            key_deserializer=sqlog.STRING)
+    consumer.assign([TP0])
+    assert consumer.poll(timeout_ms=500) == [
+        sqlog.Record("t", 0, 0, 5, "a", {"n": 1}), sqlog.Record("t", 0, 1, 6, None, None),
+        sqlog.Record("t", 0, 2, 7, "b", [2]),
+    ]
 
 
 def test_poll_with_nothing_new_waits_then_returns_empty(log: sqlog.Log, topic: str) -> None:

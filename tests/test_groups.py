@@ -484,9 +484,10 @@ def test_dead_members_do_not_block_admin(log: sqlog.Log, monkeypatch: pytest.Mon
 
 
 def test_schema_1_file_is_migrated(log_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Plus the compaction columns (migration 6 adds only what is missing): today's topic and
-    # producer code, standing in for the old sqlog, reads them.
-    monkeypatch.setattr(storage, "MIGRATIONS", (*storage.MIGRATIONS[:1], storage.MIGRATIONS[5]))
+    # Plus the compaction columns (migration 6 adds only what is missing) and the batch index's
+    # tail columns (storage.add_index_tail, likewise): today's topic and producer code, standing
+    # in for the old sqlog, reads them.
+    monkeypatch.setattr(storage, "MIGRATIONS", (*storage.MIGRATIONS[:1], storage.MIGRATIONS[5], storage.add_index_tail))
     monkeypatch.setattr(storage, "SCHEMA_VERSION", 2)
     old = sqlog.open(log_path)
     old.engine.conn.execute("PRAGMA user_version = 1")

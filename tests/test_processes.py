@@ -18,6 +18,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -322,19 +323,56 @@ def test_cross_process_wake_up_with_and_without_the_file_watch(
         monkeypatch.setattr(sqlog.filewatch, "INOTIFY", None)
     elif sqlog.filewatch.INOTIFY is None:
         pytest.skip("no inotify on this platform")
+    consumer, child = _blocked_reader_and_waker(log, log_path, spawn, 0.3)
+    child.go()
+    records = consumer.poll(timeout_ms=5000)
+    _assert_woke_promptly(records, time.time(), child)
+    consumer.close()
+
+
+def _blocked_reader_and_waker(log: sqlog.Log, log_path: str, spawn, delay_s: float) -> tuple[sqlog.Consumer, Any]:
+    """A consumer of topic "events" at offset 0, and a child that sends it one record ``delay_s``
+    after its go()."""
     log.create_topic("events")
     consumer = log.consumer(auto_offset_reset="latest", enable_auto_commit=False)
     consumer.assign([TP0])
     assert consumer.position(TP0) == 0
-    child = spawn("wake_produce", log_path, "events", 0.3)
+    child = spawn("wake_produce", log_path, "events", delay_s)
     child.expect("ready")
-    child.go()
-    records = consumer.poll(timeout_ms=5000)
-    returned_wall = time.time()
+    return consumer, child
+
+
+def _assert_woke_promptly(records: list[sqlog.Record], returned_wall: float, child: Any) -> None:
     sent_wall = float(child.expect("sent").split()[1])
     child.finish()
     assert [(r.offset, r.value) for r in records] == [(0, b"wake-up")]
     assert returned_wall - sent_wall < 0.5, f"woke {returned_wall - sent_wall:.3f} s after the commit"
+
+
+def test_another_process_commit_right_after_a_local_one_still_wakes_a_blocked_poll(
+    log: sqlog.Log, log_path: str, spawn
+) -> None:
+    """A WAL event just after this process's own commit is taken for its echo and held back for
+    a few ms (storage.ECHO_S), not dropped: another process's commit landing then still wakes a
+    blocked poll at once, not at the file watch's safety-net look a second later."""
+    log.create_topic("local")
+    consumer, child = _blocked_reader_and_waker(log, log_path, spawn, 0)
+    producer = log.producer(linger_ms=0)
+
+    def local_then_go() -> None:
+        time.sleep(0.3)  # the poll below is blocked by then
+        producer.send("local", b"here").get(timeout=30)
+        child.go()  # the child commits a few ms after this process did
+
+    helper = threading.Thread(target=local_then_go)
+    helper.start()
+    records = consumer.poll(timeout_ms=5000)
+    if not records:  # woken by the local commit, which brought nothing for this partition
+        records = consumer.poll(timeout_ms=5000)
+    returned_wall = time.time()
+    helper.join()
+    _assert_woke_promptly(records, returned_wall, child)
+    producer.close()
     consumer.close()
 
 

@@ -67,6 +67,10 @@ def test_first_delivery_counts_one_and_accept_finishes(log: sqlog.Log) -> None:
     consumer = _share(log)
     records = consumer.poll(timeout_ms=500)
     assert all(isinstance(r, ShareRecord) and isinstance(r, sqlog.Record) for r in records)
+    # Record's fields first, in Record's order, then delivery_count: never equal to a Record.
+    assert ShareRecord._fields == sqlog.Record._fields + ("delivery_count",)
+    assert tuple(records[0]) == ("jobs", 0, 0, records[0].timestamp_ms, None, b"job-0", (), 1)
+    assert records[0] != sqlog.Record(*records[0][:7])
     assert _ids(records) == [(0, 0, 1), (0, 1, 1), (0, 2, 1)]
     assert [r.value for r in records] == [b"job-0", b"job-1", b"job-2"]
     for r in records:
