@@ -1,8 +1,9 @@
 """`sqlog mirror` beside plain confluent-kafka, against librdkafka's mock cluster (in process).
 
 push: ``sqlog.mirror.push(once=True)`` of N 100-byte records stored in a sqlog file, beside a
-confluent-kafka producer sending the same records straight from memory (same settings: acks=all,
-idempotent, linger.ms=5) to the same cluster. pull: ``sqlog.mirror.pull(once=True)`` of those
+confluent-kafka producer sending the same records (no key, the same value, no headers, the same
+timestamp, as push sends them) straight from memory (same settings: acks=all, idempotent,
+linger.ms=5) to the same cluster. pull: ``sqlog.mirror.pull(once=True)`` of those
 records into a fresh file (each fetched batch appended with its offsets in one SQLite
 transaction), beside a plain confluent-kafka consumer reading them. Each round has its own mock
 cluster (it keeps records in memory) and fresh files; sides alternate first within a round.
@@ -26,7 +27,8 @@ FULL_RECORDS = 1_000_000
 QUICK_RECORDS = 20_000
 
 
-def _produce_from_memory(bootstrap: str, topic: str, n: int) -> float:
+def _produce_from_memory(bootstrap: str, topic: str, n: int, timestamp_ms: int) -> float:
+    """Sends what push sends: no key, the 100-byte value, no headers, the stored timestamp."""
     import confluent_kafka as ck
 
     p = ck.Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5})
@@ -35,7 +37,7 @@ def _produce_from_memory(bootstrap: str, topic: str, n: int) -> float:
     for i in range(n):
         while True:
             try:
-                p.produce(topic, VALUE, partition=(i // step) % PARTITIONS)
+                p.produce(topic, VALUE, partition=(i // step) % PARTITIONS, timestamp=timestamp_ms)
                 break
             except BufferError:
                 p.poll(0.01)
@@ -67,12 +69,14 @@ def one_round(root: str, n: int, mirror_first: bool) -> dict[str, float]:
     for name in os.listdir(root):
         os.remove(os.path.join(root, name))
     src, dst = os.path.join(root, "edge.db"), os.path.join(root, "copy.db")
+    stamp = int(time.time() * 1000)  # every record's timestamp, in the file and in the baseline
     with sqlog.open(src) as log:
         log.create_topic("pushed", partitions=PARTITIONS)
         with log.producer() as producer:
             step = max(1, n // PARTITIONS)
             for i in range(0, n, step):
-                producer.send_batch("pushed", [VALUE] * min(step, n - i), partition=(i // step) % PARTITIONS)
+                producer.send_batch("pushed", [VALUE] * min(step, n - i), partition=(i // step) % PARTITIONS,
+                                    timestamp_ms=stamp)
     out: dict[str, float] = {}
     with MockCluster(1) as mc, sqlog.open(src) as log, sqlog.open(dst) as copy:
         mc.create_topic("pushed", PARTITIONS)
@@ -87,7 +91,7 @@ def one_round(root: str, n: int, mirror_first: bool) -> dict[str, float]:
                 raise RuntimeError(f"push: {progress.records} of {n}")
 
         def baseline_produce() -> None:
-            out["produce"] = _produce_from_memory(bs, "memory", n)
+            out["produce"] = _produce_from_memory(bs, "memory", n, stamp)
 
         def mirror_pull() -> None:
             t0 = time.perf_counter()

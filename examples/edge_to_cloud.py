@@ -86,9 +86,10 @@ def main(path: str | None = None, seconds: float = 8.0) -> None:
             stop.set()
             t.join()
             cluster.all_up()
-        # Let the mirror catch up with what the sensor wrote, then stop both.
+        # Let the mirror catch up with what the sensor wrote (its cursor, as the file has it: the
+        # progress's end offsets are refreshed only twice a second), then stop both.
         deadline = time.monotonic() + 60
-        while up.progress().lag and time.monotonic() < deadline:
+        while log.describe_group("sqlog-mirror").lag and time.monotonic() < deadline:
             time.sleep(0.2)
         up.stop()
         down.stop()

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import socket
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
+from operator import attrgetter
 from typing import Any
 
 from confluent_kafka import Consumer as KafkaConsumer
@@ -42,6 +44,8 @@ POLL_RECORDS = 5000
 COMMIT_EVERY_S = 0.2
 FLUSH_ON_STOP_S = 10.0
 TXN_TIMEOUT_S = 30.0
+_TOPIC, _PARTITION, _OFFSET, _TIMESTAMP, _KEY, _VALUE, _HEADERS = map(
+    attrgetter, ("topic", "partition", "offset", "timestamp_ms", "key", "value", "headers"))
 PRODUCER_DEFAULTS = {"acks": "all", "enable.idempotence": True, "linger.ms": 5, "allow.auto.create.topics": True}
 
 
@@ -208,8 +212,9 @@ class _Pusher:
         (``delivery.report.only.error``), so once its queue is empty (``len(producer) == 0``) with
         no failure reported, everything produced was acknowledged and the cursor moves there. A
         steady stream is paused every ``COMMIT_EVERY_S`` until the queue drains, for a commit."""
-        producer = Producer({**self.conf, "delivery.report.only.error": True})
         errors: list[KafkaError] = []
+        producer = Producer({**self.conf, "delivery.report.only.error": True,
+                             "on_delivery": lambda err, _msg: errors.append(err)})
         pending: dict[TopicPartition, int] = {}  # where the cursor goes once the queue is empty
         count = 0  # records produced since the last commit
         since = 0.0
@@ -227,7 +232,7 @@ class _Pusher:
                     if not count:
                         since = time.monotonic()
                     count += len(records)
-                    self._produce(producer, records, pending, errors.append)
+                    self._produce(producer, records, pending)
                 producer.poll(0.005 if draining else 0)
                 if errors:
                     raise _UplinkFault(f"delivery failed: {errors[0].str()}")
@@ -246,26 +251,39 @@ class _Pusher:
             producer.purge()
             producer.flush(0)
 
-    def _produce(self, producer: Producer, records: list[Any], pending: dict[TopicPartition, int],
-                 failed: Any) -> None:
-        prefix = self.prefix
-        produce = producer.produce
-        cb = lambda err, _msg: failed(err)  # noqa: E731  (called for failures only)
-        ends: dict[tuple[str, int], int] = {}
-        for r in records:
-            while True:
-                try:
-                    produce(prefix + r.topic, r.value, r.key, r.partition, on_delivery=cb, timestamp=r.timestamp_ms,
-                            headers=list(r.headers) if r.headers else None)
-                    break
-                except BufferError:  # librdkafka's queue is full (a slow or absent uplink): wait for room
-                    producer.poll(0.1)
-                    if self.h.stopping:
-                        raise Stopped from None
-            ends[(r.topic, r.partition)] = r.offset + 1
-        batch = {TopicPartition(t, p): o for (t, p), o in ends.items()}
+    def _produce(self, producer: Producer, records: list[Any], pending: dict[TopicPartition, int]) -> None:
+        batch = self._send(producer, records)
         pending.update(batch)
         self.read.update(batch)
+
+    def _send(self, producer: Producer, records: list[Any]) -> dict[TopicPartition, int]:
+        """Hand ``records`` to librdkafka; returns the next offset per partition after them.
+
+        Column-wise: ``produce`` is called through ``map()`` with positional arguments (topic,
+        value, key, partition, callback, on_delivery, timestamp, headers), so no bytecode runs per
+        record; librdkafka's queue full (a slow or absent uplink) waits for room and goes on from
+        the refused record."""
+        topics = list(map(_TOPIC, records))
+        partitions = list(map(_PARTITION, records))
+        ends = dict(zip(zip(topics, partitions), map(_OFFSET, records)))  # the last record of each partition wins
+        if self.prefix:
+            topics = list(map(self.prefix.__add__, topics))
+        headers = list(map(_HEADERS, records))
+        cols = [topics, list(map(_VALUE, records)), list(map(_KEY, records)), partitions, [None] * len(records),
+                [None] * len(records), list(map(_TIMESTAMP, records)),
+                list(map(_header_list, headers)) if any(headers) else [None] * len(records)]
+        produce, n, done = producer.produce, len(records), 0
+        while done < n:
+            rest = iter(cols[0][done:])
+            try:
+                deque(map(produce, rest, *(c[done:] for c in cols[1:])), 0)
+                break
+            except BufferError:  # the queue is full: wait for room, then resend from the refused record
+                done = n - sum(1 for _ in rest) - 1
+                producer.poll(0.1)
+                if self.h.stopping:
+                    raise Stopped from None
+        return {TopicPartition(t, p): o + 1 for (t, p), o in ends.items()}
 
     # -- exactly-once ----------------------------------------------------------------------
     def _run_transactional(self, backoff: Backoff) -> bool:
@@ -291,16 +309,7 @@ class _Pusher:
                         return True
                     continue
                 producer.begin_transaction()
-                ends: dict[TopicPartition, int] = {}
-                for r in records:
-                    while True:
-                        try:
-                            producer.produce(self.prefix + r.topic, r.value, r.key, r.partition, timestamp=r.timestamp_ms,
-                                             headers=list(r.headers) if r.headers else None)
-                            break
-                        except BufferError:
-                            producer.poll(0.1)
-                    ends[TopicPartition(r.topic, r.partition)] = r.offset + 1
+                ends = self._send(producer, records)
                 self.read.update(ends)
                 producer.send_offsets_to_transaction(
                     [KafkaTP(self.prefix + tp.topic, tp.partition, o) for tp, o in ends.items()], metadata,
@@ -351,6 +360,11 @@ def _create(conf: Mapping[str, Any], topic: str, partitions: int) -> None:
     except KafkaException as exc:
         logger.info("mirror push: creating remote topic %r failed (%s); using what the cluster has", topic,
                     describe(exc))
+
+
+def _header_list(headers: Any) -> list[tuple[str, bytes]] | None:
+    """A record's headers as produce() takes them (a list, or None for none)."""
+    return list(headers) if headers else None
 
 
 class _UplinkFault(SqlogError):
