@@ -23,7 +23,7 @@ import apsw
 from . import topics
 from .config import MAX_INT32, MAX_INT64, check_int, check_path
 from .errors import InvalidConfigError, LogClosedError, SqlogError, translated
-from .retention import Upkeep, WalBudget
+from .retention import Upkeep, WalBudget, WalWatch
 from .storage import CommitSignal, connect, data_version, snapshot, transaction, wait_for_commit
 
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
@@ -71,6 +71,7 @@ class Engine:
         self._journal_size_limit = journal_size_limit
         self._max_db_bytes = max_db_bytes
         self._wal_budget: WalBudget | None = None  # with max_db_bytes: the WAL's share of the cap
+        self._wal_watch: WalWatch | None = None  # without: the commits' own hold on wal_limit_bytes
         self._upkeep_options = (retention_check_interval_ms, wal_checkpoint_interval_ms, wal_limit_bytes)
         self.closed = False
         self.meta_epoch = 0
@@ -100,6 +101,11 @@ class Engine:
                                                  page_size, self.busy_timeout_ms)
                 journal_size_limit = min(journal_size_limit, self._wal_budget.trigger_bytes)
                 self._wal_budget.attach(conn)
+            else:
+                if self._wal_watch is None:
+                    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                    self._wal_watch = WalWatch(self.path, self._upkeep_options[2], page_size, self.busy_timeout_ms)
+                self._wal_watch.attach(conn)
             conn.execute(f"PRAGMA journal_size_limit={journal_size_limit}")
         except BaseException:
             conn.close()

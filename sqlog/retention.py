@@ -320,14 +320,67 @@ WAL_FRAME_HEADER_BYTES = 24
 AUTOCHECKPOINT_PAGES = 1000  # SQLite's default autocheckpoint, which a WAL hook replaces
 
 
-class WalBudget:
+def truncate_wal_waiting(conn: apsw.Connection, wait_ms: int, busy_timeout_ms: int, deadline: float) -> int:
+    """`truncate_wal`, retried while another connection holds the checkpoint lock (SQLite then
+    fails at once, without the busy handler) until ``deadline`` (`time.monotonic`). Returns as
+    `truncate_wal`: -1 only if the other checkpoint outlasted the deadline."""
+    while True:
+        left = truncate_wal(conn, max(1, min(wait_ms, int((deadline - time.monotonic()) * 1000))), busy_timeout_ms)
+        if left != -1 or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.001)  # another connection is checkpointing: try again once it is done
+
+
+class WalWatch:
+    """Holds the WAL near ``limit_bytes`` from the writing side, whatever the upkeep thread's
+    schedule: a WAL hook on each of the log's writing connections learns the WAL's page count
+    at every commit, for free (no stat()), and the commit that reaches the limit ends with a
+    TRUNCATE checkpoint waiting `TRUNCATE_WAIT_MS` for readers. While another connection is
+    checkpointing (which keeps the WAL from restarting, so a nonstop producer would grow it by
+    its whole write rate times that checkpoint's length) the commit waits for it, up to the
+    busy timeout, and then truncates: writers past the limit are held back, never ahead of the
+    checkpoints. Below the limit, every `AUTOCHECKPOINT_PAGES` pages a PASSIVE checkpoint
+    (SQLite's own autocheckpoint, which the hook replaces).
+    """
+
+    def __init__(self, path: str, limit_bytes: int, page_size: int, busy_timeout_ms: int) -> None:
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self.frame_bytes = page_size + WAL_FRAME_HEADER_BYTES
+        self.trigger_pages = max(1, (limit_bytes - WAL_HEADER_BYTES) // self.frame_bytes)
+        self.trigger_bytes = WAL_HEADER_BYTES + self.trigger_pages * self.frame_bytes
+        self.pages = 0  # in the WAL, as the last commit (or checkpoint) on any of the log's connections saw it
+
+    def attach(self, conn: apsw.Connection) -> None:
+        """Watch ``conn``'s commits; call on every connection of the log that writes."""
+        conn.set_wal_hook(self._committed)
+
+    def _truncate(self, conn: apsw.Connection) -> None:
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        left = truncate_wal_waiting(conn, TRUNCATE_WAIT_MS, self._busy_timeout_ms, deadline)
+        if left >= 0:  # unknown (-1): keep what the last commit saw, so the next commit tries again
+            self.pages = left
+
+    def _committed(self, conn: apsw.Connection, _name: str, pages: int) -> int:
+        """The WAL hook: runs after each commit; must not raise (the commit is already done)."""
+        self.pages = pages
+        try:
+            if pages >= self.trigger_pages:
+                self._truncate(conn)
+            elif pages >= AUTOCHECKPOINT_PAGES:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except Exception:  # noqa: BLE001 - e.g. an I/O error: the next commit or write tries again
+            pass
+        return apsw.SQLITE_OK
+
+
+class WalBudget(WalWatch):
     """Holds database + WAL within ``max_db_bytes``: SQLite's ``max_page_count`` caps only the
     database file, and the WAL beside it grows while readers hold old snapshots.
 
     The WAL gets ``reserve_bytes`` of the cap (a quarter, at most ``wal_limit_bytes``), the
-    database file the rest (`max_page_count`). A WAL hook on each of the log's connections
-    learns the WAL's page count at every commit, for free (no stat()): past half the reserve,
-    that commit ends with a TRUNCATE checkpoint waiting `TRUNCATE_WAIT_MS` for readers. If
+    database file the rest (`max_page_count`). As `WalWatch`, with half the reserve as its
+    limit: the commit past it ends with a TRUNCATE checkpoint. If
     readers kept it from emptying the WAL and it reached the whole reserve, the next write
     transaction waits up to the busy timeout for them, then fails with `DiskFullError`
     (nothing of it stored). Bound: a write starts only with the WAL below its reserve, so
@@ -339,54 +392,29 @@ class WalBudget:
 
     def __init__(self, path: str, max_db_bytes: int, wal_limit_bytes: int, page_size: int,
                  busy_timeout_ms: int) -> None:
-        self._path = path
-        self._busy_timeout_ms = busy_timeout_ms
         frame = page_size + WAL_FRAME_HEADER_BYTES
         self.limit_pages = max(2, (min(max_db_bytes // 4, wal_limit_bytes) - WAL_HEADER_BYTES) // frame)
         self.reserve_bytes = WAL_HEADER_BYTES + self.limit_pages * frame
-        self.trigger_pages = self.limit_pages // 2
-        self.trigger_bytes = WAL_HEADER_BYTES + self.trigger_pages * frame
+        super().__init__(path, WAL_HEADER_BYTES + self.limit_pages // 2 * frame, page_size, busy_timeout_ms)
         self.max_page_count = max(1, (max_db_bytes - self.reserve_bytes) // page_size)
-        self.pages = 0  # in the WAL, as the last commit (or checkpoint) on any of the log's connections saw it
 
     def attach(self, conn: apsw.Connection) -> None:
         """Watch ``conn``'s commits and guard its write transactions; call on every connection that writes."""
         conn.execute(f"PRAGMA max_page_count={self.max_page_count}")
-        conn.set_wal_hook(self._committed)
+        super().attach(conn)
         guard_writes(conn, self._before_write)
         with translated(self._path):  # the WAL may be large already (e.g. from creating the schema)
             left = truncate_wal(conn, TRUNCATE_WAIT_MS, self._busy_timeout_ms)
         self.pages = left if left >= 0 else max(self.pages, self.limit_pages)  # unknown: the next write checks
-
-    def _truncate(self, conn: apsw.Connection, wait_ms: int) -> None:
-        left = truncate_wal(conn, wait_ms, self._busy_timeout_ms)
-        if left >= 0:  # unknown (-1): keep what the last commit saw, so the next write checks again
-            self.pages = left
-
-    def _committed(self, conn: apsw.Connection, _name: str, pages: int) -> int:
-        """The WAL hook: runs after each commit; must not raise (the commit is already done)."""
-        self.pages = pages
-        try:
-            if pages >= self.trigger_pages:
-                self._truncate(conn, TRUNCATE_WAIT_MS)
-            elif pages >= AUTOCHECKPOINT_PAGES:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except Exception:  # noqa: BLE001 - e.g. an I/O error: the next commit or write tries again
-            pass
-        return apsw.SQLITE_OK
 
     def _before_write(self, conn: apsw.Connection) -> None:
         """Refuse a write while the WAL fills its whole reserve and readers keep it from emptying."""
         if self.pages < self.limit_pages:
             return
         deadline = time.monotonic() + self._busy_timeout_ms / 1000
-        while True:
-            left = truncate_wal(conn, max(1, int((deadline - time.monotonic()) * 1000)), self._busy_timeout_ms)
-            if left >= 0:
-                self.pages = left
-            if left != -1 or time.monotonic() >= deadline:
-                break
-            time.sleep(0.001)  # another connection was checkpointing: try again once it is done
+        left = truncate_wal_waiting(conn, self._busy_timeout_ms, self._busy_timeout_ms, deadline)
+        if left >= 0:
+            self.pages = left
         if self.pages >= self.limit_pages:
             raise DiskFullError(
                 f"{self._path}: max_db_bytes is reached: the WAL fills its share of the cap "

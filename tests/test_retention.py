@@ -241,8 +241,10 @@ def test_sweeper_producer_and_nonstop_consumer_keep_the_wal_bounded(log_path: st
     assert not errors, errors
     assert len(seen) > 1_000
     assert all(b > a for a, b in zip(seen, seen[1:])), "offsets must strictly increase"
-    # The WAL is checkpointed every 100 ms and truncated past the limit: it never runs away.
-    assert wal_peak[0] < 4 * wal_limit, wal_peak[0]
+    # The commit that fills the limit truncates the WAL (waiting out the upkeep's checkpoint if
+    # one runs), so however the threads are scheduled it passes the limit only by the frames of
+    # one transaction: ~20 pages for a 32 KiB batch, a few hundred for a sweep chunk.
+    assert wal_peak[0] <= wal_limit + wal_limit // 2, wal_peak[0]
     part = log.describe_topic("t").partitions[0]
     assert part.bytes <= 256 * 1024 + 32 * 1024
 
