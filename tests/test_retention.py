@@ -163,9 +163,9 @@ def test_alter_topic_changes_retention(log: sqlog.Log) -> None:
     assert log.sweep(now_ms=10**9).records == 0
 
 
-@pytest.mark.parametrize("reset", ["earliest", "latest", "none"])
-def test_consumer_below_log_start_follows_auto_offset_reset(log_path: str, reset: str) -> None:
-    log = open_log(log_path)
+def _old_records_and_a_commit_below_them(log: sqlog.Log) -> None:
+    """Topic t (retention_ms 1000): offsets 0..5 at timestamp 0, 6..9 far in the future, and group
+    g committed at 2, so a sweep moves the log start to 6, above the group's offset."""
     log.create_topic("t", retention_ms=1_000)
     with log.producer() as producer:
         for i in range(10):
@@ -173,6 +173,12 @@ def test_consumer_below_log_start_follows_auto_offset_reset(log_path: str, reset
     committer = log.consumer(group_id="g", enable_auto_commit=False)
     committer.commit({TP0: 2})
     committer.close()
+
+
+@pytest.mark.parametrize("reset", ["earliest", "latest", "none"])
+def test_consumer_below_log_start_follows_auto_offset_reset(log_path: str, reset: str) -> None:
+    log = open_log(log_path)
+    _old_records_and_a_commit_below_them(log)
     reader = log.consumer(group_id="g", auto_offset_reset="earliest", enable_auto_commit=False)
     reader.assign([TP0])
     assert reader.position(TP0) == 2
@@ -251,13 +257,7 @@ def test_sweeper_producer_and_nonstop_consumer_keep_the_wal_bounded(log_path: st
 
 def test_skipping_past_retention_is_logged_and_counted(log_path: str, caplog: pytest.LogCaptureFixture) -> None:
     log = open_log(log_path)
-    log.create_topic("t", retention_ms=1_000)
-    with log.producer() as producer:
-        for i in range(10):
-            producer.send("t", b"%d" % i, timestamp_ms=0 if i < 6 else 10**13)
-    committer = log.consumer(group_id="g", enable_auto_commit=False)
-    committer.commit({TP0: 2})
-    committer.close()
+    _old_records_and_a_commit_below_them(log)
     log.sweep(now_ms=1_000_000)  # deletes offsets 0..5: the group's committed 2 is below the log start 6
 
     consumer = log.consumer(group_id="g", auto_offset_reset="earliest", enable_auto_commit=False)
