@@ -155,7 +155,9 @@ class Producer:
             _check_timestamp(timestamp_ms)
         if partition is not None:
             _check_partition(meta, partition)
-        if message_id is not None:
+        if message_id is not None and (
+                type(message_id) is not str or not 0 < len(message_id) <= MAX_MESSAGE_ID or not message_id.isascii()
+                or self._windows.get(meta.topic_id) is None):
             self._check_message_id(meta, message_id)
         wake = False
         lock = self._lock
@@ -202,6 +204,8 @@ class Producer:
         return RecordFuture(chunk, index)
 
     def _check_message_id(self, meta: TopicMeta, message_id: object) -> None:
+        """What send() checks of a message id beyond its inline fast test (a short ASCII str for a
+        topic whose window is cached): loads the topic's window, raises for a bad id or none."""
         window = self._windows.get(meta.topic_id, -1)
         if window == -1:
             window = self._windows[meta.topic_id] = self._engine.dedupe_window(meta.topic_id)

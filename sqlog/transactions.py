@@ -13,15 +13,13 @@ Dedupe state: one ``message_ids`` row per id stored within the topic's ``dedupe_
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable, Iterable, Sequence
-from itertools import repeat
+from collections.abc import Callable, Sequence
 
 import apsw
 
 from .clock import wall_ms
 from .errors import InvalidConfigError, ProducerFencedError
-from .storage import transaction
+from .storage import partition_table, transaction
 
 Row = tuple[int, bytes | None, bytes | None, bytes | None]
 Append = Callable[[apsw.Connection, int, int, list[Row], int, int, str], "int | None"]
@@ -117,17 +115,34 @@ _REMEMBER_NEW = f"INSERT OR IGNORE INTO {_COLUMNS}"  # a known id (even expired,
 _REMEMBER = f"INSERT OR REPLACE INTO {_COLUMNS}"  # replaces an expired one
 
 
-def _id_rows(topic_id: int, partition: int, base: int, now: int, rows: list[Row], ids: Sequence[str | None],
-             given: int) -> Iterable[tuple[int, str | None, int, int, int, int]]:
-    """``message_ids`` rows of the ``given`` ids of ``rows`` appended from offset ``base``."""
-    if given == len(ids):  # every row has an id (the usual chunk): zipped in C, no per-row Python
-        return zip(repeat(topic_id), ids, repeat(partition), range(base, base + len(ids)), map(_TIMESTAMP, rows),
-                   repeat(now))
+# Every row of the chunk has an id (the usual chunk): one statement for all of them. The ids go
+# in as one carray (no per-id Python or bindings; carray's rowid counts from 1) and each takes its
+# record's offset and timestamp from the rows just appended (CROSS JOIN: carray drives, a rowid
+# lookup per id).
+_REMEMBER_ALL = (
+    "INSERT OR IGNORE INTO message_ids(topic_id, message_id, partition, offset, timestamp_ms, stored_ms)"
+    " SELECT ?1, i.value, ?2, r.offset, r.ts, ?4 FROM carray(?5) i CROSS JOIN {table} r ON r.offset = ?3 + i.rowid - 1"
+)
+
+
+def _remember_new(conn: apsw.Connection, topic_id: int, partition: int, base: int, now: int, rows: list[Row],
+                  ids: Sequence[str | None], given: int) -> bool:
+    """Remember the ``given`` ids of ``rows`` appended from ``base`` unless one is known already;
+    True when all were new."""
+    before = conn.total_changes()
+    if given == len(ids):
+        conn.execute(_REMEMBER_ALL.format(table=partition_table(topic_id, partition)),
+                     (topic_id, partition, base, now, apsw.carray(tuple(ids))))
+    else:
+        conn.executemany(_REMEMBER_NEW, _id_rows(topic_id, partition, base, now, rows, ids))
+    return conn.total_changes() - before == given
+
+
+def _id_rows(topic_id: int, partition: int, base: int, now: int, rows: list[Row],
+             ids: Sequence[str | None]) -> list[tuple[int, str | None, int, int, int, int]]:
+    """``message_ids`` rows of the ids of ``rows`` appended from offset ``base`` (rows without one skipped)."""
     return [(topic_id, mid, partition, base + i, row[0], now)
             for i, (row, mid) in enumerate(zip(rows, ids)) if mid is not None]
-
-
-_TIMESTAMP = operator.itemgetter(0)
 
 
 def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partition: int, rows: list[Row],
@@ -160,9 +175,7 @@ def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partiti
             if base is None:
                 conn.execute("RELEASE dedupe")
                 return None
-            before = conn.total_changes()
-            conn.executemany(_REMEMBER_NEW, _id_rows(topic_id, partition, base, now, rows, ids, given))
-            clean = conn.total_changes() - before == given
+            clean = _remember_new(conn, topic_id, partition, base, now, rows, ids, given)
         except BaseException:
             conn.execute("ROLLBACK TO dedupe")  # the chunk leaves nothing behind (the writer goes on)
             conn.execute("RELEASE dedupe")
@@ -197,8 +210,7 @@ def append_deduped(conn: apsw.Connection, append: Append, topic_id: int, partiti
         if appended is None:
             return None
         base = appended
-        conn.executemany(_REMEMBER, _id_rows(topic_id, partition, base, now, fresh, fresh_ids,
-                                             len(fresh_ids) - fresh_ids.count(None)))
+        conn.executemany(_REMEMBER, _id_rows(topic_id, partition, base, now, fresh, fresh_ids))
     out: list[tuple[int, int, int, bool]] = []
     for row, mid, index in zip(rows, ids, plan):
         if index is not None:

@@ -304,6 +304,28 @@ def test_message_id_dedupes_within_the_window(log_path: str) -> None:
     assert log.check().ok
 
 
+def test_message_id_duplicates_name_each_original(log: sqlog.Log) -> None:
+    """A large chunk whose rows all carry ids (one statement remembers them all), then every id
+    again: each duplicate reports its own original's offset and timestamp."""
+    log.create_topic("q", partitions=2, dedupe_window_ms=60_000)
+    producer = log.producer(linger_ms=1000)
+    base_ts = 1_600_000_000_000
+    firsts = [producer.send("q", b"%d" % i, partition=i % 2, timestamp_ms=base_ts + 7 * i, message_id=f"id-{i}")
+              for i in range(3000)]
+    producer.flush()
+    originals = [f.get() for f in firsts]
+    assert not any(m.duplicate for m in originals)
+    assert [m.timestamp_ms for m in originals] == [base_ts + 7 * i for i in range(3000)]
+    agains = [producer.send("q", b"again", timestamp_ms=base_ts - 1, message_id=f"id-{i}") for i in range(3000)]
+    producer.flush()
+    for original, again in zip(originals, (f.get() for f in agains)):
+        assert again.duplicate
+        assert (again.partition, again.offset, again.timestamp_ms) == (
+            original.partition, original.offset, original.timestamp_ms)
+    assert sum(p.records for p in log.describe_topic("q").partitions) == 3000
+    assert log.check().ok
+
+
 def test_message_id_forgotten_after_the_window(log: sqlog.Log) -> None:
     log.create_topic("q", dedupe_window_ms=50)
     producer = log.producer()
