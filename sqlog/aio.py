@@ -62,6 +62,10 @@ MAX_PENDING_SENDS = 10_000
 """A producer's sends not yet durable before ``send()`` waits for the writer (back-pressure, as
 Kafka's ``buffer.memory``): bounds memory, the size of one commit and the garbage collector's work."""
 
+READ_AHEAD_POLLS = 8
+"""An async consumer outside a group reads up to this many ``max_poll_records`` per trip off the
+loop, so the thread hop is paid once for several ``getmany()`` calls."""
+
 RESOLVE_SLICE = 1000
 """Send futures resolved per loop callback (about a millisecond), so a large commit does not stall the loop."""
 
@@ -221,6 +225,10 @@ def _check_max(max_records: object, default: int) -> int:
 
 
 _WHERE = operator.attrgetter("topic", "partition")
+
+
+def _count(grouped: dict[TopicPartition, list[Any]]) -> int:
+    return sum(map(len, grouped.values()))
 
 
 def _grouped(records: list[Any]) -> dict[TopicPartition, list[Any]]:
@@ -767,8 +775,8 @@ class _Reader(Generic[R]):
         raise NotImplementedError
 
     async def _get(self, timeout_s: float, limit: int, fetch: Callable[[bool], int],
-                   take: Callable[[int], list[Any]], wake_in: Callable[[], float] | None = None,
-                   prefetch: int | None = None) -> list[Any]:
+                   take: Callable[[int], Any], wake_in: Callable[[], float] | None = None,
+                   prefetch: int | None = None, grouped: bool = False) -> Any:
         """Records handed out on the loop, fetching (off the loop) and waiting until some come or
         ``timeout_s`` passes. Cancelled anywhere, nothing is lost: fetched records stay buffered.
         ``prefetch``: when a call empties the buffer and the last fetch found at least this many
@@ -789,7 +797,7 @@ class _Reader(Generic[R]):
             if self._sync is not None and self._strand.idle():
                 out = take(limit)
                 if out:
-                    self._buffered -= len(out)
+                    self._buffered -= _count(out) if grouped else len(out)
                     behind = prefetch is not None and self._fetched >= prefetch
                     if behind and self._buffered <= 0 and not self._stopped:
                         self._prefetch = self._strand.submit(functools.partial(fetch, False))
@@ -802,7 +810,7 @@ class _Reader(Generic[R]):
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return []
+                return {} if grouped else []
             delay = min(remaining, WAIT_SLICE_S)
             if wake_in is not None:
                 delay = max(min(delay, wake_in()), 0.0)
@@ -963,14 +971,15 @@ class AIOConsumer(_Reader[Record]):
         timeout_s = _check_ms("timeout_ms", timeout_ms)
         limit = _check_max(max_records, self._max_poll)
         if not partitions:
-            return _grouped(await self._records(timeout_s, limit))
+            return await self._records(timeout_s, limit, grouped=True)  # type: ignore[no-any-return]
         if not all(isinstance(tp, TopicPartition) for tp in partitions):
             raise InvalidConfigError(f"getmany() takes TopicPartitions, not {partitions!r}")
         return _grouped(await self._records(timeout_s, limit, frozenset(partitions)))
 
-    async def _records(self, timeout_s: float, limit: int,
-                       only: frozenset[TopicPartition] | None = None) -> list[Record]:
-        fetch_limit = max(limit, self._max_poll if type(self._max_poll) is int else 1)
+    async def _records(self, timeout_s: float, limit: int, only: frozenset[TopicPartition] | None = None,
+                       grouped: bool = False) -> Any:
+        """Up to ``limit`` records (a list, or by partition if ``grouped``), waiting up to ``timeout_s``."""
+        max_poll = self._max_poll if type(self._max_poll) is int else 1
         if only is not None:
             def take_only(n: int) -> list[Record]:
                 held = self._buffer_only
@@ -978,12 +987,20 @@ class AIOConsumer(_Reader[Record]):
 
             return await self._get(timeout_s, limit, lambda again: self._fetch_only(only, limit), take_only)
 
+        # Outside a group, read ahead READ_AHEAD_POLLS polls' worth per trip off the loop (positions
+        # move only as records are handed out). A group member reads a poll's worth: its fetches
+        # are its heartbeats.
+        fetch_limit = max(limit, max_poll if self._in_group else max_poll * READ_AHEAD_POLLS)
+
         def fetch(again: bool) -> int:
             sync = self._need()
             self._match_pattern(sync)
             self._buffer_only = None
             return int(sync.fetch(fetch_limit))
 
+        if grouped:
+            return await self._get(timeout_s, limit, fetch, lambda n: self._need().take_grouped(n),
+                                   prefetch=None if self._in_group else fetch_limit, grouped=True)
         return await self._get(timeout_s, limit, fetch, lambda n: self._need().take(n),
                                prefetch=None if self._in_group else fetch_limit)
 
