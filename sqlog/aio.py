@@ -132,6 +132,29 @@ class _Strand:
                 cf.set_exception(LogClosedError("the log is closed"))
         return cf
 
+    def claim(self) -> bool:
+        """Take the strand, if idle, to run a call in this thread (then `release`)."""
+        with self._lock:
+            if self._running:
+                return False
+            self._running = True
+            return True
+
+    def release(self) -> None:
+        """End a `claim`: calls queued meanwhile run next, on the pool."""
+        with self._lock:
+            self._running = bool(self._queue)
+            if not self._running:
+                return
+        try:
+            self._pool.submit(self._drain)
+        except RuntimeError:  # the pool is shut down: the log is closed
+            with self._lock:
+                queued, self._queue = self._queue, collections.deque()
+                self._running = False
+            for cf, _ in queued:
+                cf.set_exception(LogClosedError("the log is closed"))
+
     def _drain(self) -> None:
         while True:
             with self._lock:
@@ -155,53 +178,131 @@ class _Strand:
                 return
 
 
-class _Waker:
-    """Wakes a log's waiting tasks on commits: one listener on the engine's commit signal for
-    the whole loop, coalesced into one ``call_soon_threadsafe`` however many tasks wait."""
+_Fetched = tuple[int, int]
+"""What a fetch made on a commit hands a waiting task: records buffered, and the commit signal's
+``seq`` before it read."""
 
-    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop) -> None:
+
+class _Waker:
+    """Reads for a log's waiting tasks when commits come: one listener on the engine's commit
+    signal, no thread of its own. A task waiting for records registers its client's fetch; the
+    next commit signal (in the committing thread, or in the engine's watcher for other
+    processes' commits) takes every registered fetch at once and runs it on its client's strand,
+    then wakes the loop with one ``call_soon_threadsafe`` for them all.
+
+    Where it may, the signalling thread reads itself: a record committed in this process then
+    reaches a waiting task through the loop alone, as a blocked ``poll()`` is woken directly.
+    It may not on the loop's thread, while the write mutex is held, inside such a read, or for
+    a client whose fetch could run the application's code or wait for the loop (a rebalance
+    listener, a share consumer's acquiring transaction): those go to the pool as one job."""
+
+    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop, pool: concurrent.futures.Executor) -> None:
         self._engine = engine
         self._loop = loop
-        self._waiters: set[asyncio.Future[None]] = set()
-        self._posted = False
+        self._loop_thread = threading.get_ident()
+        self._pool = pool
+        self._lock = threading.Lock()  # guards _fetches (the loop, committing threads, the pool)
+        # A waiting task's future -> its client's strand, fetch, and whether any thread may run it.
+        self._fetches: dict[asyncio.Future[_Fetched | None], tuple[_Strand, Callable[[], int], bool]] = {}
+        self._reading = threading.local()  # .inside: this thread runs fetches for the waker now
         self._unlisten = engine.signal.listen(self._on_commit)
 
     @property
     def seq(self) -> int:
         return int(self._engine.signal.seq)
 
-    def _on_commit(self) -> None:  # any thread
-        if self._waiters and not self._posted:
-            self._posted = True
-            try:
-                self._loop.call_soon_threadsafe(self.wake_all)
-            except RuntimeError:  # the loop is closed
-                pass
-
-    def wake_all(self) -> None:
-        self._posted = False
-        for fut in self._waiters:
-            if not fut.done():
-                fut.set_result(None)
-
-    async def wait(self, seq: int, timeout: float) -> None:
-        """Until a commit moves the signal past ``seq`` (at once if it has) or ``timeout`` s pass."""
-        if self.seq != seq:
+    def _on_commit(self) -> None:  # the signalling thread
+        if not self._fetches:
             return
-        fut = self._loop.create_future()
-        self._waiters.add(fut)
+        here = (threading.get_ident() != self._loop_thread and not self._engine.mutex.locked()
+                and not getattr(self._reading, "inside", False))
+        results: list[tuple[asyncio.Future[_Fetched | None], Any]] = []
+        inline: list[tuple[asyncio.Future[_Fetched | None], _Strand, Callable[[], int]]] = []
+        pooled: list[tuple[asyncio.Future[_Fetched | None], _Strand, Callable[[], int]]] = []
+        with self._lock:
+            # Taken and claimed under the lock: a task that stops waiting either finds its fetch
+            # still registered (and removes it) or finds its strand busy with it.
+            seq = self.seq
+            fetches, self._fetches = self._fetches, {}
+            for fut, (strand, fetch, anywhere) in fetches.items():
+                if not strand.claim():
+                    results.append((fut, None))  # busy: the task fetches itself
+                else:
+                    (inline if here and anywhere else pooled).append((fut, strand, fetch))
+        if pooled:
+            try:
+                self._pool.submit(self._run, pooled, seq, [])
+            except RuntimeError:  # the pool is shut down: the log is closed
+                for fut, strand, _ in pooled:
+                    strand.release()
+                    results.append((fut, None))
+        if inline:
+            self._reading.inside = True
+            try:
+                self._run(inline, seq, results)
+            finally:
+                self._reading.inside = False
+        elif results:
+            self._post(results)
+
+    def _run(self, claimed: list[tuple[asyncio.Future[_Fetched | None], _Strand, Callable[[], int]]], seq: int,
+             results: list[tuple[asyncio.Future[_Fetched | None], Any]]) -> None:
+        """Run claimed fetches (their strands released after each); wake the loop with all results."""
+        for fut, strand, fetch in claimed:
+            try:
+                results.append((fut, (fetch(), seq)))
+            except BaseException as exc:  # handed to the waiting task
+                results.append((fut, exc))
+            finally:
+                strand.release()
+        self._post(results)
+
+    def _post(self, results: list[tuple[asyncio.Future[_Fetched | None], Any]]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(_deliver, results)
+        except RuntimeError:  # the loop is closed
+            pass
+
+    async def fetch_on_commit(self, strand: _Strand, fetch: Callable[[], int], seq: int, timeout: float,
+                              anywhere: bool = False) -> _Fetched | None:
+        """Wait for a commit after ``seq`` and run ``fetch`` on ``strand`` then (in any thread if
+        ``anywhere``, else on the pool): its result and the ``seq`` before it read; None at once if
+        a commit came already, or after ``timeout`` s, or if the client was busy then (the caller
+        fetches itself)."""
+        fut: asyncio.Future[_Fetched | None] = self._loop.create_future()
+        with self._lock:
+            self._fetches[fut] = (strand, fetch, anywhere)
         handle = self._loop.call_later(timeout, _set_none, fut)
         try:
-            if self.seq != seq:  # committed while we registered: its listener may have found no waiter
-                return
-            await fut
+            if self.seq != seq:  # committed while we registered: its listener may have found no fetch
+                return None
+            return await fut
         finally:
             handle.cancel()
-            self._waiters.discard(fut)
+            if fut in self._fetches:
+                with self._lock:
+                    self._fetches.pop(fut, None)
+
+    def wake_all(self) -> None:
+        """End every wait now (a client stops: its tasks look at it again)."""
+        with self._lock:
+            fetches, self._fetches = self._fetches, {}
+        for fut in fetches:
+            _set_none(fut)
 
     def close(self) -> None:
         self._unlisten()
         self.wake_all()
+
+
+def _deliver(results: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for fut, result in results:
+        if fut.done():
+            continue  # cancelled: what the fetch read stays buffered for the next call
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
 
 
 def _set_none(fut: asyncio.Future[None]) -> None:
@@ -263,7 +364,7 @@ class AIOLog:
         self.pool = pool
         """The thread pool the log's blocking calls run on."""
         self._loop_thread = threading.get_ident()
-        self.waker = _Waker(log.engine, loop)
+        self.waker = _Waker(log.engine, loop, pool)
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
         self._closing = False
 
@@ -776,16 +877,19 @@ class _Reader(Generic[R]):
 
     async def _get(self, timeout_s: float, limit: int, fetch: Callable[[bool], int],
                    take: Callable[[int], Any], wake_in: Callable[[], float] | None = None,
-                   prefetch: int | None = None, grouped: bool = False) -> Any:
+                   prefetch: int | None = None, grouped: bool = False, anywhere: bool = False) -> Any:
         """Records handed out on the loop, fetching (off the loop) and waiting until some come or
         ``timeout_s`` passes. Cancelled anywhere, nothing is lost: fetched records stay buffered.
         ``prefetch``: when a call empties the buffer and the last fetch found at least this many
         records (the reader is behind), the next fetch starts at once, off the loop, so a loop
-        that keeps calling finds records waiting rather than a thread to wake."""
+        that keeps calling finds records waiting rather than a thread to wake. ``anywhere``:
+        ``fetch`` runs no application code and never waits for the loop, so a commit's own thread
+        may run it (see `_Waker`)."""
         loop = self._loop
         deadline = loop.time() + timeout_s
         waker = self._log.waker
         first = True
+        seen: int | None = None
         while True:
             self._check_running()
             ahead = self._prefetch
@@ -802,19 +906,26 @@ class _Reader(Generic[R]):
                     if behind and self._buffered <= 0 and not self._stopped:
                         self._prefetch = self._strand.submit(functools.partial(fetch, False))
                     return out
-            seq = waker.seq
-            again = not first
-            first = False
-            self._buffered = self._fetched = await self._call(functools.partial(fetch, again))
-            if self._buffered:
-                continue
+            if seen is None:
+                seq = waker.seq
+                again = not first
+                first = False
+                self._buffered = self._fetched = await self._call(functools.partial(fetch, again))
+                if self._buffered:
+                    continue
+            else:  # a fetch made on a commit found nothing: wait for the next one
+                seq, seen = seen, None
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return {} if grouped else []
             delay = min(remaining, WAIT_SLICE_S)
             if wake_in is not None:
                 delay = max(min(delay, wake_in()), 0.0)
-            await waker.wait(seq, delay)
+            got = await waker.fetch_on_commit(self._strand, functools.partial(fetch, True), seq, delay, anywhere)
+            if got is not None:
+                self._buffered = self._fetched = got[0]
+                if not got[0]:
+                    seen = got[1]
 
     async def _stop(self, close: Callable[[], None]) -> None:
         if self._stopped:
@@ -896,6 +1007,7 @@ class AIOConsumer(_Reader[Record]):
         self._pattern_due = 0.0  # when (monotonic s) the topics are matched against the pattern again
         self._pattern_epoch = -1
         self._buffer_only: frozenset[TopicPartition] | None = None  # the filter the buffer was filled under
+        self._listened = False  # subscribed with a rebalance listener: fetches may run its code
         super().__init__(log, functools.partial(log.log.consumer, **config))
         if topics:
             self.subscribe(topics)
@@ -918,6 +1030,7 @@ class AIOConsumer(_Reader[Record]):
         `sqlog.ConsumerRebalanceListener` (run on the pool)."""
         if listener is not None and callable(getattr(listener, "on_partitions_assigned", None)):
             listener = _OnLoop(self, listener)
+        self._listened = listener is not None
         if pattern is not None:
             if topics:
                 raise InvalidConfigError("subscribe() takes topics or a pattern, not both")
@@ -998,11 +1111,13 @@ class AIOConsumer(_Reader[Record]):
             self._buffer_only = None
             return int(sync.fetch(fetch_limit))
 
+        prefetch = None if self._in_group else fetch_limit
+        anywhere = not self._listened
         if grouped:
             return await self._get(timeout_s, limit, fetch, lambda n: self._need().take_grouped(n),
-                                   prefetch=None if self._in_group else fetch_limit, grouped=True)
-        return await self._get(timeout_s, limit, fetch, lambda n: self._need().take(n),
-                               prefetch=None if self._in_group else fetch_limit)
+                                   prefetch=prefetch, grouped=True, anywhere=anywhere)
+        return await self._get(timeout_s, limit, fetch, lambda n: self._need().take(n), prefetch=prefetch,
+                               anywhere=anywhere)
 
     def _fetch_only(self, only: frozenset[TopicPartition], limit: int) -> int:
         """Off the loop: fill the buffer from the partitions in ``only`` alone, pausing the others

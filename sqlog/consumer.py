@@ -77,10 +77,11 @@ class ConsumerRebalanceListener:
 
 
 class _Partition:
-    __slots__ = ("tp", "topic_id", "select", "position", "paused", "generation")
+    __slots__ = ("tp", "name", "topic_id", "select", "position", "paused", "generation")
 
     def __init__(self, tp: TopicPartition, topic_id: int, generation: int = -1) -> None:
         self.tp = tp
+        self.name = str(tp)  # for errors, made once: a read passes it every time
         self.topic_id = topic_id
         self.generation = generation  # of the group claim that gave it to this member
         self.select = partitions.select_from(topic_id, tp.partition)
@@ -499,7 +500,7 @@ class Consumer:
         return part
 
     def _bounds(self, part: _Partition) -> tuple[int, int]:
-        return partitions.bounds(self._conn, part.topic_id, part.tp.partition, str(part.tp))
+        return partitions.bounds(self._conn, part.topic_id, part.tp.partition, part.name)
 
     def _reset_position(self, part: _Partition, offset: int | None, start: int, end: int) -> int:
         if self._reset in ("earliest", "latest"):
@@ -733,7 +734,7 @@ class Consumer:
             try:
                 pos, columns = partitions.read(
                     self._conn, part.select, part.topic_id, part.tp.partition, pos, limit - count,
-                    partial(self._reset_position, part), str(part.tp),
+                    partial(self._reset_position, part), part.name,
                 )
             except apsw.SQLError:  # the partition table went away: the topic was deleted
                 if self._membership is not None and self._subscription is not None:
