@@ -369,7 +369,7 @@ async def test_cancellation_storm_never_skips_or_repeats(log_path: str, mode: st
         async def produce() -> None:
             for i in range(n):
                 await producer.send("t", b"%d" % i)
-                if i % 50 == 0:
+                if i % 10 == 0:  # often enough that the consumer, reading ahead, waits for records
                     await asyncio.sleep(0.0005)
             await producer.flush()
 
