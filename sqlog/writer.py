@@ -329,6 +329,11 @@ class Writer:
         for batch in batches:
             batch.error = error
             batch.done = True
+            # Each chunk points back at its batch (its futures ask it whether it is done): dropped
+            # here, the cycle would be freed only by a garbage collection, which by then has
+            # promoted it, rows and all, to an older generation: full collections then free
+            # thousands of rows in one pause.
+            batch.chunks = {}
             if error is not None:
                 batch.source.failed(error)
         return True
