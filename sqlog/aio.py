@@ -2,10 +2,12 @@
 
 SQLite work never runs on the event loop: admin calls and the clients' reads and commits run on a
 small thread pool owned by the log, each client's calls one at a time and in order (a "strand"
-on the pool, not a thread per client). Waiting is event-driven: the engine's commit signal
-(commits in this process) and one shared watcher thread per log (other processes' commits,
-`Engine.watch`) wake the loop through ``call_soon_threadsafe``; a task awaiting records holds
-no thread and polls nothing. Records are read into the sync client's buffer off the loop and
+on the pool, not a thread per client). Waiting is event-driven: a task awaiting records
+registers its client's read with the log's `_Waker`; the engine's commit signal (commits in this
+process, or the one shared watcher thread per log for other processes' commits, `Engine.watch`)
+runs the registered reads, in the signalling thread where that is safe, and wakes the loop once
+through ``call_soon_threadsafe``; a task awaiting records holds no thread and polls nothing.
+Records are read into the sync client's buffer off the loop and
 handed out on the loop, so a cancelled ``getone()``/``getmany()`` loses nothing: positions move
 (and share records become deliveries) only when a call returns them, and the next call does.
 

@@ -803,9 +803,9 @@ class CommitSignal:
 
     def wait(self, seq: int | None, timeout: float, fs_seq: int | None = None) -> None:
         """Until the count moves past ``seq`` (None: not looked at) or the file events past
-        ``fs_seq``, or ``timeout`` seconds pass."""
+        ``fs_seq``, or the signal closes, or ``timeout`` seconds pass."""
         with self._cond:
-            self._cond.wait_for(lambda: (seq is not None and self.seq != seq)
+            self._cond.wait_for(lambda: (seq is not None and self.seq != seq) or self._closed
                                 or (fs_seq is not None and self.fs_seq != fs_seq), timeout)
 
     def close(self) -> None:
