@@ -588,6 +588,19 @@ class AIOProducer:
                    headers: Iterable[tuple[str, bytes | None]] | None = None) -> asyncio.Future[RecordMetadata]:
         """Queue one record; returns a future of its `RecordMetadata`, set once it is durable.
         Raises at once for what `sqlog.Producer.send` refuses (unknown topic, too large, ...)."""
+        run = self._run
+        if (run is not None and type(value) is bytes and key is None and headers is None and timestamp_ms is None
+                and topic == run.topic and partition == run.partition and topic == self._fast_topic
+                and self._fast_epoch == self._engine.meta_epoch and len(value) <= self._max_record
+                and len(run.values) < RUN_MAX and len(self._futures) < MAX_PENDING_SENDS
+                and run.timestamp_ms == clock.wall_ms()):
+            # The run's own millisecond: the metadata check that started it holds, and the send
+            # is a list append and a future.
+            run.values.append(value)
+            fut = _SendFuture(loop=self._loop)
+            self._futures.append(fut)
+            self._sent.append(run)
+            return fut
         sync = self._sync
         if not sync.has_metadata(topic) or len(self._futures) >= MAX_PENDING_SENDS:
             await self._ready(topic)
