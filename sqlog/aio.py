@@ -803,6 +803,11 @@ class _Reader(Generic[R]):
         self._prefetch: concurrent.futures.Future[int] | None = None  # a fetch started ahead (see _get)
         self._buffered = 0  # records the sync client holds for take(), at most
         self._fetched = 0  # records the last fetch found
+        self._fill_seq = -1  # the commit signal's seq before the fetch that filled the buffer
+        # Set when a call emptied a buffer whose fetch found less than it could take: every record
+        # committed up to that seq is handed out, so the next call waits for a later commit
+        # without a fetch of its own first. Any other call on the client clears it.
+        self._settled: int | None = None
         self._unwatch = log.engine.watch()  # other processes' commits wake the waker while this client lives
 
         self._create_error: BaseException | None = None
@@ -837,6 +842,7 @@ class _Reader(Generic[R]):
 
     async def _call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` off the loop after the client's earlier calls."""
+        self._settled = None
         self._check_running()
         self._raise_error()
         if _IN_LISTENER.get() is self:  # the strand is blocked in this listener: run beside it
@@ -846,6 +852,7 @@ class _Reader(Generic[R]):
     def _plain(self, fn: Callable[[], T], queue_only: bool = False) -> T | None:
         """A non-async call: now, on the loop, when the client is idle (errors raise at once), else
         queued after the running calls (errors raise from the next awaited call)."""
+        self._settled = None
         self._check_running()
         self._raise_error()
         if not queue_only and self._sync is not None and (self._strand.idle() or _IN_LISTENER.get() is self):
@@ -917,12 +924,17 @@ class _Reader(Generic[R]):
                 out = take(limit)
                 if out:
                     self._buffered -= _count(out) if grouped else len(out)
-                    behind = prefetch is not None and self._fetched >= prefetch
-                    if behind and self._buffered <= 0 and not self._stopped:
-                        self._prefetch = self._strand.submit(functools.partial(fetch, False))
+                    if prefetch is not None and self._buffered <= 0 and not self._stopped:
+                        if self._fetched >= prefetch:  # behind: read on now
+                            self._fill_seq = self._log.waker.seq
+                            self._prefetch = self._strand.submit(functools.partial(fetch, False))
+                        else:
+                            self._settled = self._fill_seq
                     return out
+            if seen is None and prefetch is not None and self._settled is not None:
+                seen, self._settled = self._settled, None  # all up to it handed out: wait for more
             if seen is None:
-                seq = waker.seq
+                seq = self._fill_seq = waker.seq
                 again = not first
                 first = False
                 self._buffered = self._fetched = await self._call(functools.partial(fetch, again))
@@ -939,6 +951,7 @@ class _Reader(Generic[R]):
             got = await waker.fetch_on_commit(self._strand, functools.partial(fetch, True), seq, delay, anywhere)
             if got is not None:
                 self._buffered = self._fetched = got[0]
+                self._fill_seq = got[1]
                 if not got[0]:
                     seen = got[1]
 
