@@ -464,6 +464,25 @@ async def test_waiting_consumer_is_read_for_by_the_committing_thread(log_path: s
         await consumer.stop()
 
 
+async def test_seek_after_catching_up_reads_again_at_once(log_path: str, no_slices: None) -> None:
+    """A consumer that handed out all there was waits for a later commit on its next call; a
+    seek (or any other call) in between makes that call read at once instead."""
+    async with sqlog.aio.open(log_path) as log:
+        await log.create_topic("t")
+        async with log.producer() as producer:
+            for i in range(3):
+                await producer.send("t", b"%d" % i)
+        consumer = log.consumer(auto_offset_reset="earliest")
+        consumer.assign([TP0])
+        assert [r.offset for r in (await consumer.getmany(timeout_ms=1000))[TP0]] == [0, 1, 2]
+        assert await consumer.getmany(timeout_ms=50) == {}
+        consumer.seek(TP0, 1)
+        assert [r.offset for r in (await consumer.getmany(timeout_ms=0))[TP0]] == [1, 2]
+        await consumer.seek_to_beginning(TP0)
+        assert (await consumer.getone()).offset == 0
+        await consumer.stop()
+
+
 async def test_local_commits_notify_once_and_the_watcher_ends_with_the_log(log_path: str) -> None:
     """While an async client holds the engine's watch (other processes' commits), a burst of
     commits in this process notifies the commit signal once each, not twice: the watcher is not
