@@ -195,8 +195,9 @@ class _Waker:
     Where it may, the signalling thread reads itself: a record committed in this process then
     reaches a waiting task through the loop alone, as a blocked ``poll()`` is woken directly.
     It may not on the loop's thread, while the write mutex is held, inside such a read, or for
-    a client whose fetch could run the application's code or wait for the loop (a rebalance
-    listener, a share consumer's acquiring transaction): those go to the pool as one job."""
+    a client whose read could wait for the loop or write records (a rebalance listener, a share
+    consumer's acquiring transaction): those go to the pool as one job. (A consumer's
+    deserializers run in the read, so in the committing thread: they should be quick.)"""
 
     def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop, pool: concurrent.futures.Executor) -> None:
         self._engine = engine
