@@ -2,10 +2,12 @@
 
 SQLite work never runs on the event loop: admin calls and the clients' reads and commits run on a
 small thread pool owned by the log, each client's calls one at a time and in order (a "strand"
-on the pool, not a thread per client). Waiting is event-driven: the engine's commit signal
-(commits in this process) and one shared watcher thread per log (other processes' commits,
-`Engine.watch`) wake the loop through ``call_soon_threadsafe``; a task awaiting records holds
-no thread and polls nothing. Records are read into the sync client's buffer off the loop and
+on the pool, not a thread per client). Waiting is event-driven: a task awaiting records
+registers its client's read with the log's `_Waker`; the engine's commit signal (commits in this
+process, or the one shared watcher thread per log for other processes' commits, `Engine.watch`)
+runs the registered reads, in the signalling thread where that is safe, and wakes the loop once
+through ``call_soon_threadsafe``; a task awaiting records holds no thread and polls nothing.
+Records are read into the sync client's buffer off the loop and
 handed out on the loop, so a cancelled ``getone()``/``getmany()`` loses nothing: positions move
 (and share records become deliveries) only when a call returns them, and the next call does.
 
@@ -61,6 +63,10 @@ WAIT_SLICE_S = 0.5
 MAX_PENDING_SENDS = 10_000
 """A producer's sends not yet durable before ``send()`` waits for the writer (back-pressure, as
 Kafka's ``buffer.memory``): bounds memory, the size of one commit and the garbage collector's work."""
+
+READ_AHEAD_POLLS = 8
+"""An async consumer outside a group reads up to this many ``max_poll_records`` per trip off the
+loop, so the thread hop is paid once for several ``getmany()`` calls."""
 
 RESOLVE_SLICE = 1000
 """Send futures resolved per loop callback (about a millisecond), so a large commit does not stall the loop."""
@@ -128,6 +134,29 @@ class _Strand:
                 cf.set_exception(LogClosedError("the log is closed"))
         return cf
 
+    def claim(self) -> bool:
+        """Take the strand, if idle, to run a call in this thread (then `release`)."""
+        with self._lock:
+            if self._running:
+                return False
+            self._running = True
+            return True
+
+    def release(self) -> None:
+        """End a `claim`: calls queued meanwhile run next, on the pool."""
+        with self._lock:
+            self._running = bool(self._queue)
+            if not self._running:
+                return
+        try:
+            self._pool.submit(self._drain)
+        except RuntimeError:  # the pool is shut down: the log is closed
+            with self._lock:
+                queued, self._queue = self._queue, collections.deque()
+                self._running = False
+            for cf, _ in queued:
+                cf.set_exception(LogClosedError("the log is closed"))
+
     def _drain(self) -> None:
         while True:
             with self._lock:
@@ -151,53 +180,132 @@ class _Strand:
                 return
 
 
-class _Waker:
-    """Wakes a log's waiting tasks on commits: one listener on the engine's commit signal for
-    the whole loop, coalesced into one ``call_soon_threadsafe`` however many tasks wait."""
+_Fetched = tuple[int, int]
+"""What a fetch made on a commit hands a waiting task: records buffered, and the commit signal's
+``seq`` before it read."""
 
-    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop) -> None:
+
+class _Waker:
+    """Reads for a log's waiting tasks when commits come: one listener on the engine's commit
+    signal, no thread of its own. A task waiting for records registers its client's fetch; the
+    next commit signal (in the committing thread, or in the engine's watcher for other
+    processes' commits) takes every registered fetch at once and runs it on its client's strand,
+    then wakes the loop with one ``call_soon_threadsafe`` for them all.
+
+    Where it may, the signalling thread reads itself: a record committed in this process then
+    reaches a waiting task through the loop alone, as a blocked ``poll()`` is woken directly.
+    It may not on the loop's thread, while the write mutex is held, inside such a read, or for
+    a client whose read could wait for the loop or write records (a rebalance listener, a share
+    consumer's acquiring transaction): those go to the pool as one job. (A consumer's
+    deserializers run in the read, so in the committing thread: they should be quick.)"""
+
+    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop, pool: concurrent.futures.Executor) -> None:
         self._engine = engine
         self._loop = loop
-        self._waiters: set[asyncio.Future[None]] = set()
-        self._posted = False
+        self._loop_thread = threading.get_ident()
+        self._pool = pool
+        self._lock = threading.Lock()  # guards _fetches (the loop, committing threads, the pool)
+        # A waiting task's future -> its client's strand, fetch, and whether any thread may run it.
+        self._fetches: dict[asyncio.Future[_Fetched | None], tuple[_Strand, Callable[[], int], bool]] = {}
+        self._reading = threading.local()  # .inside: this thread runs fetches for the waker now
         self._unlisten = engine.signal.listen(self._on_commit)
 
     @property
     def seq(self) -> int:
         return int(self._engine.signal.seq)
 
-    def _on_commit(self) -> None:  # any thread
-        if self._waiters and not self._posted:
-            self._posted = True
-            try:
-                self._loop.call_soon_threadsafe(self.wake_all)
-            except RuntimeError:  # the loop is closed
-                pass
-
-    def wake_all(self) -> None:
-        self._posted = False
-        for fut in self._waiters:
-            if not fut.done():
-                fut.set_result(None)
-
-    async def wait(self, seq: int, timeout: float) -> None:
-        """Until a commit moves the signal past ``seq`` (at once if it has) or ``timeout`` s pass."""
-        if self.seq != seq:
+    def _on_commit(self) -> None:  # the signalling thread
+        if not self._fetches:
             return
-        fut = self._loop.create_future()
-        self._waiters.add(fut)
+        here = (threading.get_ident() != self._loop_thread and not self._engine.mutex.locked()
+                and not getattr(self._reading, "inside", False))
+        results: list[tuple[asyncio.Future[_Fetched | None], Any]] = []
+        inline: list[tuple[asyncio.Future[_Fetched | None], _Strand, Callable[[], int]]] = []
+        pooled: list[tuple[asyncio.Future[_Fetched | None], _Strand, Callable[[], int]]] = []
+        with self._lock:
+            # Taken and claimed under the lock: a task that stops waiting either finds its fetch
+            # still registered (and removes it) or finds its strand busy with it.
+            seq = self.seq
+            fetches, self._fetches = self._fetches, {}
+            for fut, (strand, fetch, anywhere) in fetches.items():
+                if not strand.claim():
+                    results.append((fut, None))  # busy: the task fetches itself
+                else:
+                    (inline if here and anywhere else pooled).append((fut, strand, fetch))
+        if pooled:
+            try:
+                self._pool.submit(self._run, pooled, seq, [])
+            except RuntimeError:  # the pool is shut down: the log is closed
+                for fut, strand, _ in pooled:
+                    strand.release()
+                    results.append((fut, None))
+        if inline:
+            self._reading.inside = True
+            try:
+                self._run(inline, seq, results)
+            finally:
+                self._reading.inside = False
+        elif results:
+            self._post(results)
+
+    def _run(self, claimed: list[tuple[asyncio.Future[_Fetched | None], _Strand, Callable[[], int]]], seq: int,
+             results: list[tuple[asyncio.Future[_Fetched | None], Any]]) -> None:
+        """Run claimed fetches (their strands released after each); wake the loop with all results."""
+        for fut, strand, fetch in claimed:
+            try:
+                results.append((fut, (fetch(), seq)))
+            except BaseException as exc:  # handed to the waiting task
+                results.append((fut, exc))
+            finally:
+                strand.release()
+        self._post(results)
+
+    def _post(self, results: list[tuple[asyncio.Future[_Fetched | None], Any]]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(_deliver, results)
+        except RuntimeError:  # the loop is closed
+            pass
+
+    async def fetch_on_commit(self, strand: _Strand, fetch: Callable[[], int], seq: int, timeout: float,
+                              anywhere: bool = False) -> _Fetched | None:
+        """Wait for a commit after ``seq`` and run ``fetch`` on ``strand`` then (in any thread if
+        ``anywhere``, else on the pool): its result and the ``seq`` before it read; None at once if
+        a commit came already, or after ``timeout`` s, or if the client was busy then (the caller
+        fetches itself)."""
+        fut: asyncio.Future[_Fetched | None] = self._loop.create_future()
+        with self._lock:
+            self._fetches[fut] = (strand, fetch, anywhere)
         handle = self._loop.call_later(timeout, _set_none, fut)
         try:
-            if self.seq != seq:  # committed while we registered: its listener may have found no waiter
-                return
-            await fut
+            if self.seq != seq:  # committed while we registered: its listener may have found no fetch
+                return None
+            return await fut
         finally:
             handle.cancel()
-            self._waiters.discard(fut)
+            if fut in self._fetches:
+                with self._lock:
+                    self._fetches.pop(fut, None)
+
+    def wake_all(self) -> None:
+        """End every wait now (a client stops: its tasks look at it again)."""
+        with self._lock:
+            fetches, self._fetches = self._fetches, {}
+        for fut in fetches:
+            _set_none(fut)
 
     def close(self) -> None:
         self._unlisten()
         self.wake_all()
+
+
+def _deliver(results: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for fut, result in results:
+        if fut.done():
+            continue  # cancelled: what the fetch read stays buffered for the next call
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
 
 
 def _set_none(fut: asyncio.Future[None]) -> None:
@@ -221,6 +329,10 @@ def _check_max(max_records: object, default: int) -> int:
 
 
 _WHERE = operator.attrgetter("topic", "partition")
+
+
+def _count(grouped: dict[TopicPartition, list[Any]]) -> int:
+    return sum(map(len, grouped.values()))
 
 
 def _grouped(records: list[Any]) -> dict[TopicPartition, list[Any]]:
@@ -255,7 +367,7 @@ class AIOLog:
         self.pool = pool
         """The thread pool the log's blocking calls run on."""
         self._loop_thread = threading.get_ident()
-        self.waker = _Waker(log.engine, loop)
+        self.waker = _Waker(log.engine, loop, pool)
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
         self._closing = False
 
@@ -477,6 +589,19 @@ class AIOProducer:
                    headers: Iterable[tuple[str, bytes | None]] | None = None) -> asyncio.Future[RecordMetadata]:
         """Queue one record; returns a future of its `RecordMetadata`, set once it is durable.
         Raises at once for what `sqlog.Producer.send` refuses (unknown topic, too large, ...)."""
+        run = self._run
+        if (run is not None and type(value) is bytes and key is None and headers is None and timestamp_ms is None
+                and topic == run.topic and partition == run.partition and topic == self._fast_topic
+                and self._fast_epoch == self._engine.meta_epoch and len(value) <= self._max_record
+                and len(run.values) < RUN_MAX and len(self._futures) < MAX_PENDING_SENDS
+                and run.timestamp_ms == clock.wall_ms()):
+            # The run's own millisecond: the metadata check that started it holds, and the send
+            # is a list append and a future.
+            run.values.append(value)
+            fut = _SendFuture(loop=self._loop)
+            self._futures.append(fut)
+            self._sent.append(run)
+            return fut
         sync = self._sync
         if not sync.has_metadata(topic) or len(self._futures) >= MAX_PENDING_SENDS:
             await self._ready(topic)
@@ -679,6 +804,11 @@ class _Reader(Generic[R]):
         self._prefetch: concurrent.futures.Future[int] | None = None  # a fetch started ahead (see _get)
         self._buffered = 0  # records the sync client holds for take(), at most
         self._fetched = 0  # records the last fetch found
+        self._fill_seq = -1  # the commit signal's seq before the fetch that filled the buffer
+        # Set when a call emptied a buffer whose fetch found less than it could take: every record
+        # committed up to that seq is handed out, so the next call waits for a later commit
+        # without a fetch of its own first. Any other call on the client clears it.
+        self._settled: int | None = None
         self._unwatch = log.engine.watch()  # other processes' commits wake the waker while this client lives
 
         self._create_error: BaseException | None = None
@@ -713,6 +843,7 @@ class _Reader(Generic[R]):
 
     async def _call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` off the loop after the client's earlier calls."""
+        self._settled = None
         self._check_running()
         self._raise_error()
         if _IN_LISTENER.get() is self:  # the strand is blocked in this listener: run beside it
@@ -722,6 +853,7 @@ class _Reader(Generic[R]):
     def _plain(self, fn: Callable[[], T], queue_only: bool = False) -> T | None:
         """A non-async call: now, on the loop, when the client is idle (errors raise at once), else
         queued after the running calls (errors raise from the next awaited call)."""
+        self._settled = None
         self._check_running()
         self._raise_error()
         if not queue_only and self._sync is not None and (self._strand.idle() or _IN_LISTENER.get() is self):
@@ -767,17 +899,20 @@ class _Reader(Generic[R]):
         raise NotImplementedError
 
     async def _get(self, timeout_s: float, limit: int, fetch: Callable[[bool], int],
-                   take: Callable[[int], list[Any]], wake_in: Callable[[], float] | None = None,
-                   prefetch: int | None = None) -> list[Any]:
+                   take: Callable[[int], Any], wake_in: Callable[[], float] | None = None,
+                   prefetch: int | None = None, grouped: bool = False, anywhere: bool = False) -> Any:
         """Records handed out on the loop, fetching (off the loop) and waiting until some come or
         ``timeout_s`` passes. Cancelled anywhere, nothing is lost: fetched records stay buffered.
         ``prefetch``: when a call empties the buffer and the last fetch found at least this many
         records (the reader is behind), the next fetch starts at once, off the loop, so a loop
-        that keeps calling finds records waiting rather than a thread to wake."""
+        that keeps calling finds records waiting rather than a thread to wake. ``anywhere``:
+        ``fetch`` runs no application code and never waits for the loop, so a commit's own thread
+        may run it (see `_Waker`)."""
         loop = self._loop
         deadline = loop.time() + timeout_s
         waker = self._log.waker
         first = True
+        seen: int | None = None
         while True:
             self._check_running()
             ahead = self._prefetch
@@ -789,24 +924,37 @@ class _Reader(Generic[R]):
             if self._sync is not None and self._strand.idle():
                 out = take(limit)
                 if out:
-                    self._buffered -= len(out)
-                    behind = prefetch is not None and self._fetched >= prefetch
-                    if behind and self._buffered <= 0 and not self._stopped:
-                        self._prefetch = self._strand.submit(functools.partial(fetch, False))
+                    self._buffered -= _count(out) if grouped else len(out)
+                    if prefetch is not None and self._buffered <= 0 and not self._stopped:
+                        if self._fetched >= prefetch:  # behind: read on now
+                            self._fill_seq = self._log.waker.seq
+                            self._prefetch = self._strand.submit(functools.partial(fetch, False))
+                        else:
+                            self._settled = self._fill_seq
                     return out
-            seq = waker.seq
-            again = not first
-            first = False
-            self._buffered = self._fetched = await self._call(functools.partial(fetch, again))
-            if self._buffered:
-                continue
+            if seen is None and prefetch is not None and self._settled is not None:
+                seen, self._settled = self._settled, None  # all up to it handed out: wait for more
+            if seen is None:
+                seq = self._fill_seq = waker.seq
+                again = not first
+                first = False
+                self._buffered = self._fetched = await self._call(functools.partial(fetch, again))
+                if self._buffered:
+                    continue
+            else:  # a fetch made on a commit found nothing: wait for the next one
+                seq, seen = seen, None
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return []
+                return {} if grouped else []
             delay = min(remaining, WAIT_SLICE_S)
             if wake_in is not None:
                 delay = max(min(delay, wake_in()), 0.0)
-            await waker.wait(seq, delay)
+            got = await waker.fetch_on_commit(self._strand, functools.partial(fetch, True), seq, delay, anywhere)
+            if got is not None:
+                self._buffered = self._fetched = got[0]
+                self._fill_seq = got[1]
+                if not got[0]:
+                    seen = got[1]
 
     async def _stop(self, close: Callable[[], None]) -> None:
         if self._stopped:
@@ -888,6 +1036,7 @@ class AIOConsumer(_Reader[Record]):
         self._pattern_due = 0.0  # when (monotonic s) the topics are matched against the pattern again
         self._pattern_epoch = -1
         self._buffer_only: frozenset[TopicPartition] | None = None  # the filter the buffer was filled under
+        self._listened = False  # subscribed with a rebalance listener: fetches may run its code
         super().__init__(log, functools.partial(log.log.consumer, **config))
         if topics:
             self.subscribe(topics)
@@ -910,6 +1059,7 @@ class AIOConsumer(_Reader[Record]):
         `sqlog.ConsumerRebalanceListener` (run on the pool)."""
         if listener is not None and callable(getattr(listener, "on_partitions_assigned", None)):
             listener = _OnLoop(self, listener)
+        self._listened = listener is not None
         if pattern is not None:
             if topics:
                 raise InvalidConfigError("subscribe() takes topics or a pattern, not both")
@@ -963,14 +1113,15 @@ class AIOConsumer(_Reader[Record]):
         timeout_s = _check_ms("timeout_ms", timeout_ms)
         limit = _check_max(max_records, self._max_poll)
         if not partitions:
-            return _grouped(await self._records(timeout_s, limit))
+            return await self._records(timeout_s, limit, grouped=True)  # type: ignore[no-any-return]
         if not all(isinstance(tp, TopicPartition) for tp in partitions):
             raise InvalidConfigError(f"getmany() takes TopicPartitions, not {partitions!r}")
         return _grouped(await self._records(timeout_s, limit, frozenset(partitions)))
 
-    async def _records(self, timeout_s: float, limit: int,
-                       only: frozenset[TopicPartition] | None = None) -> list[Record]:
-        fetch_limit = max(limit, self._max_poll if type(self._max_poll) is int else 1)
+    async def _records(self, timeout_s: float, limit: int, only: frozenset[TopicPartition] | None = None,
+                       grouped: bool = False) -> Any:
+        """Up to ``limit`` records (a list, or by partition if ``grouped``), waiting up to ``timeout_s``."""
+        max_poll = self._max_poll if type(self._max_poll) is int else 1
         if only is not None:
             def take_only(n: int) -> list[Record]:
                 held = self._buffer_only
@@ -978,14 +1129,24 @@ class AIOConsumer(_Reader[Record]):
 
             return await self._get(timeout_s, limit, lambda again: self._fetch_only(only, limit), take_only)
 
+        # Outside a group, read ahead READ_AHEAD_POLLS polls' worth per trip off the loop (positions
+        # move only as records are handed out). A group member reads a poll's worth: its fetches
+        # are its heartbeats.
+        fetch_limit = max(limit, max_poll if self._in_group else max_poll * READ_AHEAD_POLLS)
+
         def fetch(again: bool) -> int:
             sync = self._need()
             self._match_pattern(sync)
             self._buffer_only = None
             return int(sync.fetch(fetch_limit))
 
-        return await self._get(timeout_s, limit, fetch, lambda n: self._need().take(n),
-                               prefetch=None if self._in_group else fetch_limit)
+        prefetch = None if self._in_group else fetch_limit
+        anywhere = not self._listened
+        if grouped:
+            return await self._get(timeout_s, limit, fetch, lambda n: self._need().take_grouped(n),
+                                   prefetch=prefetch, grouped=True, anywhere=anywhere)
+        return await self._get(timeout_s, limit, fetch, lambda n: self._need().take(n), prefetch=prefetch,
+                               anywhere=anywhere)
 
     def _fetch_only(self, only: frozenset[TopicPartition], limit: int) -> int:
         """Off the loop: fill the buffer from the partitions in ``only`` alone, pausing the others

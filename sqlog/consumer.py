@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any
 
 import apsw
@@ -78,15 +77,83 @@ class ConsumerRebalanceListener:
 
 
 class _Partition:
-    __slots__ = ("tp", "topic_id", "select", "position", "paused", "generation")
+    __slots__ = ("tp", "name", "topic_id", "select", "position", "paused", "generation")
 
     def __init__(self, tp: TopicPartition, topic_id: int, generation: int = -1) -> None:
         self.tp = tp
+        self.name = str(tp)  # for errors, made once: a read passes it every time
         self.topic_id = topic_id
         self.generation = generation  # of the group claim that gave it to this member
         self.select = partitions.select_from(topic_id, tp.partition)
         self.position: int | None = None  # None until resolved from the committed offset or the reset policy
         self.paused = False
+
+
+class _Rows:
+    """One partition's records read ahead, kept as the columns they were read as (tuples of
+    ints and bytes, which the garbage collector ignores) until handed out: a slice of them
+    becomes `Record` tuples then, all in C. A buffer of Records instead would carry thousands of
+    tracked objects into the older generations, each costing every full collection."""
+
+    __slots__ = ("topic", "partition", "columns")
+
+    def __init__(self, topic: str, partition: int, columns: tuple[Sequence[Any], ...]) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.columns = columns  # offsets, timestamps, keys, values, headers (deserialized and decoded)
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def __getitem__(self, cut: slice) -> list[Record]:
+        offsets, stamps, keys, values, headers = (c[cut] for c in self.columns)
+        return list(map(_new_tuple, repeat(Record), zip(
+            repeat(self.topic), repeat(self.partition), offsets, stamps, keys, values, headers)))
+
+
+class _Buffer:
+    """Records read ahead and not yet handed out (`Consumer.fetch`/`take` and iteration): one
+    read's runs of records, a run per partition in order, so handing out n records is a slice
+    of each run they span and one position per partition, not Python work per record."""
+
+    __slots__ = ("runs", "run", "at", "size")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.runs: list[tuple[TopicPartition, Sequence[Record]]] = []
+        self.run = 0  # the run of the next record to hand out, and its index there
+        self.at = 0
+        self.size = 0
+
+    def fill(self, runs: list[tuple[TopicPartition, Sequence[Record]]]) -> None:
+        self.runs, self.run, self.at = runs, 0, 0
+        self.size = sum(len(rows) for _, rows in runs)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def take(self, n: int) -> list[tuple[TopicPartition, list[Record]]]:
+        """Remove the next ``n`` records (at most): (partition, records) per run they span."""
+        runs, i, at = self.runs, self.run, self.at
+        left = min(n, self.size)
+        self.size -= left
+        out = []
+        while left > 0:
+            tp, rows = runs[i]
+            cut = min(len(rows), at + left)
+            out.append((tp, rows[at:cut]))
+            left -= cut - at
+            if cut == len(rows):
+                i, at = i + 1, 0
+            else:
+                at = cut
+        if self.size:
+            self.run, self.at = i, at
+        else:
+            self.clear()
+        return out
 
 
 def _corrupt(tp: TopicPartition, offset: int) -> CorruptRecordError:
@@ -175,7 +242,7 @@ class Consumer:
         self._refresh_at = 0.0
         self._meta_epoch = -1
         self._next_commit = time.monotonic() + self._auto_commit_s
-        self._buffer: collections.deque[Record] = collections.deque()
+        self._buffer = _Buffer()
         self._rr = 0
         self._skipped: dict[TopicPartition, int] = {}
         self._skips_pending: dict[tuple[int, int], int] = {}  # (topic_id, partition): not yet in the file
@@ -433,7 +500,7 @@ class Consumer:
         return part
 
     def _bounds(self, part: _Partition) -> tuple[int, int]:
-        return partitions.bounds(self._conn, part.topic_id, part.tp.partition, str(part.tp))
+        return partitions.bounds(self._conn, part.topic_id, part.tp.partition, part.name)
 
     def _reset_position(self, part: _Partition, offset: int | None, start: int, end: int) -> int:
         if self._reset in ("earliest", "latest"):
@@ -602,7 +669,7 @@ class Consumer:
         self._buffer.clear()
         return self._poll(deadline, limit, advance=True)
 
-    def _poll(self, deadline: float, limit: int, advance: bool) -> list[Record]:
+    def _poll(self, deadline: float, limit: int, advance: bool) -> list[Any]:
         if self._subscription is None and not self._manual:
             raise IllegalStateError("poll() before subscribe() or assign()")
         grouped = self._membership is not None and self._subscription is not None
@@ -646,14 +713,19 @@ class Consumer:
             return self._membership.lost is not None  # type: ignore[union-attr]
         return False
 
-    def _fetch(self, limit: int, advance: bool) -> list[Record]:
+    def _fetch(self, limit: int, advance: bool) -> list[Any]:
+        """Read up to ``limit`` records from the unpaused partitions, round robin. ``advance``:
+        return the records and move the positions past them; else return them as runs for
+        `_Buffer` ((partition, records) each, the records `_Rows` where they could be read
+        column-wise) and leave the positions."""
         parts = [p for p in self._parts.values() if not p.paused]
         if not parts:
             return []
         n = len(parts)
         start = self._rr % n
         self._rr += 1
-        out: list[Record] = []
+        out: list[Any] = []  # Records, or runs
+        count = 0
         moved: list[tuple[_Partition, int]] = []
         kd, vd = self._key_de, self._value_de
         for i in range(n):
@@ -661,8 +733,8 @@ class Consumer:
             pos = self._resolve(part)
             try:
                 pos, columns = partitions.read(
-                    self._conn, part.select, part.topic_id, part.tp.partition, pos, limit - len(out),
-                    partial(self._reset_position, part), str(part.tp),
+                    self._conn, part.select, part.topic_id, part.tp.partition, pos, limit - count,
+                    partial(self._reset_position, part), part.name,
                 )
             except apsw.SQLError:  # the partition table went away: the topic was deleted
                 if self._membership is not None and self._subscription is not None:
@@ -684,7 +756,7 @@ class Consumer:
             damaged = self._check_crcs and mismatches(keys, values, headers, checks)
             if damaged:
                 good = damaged[0]
-                if not out and not good:
+                if not count and not good:
                     raise _corrupt(part.tp, offsets[0])
                 # Return what came before the damaged record; the next poll starts at it and raises.
                 offsets, stamps, keys, values, headers = (c[:good] for c in (offsets, stamps, keys, values, headers))
@@ -696,24 +768,33 @@ class Consumer:
             except Exception:
                 # A record failed: go one by one to find it, returning what came before it; the
                 # next poll starts at it and raises.
-                before = len(out)
+                one: list[Record] = []
                 try:
-                    self._deserialize(topic, p, zip(offsets, stamps, keys, values, headers), kd, vd, out)
+                    self._deserialize(topic, p, zip(offsets, stamps, keys, values, headers), kd, vd, one)
                 except SerializationError:
-                    if not out:
+                    if not count and not one:
                         raise
-                    if len(out) > before:
-                        moved.append((part, out[-1].offset + 1))
+                    if one:
+                        moved.append((part, one[-1].offset + 1))
+                        count += len(one)
+                        out += one if advance else [(part.tp, one)]
                     break
+                count += len(one)
+                out += one if advance else [(part.tp, one)]
             else:
-                # Column-wise, all in C: zip() lays out each record's fields and tuple.__new__
-                # makes the Record of them, with no Python code per record.
-                out.extend(map(_new_tuple, repeat(Record), zip(
-                    repeat(topic), repeat(p), offsets, stamps, kcol, vcol,
-                    map(decode_headers, headers) if any(headers) else repeat(()),
-                )))
+                if advance:
+                    # Column-wise, all in C: zip() lays out each record's fields and tuple.__new__
+                    # makes the Record of them, with no Python code per record.
+                    out.extend(map(_new_tuple, repeat(Record), zip(
+                        repeat(topic), repeat(p), offsets, stamps, kcol, vcol,
+                        map(decode_headers, headers) if any(headers) else repeat(()),
+                    )))
+                else:
+                    hcol = tuple(map(decode_headers, headers)) if any(headers) else ((),) * len(offsets)
+                    out.append((part.tp, _Rows(topic, p, (offsets, stamps, kcol, vcol, hcol))))
+                count += len(offsets)
             moved.append((part, offsets[-1] + 1))
-            if damaged or len(out) >= limit:
+            if damaged or count >= limit:
                 break
         if advance:
             for part, position in moved:
@@ -729,26 +810,39 @@ class Consumer:
         self._check_open()
         _, limit = poll_deadline(0, max_records, self._max_records)
         if not self._buffer:
-            self._buffer.extend(self._poll(0.0, limit, advance=False))
+            self._fill(0.0, limit)
         return len(self._buffer)
+
+    def _fill(self, deadline: float, limit: int) -> None:
+        self._buffer.fill(self._poll(deadline, limit, advance=False))
 
     def take(self, max_records: int) -> list[Record]:
         """Hand out up to ``max_records`` buffered records in order, moving each partition's
         position past the last one handed out. No I/O: cheap enough for an event loop."""
-        buffer = self._buffer
-        if len(buffer) <= max_records:
-            out = list(buffer)
-            buffer.clear()
-        else:
-            out = [buffer.popleft() for _ in range(max_records)]
-        last: dict[tuple[str, int], int] = {}
-        for record in out:
-            last[record.topic, record.partition] = record.offset
-        for (topic, p), offset in last.items():
-            part = self._parts.get(TopicPartition(topic, p))
-            if part is not None:
-                part.position = offset + 1
+        runs = self._hand_out(max_records)
+        if len(runs) == 1:
+            return runs[0][1]
+        return list(chain.from_iterable(records for _, records in runs))
+
+    def take_grouped(self, max_records: int) -> dict[TopicPartition, list[Record]]:
+        """As `take`, by partition (aiokafka's ``getmany()`` shape): slices of the buffer, with
+        no work per record."""
+        out: dict[TopicPartition, list[Record]] = {}
+        for tp, records in self._hand_out(max_records):
+            if tp in out:
+                out[tp] = out[tp] + records
+            else:
+                out[tp] = records
         return out
+
+    def _hand_out(self, max_records: int) -> list[tuple[TopicPartition, list[Record]]]:
+        runs = self._buffer.take(max_records)
+        parts = self._parts
+        for tp, records in runs:
+            part = parts.get(tp)
+            if part is not None:
+                part.position = records[-1].offset + 1
+        return runs
 
     @staticmethod
     def _deserialize(topic: str, p: int, rows: Iterable[tuple[Any, ...]], kd: Any, vd: Any, out: list[Record]) -> None:
@@ -767,14 +861,9 @@ class Consumer:
     def __next__(self) -> Record:
         """The next record, blocking; stops after ``consumer_timeout_ms`` without one (if set)."""
         self._check_open()
-        next_from(self._buffer, self._iter_timeout_ms,
-                  lambda deadline: self._buffer.extend(self._poll(deadline, self._max_records, advance=False)))
-        record = self._buffer.popleft()
+        next_from(self._buffer, self._iter_timeout_ms, lambda deadline: self._fill(deadline, self._max_records))
         # Iteration advances one record at a time so a commit never covers unread records.
-        part = self._parts.get(TopicPartition(record.topic, record.partition))
-        if part is not None:
-            part.position = record.offset + 1
-        return record
+        return self._hand_out(1)[0][1][0]
 
     # -- commits ---------------------------------------------------------------------------
     def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata | int] | None = None) -> None:

@@ -211,7 +211,9 @@ class Engine:
                         conn = self.reader()
                         version = data_version(conn)
                         self.signal.notify()  # commits before this first look: waiters look again
-                    wait_for_commit(self.signal, conn, self.path, self.signal.seq, version,  # type: ignore[arg-type]
+                    # Not woken by this process's commits (they notify themselves): a look at
+                    # each would notify again, waking every waiter a second time per commit.
+                    wait_for_commit(self.signal, conn, self.path, None, version,  # type: ignore[arg-type]
                                     time.monotonic() + 1.0, lambda: self.closed or self._watches <= 0)
                     now = data_version(conn)
                     if now != version:

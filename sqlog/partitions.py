@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
 from operator import ge
 from typing import Any, NamedTuple
 
@@ -27,6 +28,25 @@ Row = tuple[Any, ...]
 """``(offset, ts, key, value, headers, check)``: `checksum.CHECK_COLUMN` is the last column."""
 Columns = tuple[tuple[Any, ...], ...]
 """`Row`s turned into columns: ``(offsets, timestamps, keys, values, headers, checks)``."""
+
+
+READ_SLICE = 512
+"""Rows `read` holds as row tuples at a time. Each is an object the garbage collector tracks
+until its first collection: a read of thousands at once sets off collections (and, as they
+promote whatever else is alive, full ones later), where slices of this size come and go
+between them."""
+
+
+def _columns(cursor: Iterator[Row]) -> Columns:
+    """A statement's rows as columns (``()`` for none), read `READ_SLICE` rows at a time."""
+    rows = list(islice(cursor, READ_SLICE))
+    if len(rows) < READ_SLICE:
+        return tuple(zip(*rows))
+    columns = [list(c) for c in zip(*rows)]
+    while rows := list(islice(cursor, READ_SLICE)):
+        for column, more in zip(columns, zip(*rows)):
+            column.extend(more)
+    return tuple(map(tuple, columns))
 
 
 def select_from(topic_id: int, partition: int) -> str:
@@ -59,9 +79,8 @@ def read(conn: apsw.Connection, select: str, topic_id: int, partition: int, posi
     or above both the log start and that watermark are damage: `StorageError` naming ``where``.
     ``conn`` must not be inside a transaction (each call reads its own snapshot).
     """
-    rows = conn.execute(select, (position, limit)).fetchall()
-    if rows:
-        columns: Columns = tuple(zip(*rows))
+    columns = _columns(conn.execute(select, (position, limit)))
+    if columns:
         offsets = columns[0]
         # Dense and in order (compared in C: no Python code per row): the common case costs one statement.
         if offsets[0] == position and offsets[-1] == position + len(offsets) - 1 and offsets == tuple(
@@ -75,13 +94,12 @@ def read(conn: apsw.Connection, select: str, topic_id: int, partition: int, posi
         start, end, compacted = found
         if not start <= position <= end:
             position = out_of_range(position, start, end)
-        rows = conn.execute(select, (position, limit)).fetchall()
+        columns = _columns(conn.execute(select, (position, limit)))
     dense_from = max(position, compacted)  # below: holes compaction made; from here: dense
-    if not rows:
+    if not columns:
         if dense_from < end:
             raise _missing(where, dense_from, end - 1)
         return max(position, min(compacted, end)), ()
-    columns = tuple(zip(*rows))
     offsets = columns[0]
     if any(map(ge, offsets, offsets[1:])):  # only a damaged B-tree returns them out of order
         raise _missing(where, position, offsets[-1])

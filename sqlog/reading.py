@@ -57,7 +57,9 @@ def read_blocking(engine: Engine, conn: Any, deadline: float, attempt: Callable[
     while True:
         seq = signal.seq
         with translated(path):
-            version = data_version(conn)
+            # The version a wait compares against; a call that will not wait (poll(0), fetch())
+            # saves the statement.
+            version = data_version(conn) if deadline > time.monotonic() else 0
             result = attempt(first)
         first = False
         if result is RETRY:

@@ -801,11 +801,12 @@ class CommitSignal:
                     self._watch = FileWatch.start(path, self._fs_notify)
         return self._watch is not None
 
-    def wait(self, seq: int, timeout: float, fs_seq: int | None = None) -> None:
-        """Until the count moves past ``seq`` (or the file events past ``fs_seq``), or ``timeout``
-        seconds pass."""
+    def wait(self, seq: int | None, timeout: float, fs_seq: int | None = None) -> None:
+        """Until the count moves past ``seq`` (None: not looked at) or the file events past
+        ``fs_seq``, or the signal closes, or ``timeout`` seconds pass."""
         with self._cond:
-            self._cond.wait_for(lambda: self.seq != seq or (fs_seq is not None and self.fs_seq != fs_seq), timeout)
+            self._cond.wait_for(lambda: (seq is not None and self.seq != seq) or self._closed
+                                or (fs_seq is not None and self.fs_seq != fs_seq), timeout)
 
     def close(self) -> None:
         """Stop the file watch and wake every waiter (the log is closing); idempotent."""
@@ -818,12 +819,13 @@ class CommitSignal:
             watch.close()
 
 
-def wait_for_commit(signal: CommitSignal, conn: apsw.Connection, path: str, seq: int, version: int,
+def wait_for_commit(signal: CommitSignal, conn: apsw.Connection, path: str, seq: int | None, version: int,
                     deadline: float, stop: Callable[[], bool] | None = None,
                     next_stop: Callable[[], float | None] | None = None) -> None:
     """Block until a commit may have brought something new, without busy-spinning a core.
 
-    Returns when this process commits (``signal.seq`` moves past ``seq``: at once), another
+    Returns when this process commits (``signal.seq`` moves past ``seq``: at once; never with
+    ``seq`` None, the engine's watcher of other processes, which local commits must not wake), another
     process commits (``conn``'s data_version leaves ``version``), ``stop()`` turns true (it may
     also raise, e.g. closed), or the monotonic ``deadline`` passes. The wait of both clients'
     blocked poll (`reading.read_blocking`).
@@ -846,7 +848,7 @@ def wait_for_commit(signal: CommitSignal, conn: apsw.Connection, path: str, seq:
         signal.wait(seq, max(wake - now, 0.0), fs_seq)
         if stop is not None and stop():
             return
-        if signal.seq != seq:
+        if seq is not None and signal.seq != seq:
             return
         now = time.monotonic()
         if fs_seq is not None and signal.fs_seq != fs_seq:

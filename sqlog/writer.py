@@ -243,13 +243,20 @@ class Writer:
         mutex = self.engine.mutex
         if not mutex.acquire(blocking, timeout):
             return False
+        wrote = False
         try:
             if batch is None or not batch.done:
                 if gather:
                     self._gather()
-                self._write([b for r in self._sources if (p := r()) is not None and (b := p.take_batch()) is not None])
+                wrote = self._write(
+                    [b for r in self._sources if (p := r()) is not None and (b := p.take_batch()) is not None])
         finally:
             mutex.release()
+            if wrote:
+                # Failed writes notify too: sends awaited through a commit listener (sqlog.aio)
+                # must see their error; a blocked poll woken by it only looks again. After the
+                # mutex is released: a listener may read (sqlog.aio reads for a waiting task).
+                self.engine.signal.notify()
             with self._written:
                 self._writes += 1
                 self._written.notify_all()
@@ -296,10 +303,11 @@ class Writer:
                 return
             time.sleep(0)  # let the other threads take the GIL and send
 
-    def _write(self, batches: list[Batch]) -> None:
-        """Commit ``batches`` in one transaction; the caller holds ``mutex``."""
+    def _write(self, batches: list[Batch]) -> bool:
+        """Commit ``batches`` in one transaction; the caller holds ``mutex`` and, if this returns
+        True (there were batches), notifies the commit signal once it released it."""
         if not batches:
-            return
+            return False
         conn = self.engine.conn
         error: SqlogError | None = None
         began = time.monotonic()
@@ -321,11 +329,14 @@ class Writer:
         for batch in batches:
             batch.error = error
             batch.done = True
+            # Each chunk points back at its batch (its futures ask it whether it is done): dropped
+            # here, the cycle would be freed only by a garbage collection, which by then has
+            # promoted it, rows and all, to an older generation: full collections then free
+            # thousands of rows in one pause.
+            batch.chunks = {}
             if error is not None:
                 batch.source.failed(error)
-        # Failed writes notify too: sends awaited through a commit listener (sqlog.aio) must see
-        # their error; a blocked poll woken by it only looks again.
-        self.engine.signal.notify()
+        return True
 
     def _append(self, conn: apsw.Connection, chunk: Chunk) -> None:
         if chunk.ids is not None:

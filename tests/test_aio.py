@@ -369,7 +369,7 @@ async def test_cancellation_storm_never_skips_or_repeats(log_path: str, mode: st
         async def produce() -> None:
             for i in range(n):
                 await producer.send("t", b"%d" % i)
-                if i % 50 == 0:
+                if i % 10 == 0:  # often enough that the consumer, reading ahead, waits for records
                     await asyncio.sleep(0.0005)
             await producer.flush()
 
@@ -429,6 +429,82 @@ async def test_wakeup_from_sync_producer_in_thread(log_path: str, no_slices: Non
             thread.join()
             assert record.value == b"hello"
             assert latency < 0.5, latency
+
+
+@pytest.mark.parametrize("listener", [False, True])
+async def test_waiting_consumer_is_read_for_by_the_committing_thread(log_path: str, no_slices: None,
+                                                                     listener: bool) -> None:
+    """A commit reads for a waiting consumer in the committing thread itself (one hop, to the
+    loop); a consumer with a rebalance listener (whose code a read may run, and which may wait
+    for the loop) is read for on the log's pool instead. The value deserializer runs in the read."""
+    threads: list[str] = []
+
+    def deserialize(value: bytes) -> bytes:
+        threads.append(threading.current_thread().name)
+        return value
+
+    async with sqlog.aio.open(log_path) as log:
+        await log.create_topic("t")
+        consumer = log.consumer(group_id="g", auto_offset_reset="latest", value_deserializer=deserialize)
+        consumer.subscribe(["t"], listener=sqlog.aio.ConsumerRebalanceListener() if listener else None)
+        assert await consumer.getmany(timeout_ms=10) == {}  # joined, positions resolved: at the end
+        waiting = asyncio.ensure_future(consumer.getone())
+        await asyncio.sleep(0.2)  # waiting, not reading
+
+        def send() -> None:
+            with log.log.producer() as producer:
+                producer.send("t", b"hello").get()
+
+        thread = threading.Thread(target=send, name="committer")
+        thread.start()
+        record = await asyncio.wait_for(waiting, 10)
+        thread.join()
+        assert record.value == b"hello"
+        assert threads[-1].startswith("sqlog-aio") if listener else threads[-1] == "committer", threads
+        await consumer.stop()
+
+
+async def test_seek_after_catching_up_reads_again_at_once(log_path: str, no_slices: None) -> None:
+    """A consumer that handed out all there was waits for a later commit on its next call; a
+    seek (or any other call) in between makes that call read at once instead."""
+    async with sqlog.aio.open(log_path) as log:
+        await log.create_topic("t")
+        async with log.producer() as producer:
+            for i in range(3):
+                await producer.send("t", b"%d" % i)
+        consumer = log.consumer(auto_offset_reset="earliest")
+        consumer.assign([TP0])
+        assert [r.offset for r in (await consumer.getmany(timeout_ms=1000))[TP0]] == [0, 1, 2]
+        consumer.seek(TP0, 1)
+        assert [r.offset for r in (await consumer.getmany(timeout_ms=0))[TP0]] == [1, 2]
+        await consumer.seek_to_beginning(TP0)
+        assert [r.offset for r in (await consumer.getmany(timeout_ms=0))[TP0]] == [0, 1, 2]
+        assert await consumer.getmany(timeout_ms=50) == {}  # caught up: waits, and nothing comes
+        await consumer.stop()
+
+
+async def test_local_commits_notify_once_and_the_watcher_ends_with_the_log(log_path: str) -> None:
+    """While an async client holds the engine's watch (other processes' commits), a burst of
+    commits in this process notifies the commit signal once each, not twice: the watcher is not
+    woken by them (their WAL events come within the echo window). The watcher thread ends when
+    the log closes."""
+    async with sqlog.aio.open(log_path) as log:
+        await log.create_topic("t")
+        async with log.consumer("t", auto_offset_reset="earliest") as consumer:
+            await consumer.getmany(timeout_ms=10)
+            calls: list[int] = []
+            unlisten = log.engine.signal.listen(lambda: calls.append(1))
+            with log.log.producer() as producer:
+                for i in range(50):
+                    producer.send("t", b"%d" % i).get()
+            await asyncio.sleep(0.3)
+            unlisten()
+            assert 50 <= len(calls) < 60, len(calls)  # 50, and an echo or so once the burst ended
+            assert any(t.name == "sqlog-watch" for t in threading.enumerate())
+    deadline = time.monotonic() + 5
+    while any(t.name == "sqlog-watch" for t in threading.enumerate()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert time.monotonic() < deadline - 4, "the watcher outlived its log by a second or more"
 
 
 async def test_wakeup_from_another_process(log_path: str, no_slices: None) -> None:

@@ -183,6 +183,48 @@ def test_records_with_deserializers_and_without_headers(log: sqlog.Log, topic: s
     ]
 
 
+def test_fetch_buffers_without_moving_positions_and_take_slices_it(log: sqlog.Log, topic: str) -> None:
+    """fetch() (sqlog.aio's read ahead) reads without moving positions; take() / take_grouped()
+    hand the buffer out in order, across partitions, moving each position past what they hand
+    out; iteration continues from the same buffer."""
+    with log.producer() as producer:
+        for i in range(6):
+            producer.send("t", b"a%d" % i, key=b"k", headers=[("h", b"%d" % i)], partition=0, timestamp_ms=100 + i)
+        for i in range(4):
+            producer.send("t", b"b%d" % i, partition=1, timestamp_ms=200 + i)
+    a = [sqlog.Record("t", 0, i, 100 + i, b"k", b"a%d" % i, (("h", b"%d" % i),)) for i in range(6)]
+    b = [sqlog.Record("t", 1, i, 200 + i, None, b"b%d" % i, ()) for i in range(4)]
+    consumer = log.consumer(auto_offset_reset="earliest")
+    consumer.assign([TP0, TP1])  # the first read starts at the first partition assigned
+    assert consumer.fetch(100) == 10
+    assert consumer.position(TP0) == 0 and consumer.position(TP1) == 0
+    assert consumer.fetch(100) == 10  # a full buffer is not read again
+    assert consumer.take_grouped(4) == {TP0: a[:4]}
+    assert consumer.position(TP0) == 4 and consumer.position(TP1) == 0
+    assert consumer.take_grouped(3) == {TP0: a[4:], TP1: b[:1]}  # the end of one run, the start of the next
+    assert consumer.position(TP0) == 6 and consumer.position(TP1) == 1
+    assert next(consumer) == b[1]  # iteration takes from the same buffer
+    assert consumer.position(TP1) == 2
+    assert consumer.take(100) == b[2:]
+    assert consumer.position(TP1) == 4
+    assert consumer.take(100) == [] and consumer.fetch(100) == 0
+
+
+def test_large_reads_come_whole_and_in_order(log: sqlog.Log, topic: str) -> None:
+    """A read of more rows than `partitions.READ_SLICE` at once (read a slice at a time) returns
+    them all, in order, through poll() and through fetch()/take()."""
+    n = 1300
+    with log.producer() as producer:
+        producer.send_batch("t", [b"%d" % i for i in range(n)], partition=0)
+    consumer = log.consumer(auto_offset_reset="earliest", max_poll_records=5000)
+    consumer.assign([TP0])
+    assert [r.value for r in consumer.poll(timeout_ms=500)] == [b"%d" % i for i in range(n)]
+    consumer.seek(TP0, 7)
+    assert consumer.fetch(5000) == n - 7
+    assert [r.offset for r in consumer.take(5000)] == list(range(7, n))
+    assert consumer.position(TP0) == n
+
+
 def test_poll_with_nothing_new_waits_then_returns_empty(log: sqlog.Log, topic: str) -> None:
     consumer = log.consumer(auto_offset_reset="earliest")
     consumer.assign([TP0])
