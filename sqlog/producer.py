@@ -204,14 +204,12 @@ class Producer:
         return RecordFuture(chunk, index)
 
     def _check_message_id(self, meta: TopicMeta, message_id: object) -> None:
-        """What send() checks of a message id beyond its inline fast test (a short ASCII str for a
-        topic whose window is cached): loads the topic's window, raises for a bad id or none."""
+        """send()'s check of a message id its inline test did not pass (a short ASCII str for a
+        topic whose window is cached): loads the topic's window, then `check_message_id`."""
         window = self._windows.get(meta.topic_id, -1)
         if window == -1:
             window = self._windows[meta.topic_id] = self._engine.dedupe_window(meta.topic_id)
-        if (type(message_id) is not str or window is None or not 0 < len(message_id) <= MAX_MESSAGE_ID
-                or not message_id.isascii()):
-            check_message_id(message_id, meta, window)  # raises, unless a non-ASCII id that is fine
+        check_message_id(message_id, meta, window)
 
     def send_batch(
         self,
