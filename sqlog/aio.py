@@ -87,19 +87,27 @@ def _refs(obj: object) -> int:
     return sys.getrefcount(obj)
 
 
-def _unseen_refs() -> int:
-    """What `_refs` says of an object only the caller's local variable holds (just popped from a
-    deque, as `AIOProducer._resolve` does): a send future at that count and not ``watched`` is
-    referenced by nothing else, so nothing can ever see its result. -1 (never) where CPython's
-    reference counts are not there to ask."""
+def _unseen_refs(popped: bool) -> int:
+    """What `_refs` says of an object only a deque and the caller's local variable hold: just
+    popped from the deque (``popped``, as `AIOProducer._resolve` does) or read from its tail (as
+    `AIOProducer.send` does). A send future at that count and not ``watched`` is referenced by
+    nothing else, so nothing can ever see its result. -1 (never) where CPython's reference
+    counts are not there to ask."""
     if not hasattr(sys, "getrefcount"):
         return -1
     pending = collections.deque([object()])
-    obj = pending.popleft()
+    obj = pending.popleft() if popped else pending[-1]
     return _refs(obj)
 
 
-_UNSEEN = _unseen_refs()
+_UNSEEN = _unseen_refs(popped=True)
+_UNSEEN_TAIL = _unseen_refs(popped=False)
+
+
+def _report_dropped(loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
+    """A failed send whose future was dropped unseen: a future with the error, dropped in turn,
+    so asyncio reports it as it would have reported the dropped one ("exception was never retrieved")."""
+    _SendFuture(loop=loop).set_exception(exc)
 
 _IN_LISTENER: contextvars.ContextVar[object] = contextvars.ContextVar("sqlog_aio_in_listener", default=None)
 
@@ -550,7 +558,7 @@ class AIOProducer:
         # Sends not yet resolved, oldest first: the loop's futures and, side by side, what the sync
         # producer returned for each (or the _Run it is in). One producer's records are committed
         # in the order they were sent.
-        self._futures: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._futures: collections.deque[asyncio.Future[Any] | None] = collections.deque()  # None: dropped
         self._sent: collections.deque[Any] = collections.deque()
         self._posted = False
         self._room_made: asyncio.Future[None] | None = None
@@ -598,10 +606,7 @@ class AIOProducer:
             # The run's own millisecond: the metadata check that started it holds, and the send
             # is a list append and a future.
             run.values.append(value)
-            fut = _SendFuture(loop=self._loop)
-            self._futures.append(fut)
-            self._sent.append(run)
-            return fut
+            return self._pending(run)
         sync = self._sync
         if not sync.has_metadata(topic) or len(self._futures) >= MAX_PENDING_SENDS:
             await self._ready(topic)
@@ -615,10 +620,7 @@ class AIOProducer:
                     or len(run.values) >= RUN_MAX):
                 run = self._new_run(topic, partition, now)
             run.values.append(value)
-            fut = _SendFuture(loop=self._loop)
-            self._futures.append(fut)
-            self._sent.append(run)
-            return fut
+            return self._pending(run)
         fut = self._queue(functools.partial(sync.send, topic, value, key=key, headers=headers, partition=partition,
                                             timestamp_ms=timestamp_ms))
         if type(value) is bytes and key is None and headers is None and timestamp_ms is None and self._plain:
@@ -652,13 +654,29 @@ class AIOProducer:
     def _queue(self, send: Callable[[], Any]) -> asyncio.Future[Any]:
         """Queue through the sync producer (after the run being collected); the future of it."""
         self._flush_run()
-        fut = _SendFuture(loop=self._loop)
-        self._futures.append(fut)  # before the record is queued: the commit that writes it finds it pending
+        fut = self._pending(None)  # before the record is queued: the commit that writes it finds it pending
         try:
-            self._sent.append(send())
+            self._sent[-1] = send()
         except BaseException:
             self._futures.pop()
+            self._sent.pop()
             raise
+        return fut
+
+    def _pending(self, entry: Any) -> asyncio.Future[Any]:
+        """A new send's future, queued beside ``entry``. The previous send's future, if nothing
+        but this producer references it any more (its sender dropped it, the usual fire-and-forget
+        ``await send()``), is dropped now rather than kept until its record is written: it is
+        freed while still young, so a stream of such sends leaves nothing for the garbage
+        collector's full collections, which stall the loop."""
+        futures = self._futures
+        if futures:
+            last = futures[-1]
+            if last is not None and _refs(last) <= _UNSEEN_TAIL and not last.watched:
+                futures[-1] = None
+        fut = _SendFuture(loop=self._loop)
+        futures.append(fut)
+        self._sent.append(entry)
         return fut
 
     async def flush(self) -> None:
@@ -699,7 +717,9 @@ class AIOProducer:
             for _ in run.values:
                 self._sent.pop()
                 fut = self._futures.pop()
-                if not fut.done():
+                if fut is None:
+                    _report_dropped(self._loop, exc)
+                elif not fut.done():
                     fut.set_exception(exc)
 
     # -- resolving -----------------------------------------------------------------------------
@@ -755,21 +775,20 @@ class AIOProducer:
                 else:
                     self._head_run, index = entry, 0
                 self._head_index = index + 1
-                if fut.done():  # cancelled by its awaiter
-                    continue
-                if refs(fut) <= unseen and not fut.watched and entry.error() is None:
-                    continue  # nothing can see it (see the class doc); a failed one gets its error
-                try:
-                    fut.set_result(entry.result(index))
-                except SqlogError as exc:
-                    fut.set_exception(exc)
-                continue
-            if fut.done() or refs(fut) <= unseen and not fut.watched and entry.exception(0) is None:
-                continue
-            try:
-                fut.set_result(entry.get(0))
-            except SqlogError as exc:
-                fut.set_exception(exc)
+                error = entry.error()
+            else:
+                error = entry.exception(0)
+            # Errors are taken, never raised here: a raise would link this frame, and the future
+            # in it, to the exception every future of the batch shares.
+            if fut is None:  # dropped unseen (see _pending)
+                if error is not None:
+                    _report_dropped(self._loop, error)
+            elif fut.done():  # cancelled by its awaiter
+                pass
+            elif error is not None:
+                fut.set_exception(error)
+            elif refs(fut) > unseen or fut.watched:  # else nothing can see it (see the class doc)
+                fut.set_result(entry.result(index) if type(entry) is _Run else entry.get(0))
         room = self._room_made
         if room is not None and len(futures) < MAX_PENDING_SENDS // 2 and not room.done():
             room.set_result(None)

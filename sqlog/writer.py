@@ -112,13 +112,17 @@ class _ChunkFuture:
     def exception(self, timeout: float | None = None) -> SqlogError | None:
         """The error the send failed with, or None once it succeeded."""
         check_timeout(timeout)  # raised, not returned as the send's error
-        try:
-            self._wait(timeout)
-        except SqlogTimeoutError:
-            raise
-        except SqlogError as exc:
-            return exc
-        return None
+        chunk = self._chunk
+        if not chunk.batch.done:
+            try:
+                chunk.batch.writer.write_through(chunk.batch, timeout)
+            except SqlogTimeoutError:
+                raise
+            except SqlogError as exc:
+                return exc
+        # Returned, not raised and caught: a raise would tie the caller's frames to the error,
+        # which every future of the batch shares.
+        return chunk.error or chunk.batch.error
 
 
 class RecordFuture(_ChunkFuture):

@@ -4,6 +4,7 @@ commit under a thousand senders, wake-ups from threads and processes, and the lo
 from __future__ import annotations
 
 import asyncio
+import gc
 import queue
 import random
 import subprocess
@@ -171,6 +172,28 @@ async def test_send_futures_seen_only_by_callbacks_or_gather_are_resolved(log_pa
             assert sorted(seen) == list(range(300))
             assert [f.result().offset for f in listed] == list(range(300, 600))
             assert [m.offset for m in await gathered] == list(range(600, 900))
+
+
+async def test_dropped_futures_of_failed_sends_are_reported(log_path: str) -> None:
+    """Fire-and-forget sends (each future dropped at once) whose records cannot be written: the
+    error still reaches the loop's exception handler, as an unretrieved future's would."""
+    reported: list[BaseException] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: reported.append(ctx["exception"]))
+    async with sqlog.aio.open(log_path) as log:
+        await log.create_topic("t")
+        async with log.producer() as producer:
+            await producer.send_and_wait("t", b"first")
+            for _ in range(50):
+                await producer.send("t", b"x")  # collected on the loop, handed over at the turn's end
+            with sqlog.open(log_path) as other:
+                other.delete_topic("t")
+            try:
+                await producer.flush()
+            except sqlog.UnknownTopicOrPartitionError:
+                pass  # the run was refused at hand-over, when the producer already knew
+    gc.collect()
+    await asyncio.sleep(0)
+    assert len(reported) == 50 and all(isinstance(e, sqlog.UnknownTopicOrPartitionError) for e in reported), reported
 
 
 async def test_thousand_concurrent_senders_share_commits(log_path: str) -> None:
