@@ -85,8 +85,7 @@ class Engine:
         self._watch_thread: threading.Thread | None = None
         self._open_connection()
         self.upkeep = self._start_upkeep()
-        atexit.register(_close_at_exit, weakref.ref(self))
-        os.register_at_fork(after_in_child=_reopen_in_child(weakref.ref(self)))
+        _ENGINES.add(self)
 
     # -- connections -----------------------------------------------------------------------
     def _connect(self) -> apsw.Connection:
@@ -281,16 +280,30 @@ class Engine:
 _ABANDONED: list[apsw.Connection | None] = []  # a parent's connections, kept alive so a child never closes them
 
 
-def _close_at_exit(ref: weakref.ref[Engine]) -> None:
-    engine = ref()
-    if engine is not None and not engine.closed and engine.pid == os.getpid():
-        engine.close()
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+"""Every engine alive in this process: closed at exit and reopened in a forked child by one
+hook each, registered once (hooks cannot be unregistered, so one per engine would pile up)."""
 
 
-def _reopen_in_child(ref: weakref.ref[Engine]) -> Any:
-    def hook() -> None:
-        engine = ref()
-        if engine is not None:
-            engine.after_fork()
+def _for_each_engine(fn: Callable[[Engine], None]) -> None:
+    """``fn`` for every engine, all of them even if one raises (the first error is raised after)."""
+    errors = []
+    for engine in list(_ENGINES):
+        try:
+            fn(engine)
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
-    return hook
+
+def _close_all_at_exit() -> None:
+    _for_each_engine(lambda e: e.close() if not e.closed and e.pid == os.getpid() else None)
+
+
+def _reopen_all_in_child() -> None:
+    _for_each_engine(lambda e: e.after_fork())
+
+
+atexit.register(_close_all_at_exit)
+os.register_at_fork(after_in_child=_reopen_all_in_child)

@@ -739,7 +739,13 @@ class CommitSignal:
     events."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        # Waiters for file events alone (seq None: the engine's watcher of other processes) wait
+        # here, which `notify` leaves alone: woken by every local commit, such a waiter would take
+        # the GIL back from the committing thread just as that thread reads for sqlog.aio's
+        # waiting tasks, costing that read about as much again.
+        self._fs_cond = threading.Condition(lock)
         self.seq = 0
         self._listeners: tuple[Callable[[], None], ...] = ()
         self.fs_seq = 0
@@ -791,6 +797,7 @@ class CommitSignal:
         with self._cond:
             self.fs_seq += 1
             self._cond.notify_all()
+            self._fs_cond.notify_all()
 
     def watch(self, path: str) -> bool:
         """Start (once) the file watch on ``path``'s WAL; whether one runs."""
@@ -805,8 +812,9 @@ class CommitSignal:
         """Until the count moves past ``seq`` (None: not looked at) or the file events past
         ``fs_seq``, or the signal closes, or ``timeout`` seconds pass."""
         with self._cond:
-            self._cond.wait_for(lambda: (seq is not None and self.seq != seq) or self._closed
-                                or (fs_seq is not None and self.fs_seq != fs_seq), timeout)
+            (self._cond if seq is not None else self._fs_cond).wait_for(
+                lambda: (seq is not None and self.seq != seq) or self._closed
+                or (fs_seq is not None and self.fs_seq != fs_seq), timeout)
 
     def close(self) -> None:
         """Stop the file watch and wake every waiter (the log is closing); idempotent."""
@@ -815,6 +823,7 @@ class CommitSignal:
             watch, self._watch = self._watch, None
             self.seq += 1
             self._cond.notify_all()
+            self._fs_cond.notify_all()
         if watch is not None:
             watch.close()
 

@@ -575,3 +575,29 @@ def _mp_child(log: sqlog.Log, producer: sqlog.Producer, out) -> None:
     except BaseException:
         out.put(traceback.format_exc())
         raise
+
+
+def test_opening_and_closing_logs_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A closed and dropped log leaves no per-log exit or fork hook behind (such hooks cannot be
+    removed): a process that opens logs over and over does not grow. In a fresh process, away
+    from the test run's own bookkeeping."""
+    program = f"""
+import gc, os, sqlog
+def cycle(i):
+    with sqlog.open(os.path.join({str(tmp_path)!r}, f"{{i}}.db")) as log:
+        log.create_topic("t")
+        with log.producer() as producer:
+            producer.send("t", b"x").get()
+for i in range(5):
+    cycle(i)
+gc.collect()
+before = len(gc.get_objects())
+for i in range(5, 55):
+    cycle(i)
+gc.collect()
+print(len(gc.get_objects()) - before)
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    grown = int(done.stdout)
+    assert grown < 100, f"{grown} objects more after 50 logs opened and closed"
