@@ -700,7 +700,18 @@ class AIOProducer:
 
     def _flush_posted(self) -> None:
         self._run_posted = False
-        self._flush_run()
+        self._flush_run_if_idle()
+
+    def _flush_run_if_idle(self) -> None:
+        """Hand the run over unless the writer is still on this producer's earlier sends: then
+        the run grows (within its millisecond) until they are written, and `_resolve` hands it
+        over. A commit then takes a few runs, not one per loop turn, which is fewer objects
+        living through a commit, so fewer reach the collector's oldest generation."""
+        run = self._run
+        if run is not None:
+            oldest = self._sent[0]
+            if oldest is run or oldest.done():
+                self._flush_run()
 
     def _flush_run(self) -> None:
         """Hand the run being collected to the sync producer (its records are the newest sent)."""
@@ -795,6 +806,8 @@ class AIOProducer:
         if post_rest and sent and not self._posted and sent[0].done():
             self._posted = True
             self._loop.call_soon(self._resolve)  # the rest after other callbacks: no long stall
+        if not self._run_posted:
+            self._flush_run_if_idle()
 
     async def __aenter__(self) -> AIOProducer:
         await self.start()
