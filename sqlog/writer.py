@@ -99,30 +99,31 @@ class _ChunkFuture:
         """True once the records are committed or have failed."""
         return self._chunk.batch.done
 
-    def _wait(self, timeout: float | None) -> Chunk:
-        check_timeout(timeout)
+    def _error(self, timeout: float | None) -> SqlogError | None:
+        """Write the records through unless they are written already; the write's error, or None.
+        Returned, not raised: the error is shared by every future of the batch, and a raise
+        ties the raising frames to it."""
         chunk = self._chunk
         if not chunk.batch.done:
             chunk.batch.writer.write_through(chunk.batch, timeout)
-        error = chunk.error or chunk.batch.error
+        return chunk.error or chunk.batch.error
+
+    def _wait(self, timeout: float | None) -> Chunk:
+        check_timeout(timeout)
+        error = self._error(timeout)
         if error is not None:
             raise error
-        return chunk
+        return self._chunk
 
     def exception(self, timeout: float | None = None) -> SqlogError | None:
         """The error the send failed with, or None once it succeeded."""
         check_timeout(timeout)  # raised, not returned as the send's error
-        chunk = self._chunk
-        if not chunk.batch.done:
-            try:
-                chunk.batch.writer.write_through(chunk.batch, timeout)
-            except SqlogTimeoutError:
-                raise
-            except SqlogError as exc:
-                return exc
-        # Returned, not raised and caught: a raise would tie the caller's frames to the error,
-        # which every future of the batch shares.
-        return chunk.error or chunk.batch.error
+        try:
+            return self._error(timeout)
+        except SqlogTimeoutError:
+            raise
+        except SqlogError as exc:  # the write through failed before the batch could
+            return exc
 
 
 class RecordFuture(_ChunkFuture):
